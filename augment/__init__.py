@@ -1,0 +1,1 @@
+"""Reading training data and expanding it by word substitution, answers kept valid."""

@@ -1,0 +1,1 @@
+"""Teacher labelling, two-phase distillation, evaluation and export."""

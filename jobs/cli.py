@@ -1,0 +1,341 @@
+"""`python -m jobs`: validate, submit, follow, cancel and resume distillation jobs.
+
+Exit codes: 0 success, 1 the job failed or was cancelled, 2 a bad spec or bad arguments, 3 no such job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from jobs.spec import JobSpec, SpecError, dump_spec, load_spec
+from jobs.stages import STAGE_NAMES, STAGES
+from jobs.store import JobNotFound, Run, RunStore, now
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_SPEC, EXIT_NOT_FOUND = 0, 1, 2, 3
+ACTIVE = ("pending", "running")
+
+
+def _store(args: argparse.Namespace, spec: JobSpec | None = None) -> RunStore:
+    root = args.root or os.environ.get("DISTILLERY_ROOT") or (spec.output.root if spec else "runs")
+    return RunStore(Path(root))
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie (exited, not yet reaped by its parent) still answers kill(0)
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][0] != "Z"
+    except OSError:
+        return True
+
+
+def effective_state(run: Run) -> dict[str, Any]:
+    """The stored state, with the status a reader should see: a local job whose process died is 'interrupted'."""
+    state = run.read_state()
+    if state.get("backend") == "ray":
+        from jobs import cluster
+
+        state["status"] = cluster.status(state["address"], state["submission_id"])
+    elif state["status"] == "running" and not _pid_alive(state.get("pid")):
+        state["status"] = "interrupted"
+    return state
+
+
+def _load(path: str) -> JobSpec:
+    return load_spec(path)
+
+
+def _report_spec_error(error: SpecError) -> int:
+    print(f"error: invalid job spec {error.source}", file=sys.stderr)
+    for problem in error.problems:
+        print(f"  {problem}", file=sys.stderr)
+    return EXIT_BAD_SPEC
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Commands
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    spec = _load(args.spec)
+    stages = [stage.name for stage in STAGES if stage.enabled(spec)]
+    print(f"ok: {args.spec} is a valid {spec.task} job '{spec.name}' "
+          f"({len(spec.teachers)} teacher(s), stages: {', '.join(stages)})")
+    return EXIT_OK
+
+
+def _spawn(run: Run, store: RunStore) -> int:
+    """Start `python -m jobs run` for an existing run as a detached process in its own session."""
+    stdout = open(run.path / "logs" / "stdout.log", "ab")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "jobs", "run", str(run.spec_path), "--job-id", run.job_id, "--root", str(store.root)],
+        stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    run.update_state(lambda s: s.update(pid=process.pid))
+    return process.pid
+
+
+def _run_in_foreground(run: Run, store: RunStore) -> int:
+    from jobs.runner import run_job
+
+    status = run_job(run, store)
+    state = run.read_state()
+    print(f"job {run.job_id}: {status} ({run.path})")
+    if state.get("error"):
+        print(f"  {state['error']}", file=sys.stderr)
+    return EXIT_OK if status == "succeeded" else EXIT_FAILED
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    spec = load_spec(args.spec, check_paths=args.address is None)
+    if args.name:
+        spec = spec.model_copy(update={"name": args.name})
+    store = _store(args, spec)
+    address = args.address or spec.resources.address
+    job_id = store.new_job_id(spec.name)
+    backend = {"backend": "ray", "address": address, "submission_id": job_id} if address else {"backend": "local"}
+    run = store.create(job_id, dump_spec(spec), STAGE_NAMES, **backend)
+    if address:
+        from jobs import cluster
+
+        cluster.submit(address, run, store.root, job_id)
+        print(f"submitted {job_id} to the Ray cluster at {address}; follow it with: python -m jobs logs "
+              f"{job_id} --follow --root {store.root}")
+        print(job_id)
+        return EXIT_OK
+    if args.detach:
+        pid = _spawn(run, store)
+        print(f"started {job_id} (pid {pid}); follow it with: python -m jobs logs {job_id} --follow")
+        print(job_id)
+        return EXIT_OK
+    print(f"running {job_id} in {run.path}", file=sys.stderr)
+    return _run_in_foreground(run, store)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    spec = _load(args.spec)
+    store = _store(args, spec)
+    if args.job_id and (store.root / args.job_id / "state.json").exists():
+        run = store.get(args.job_id)
+    else:
+        run = store.create(args.job_id or store.new_job_id(spec.name), dump_spec(spec), STAGE_NAMES,
+                           backend="local")
+    return _run_in_foreground(run, store)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    store = _store(args)
+    run = store.get(args.job_id)
+    state = effective_state(run)
+    if state["status"] in ACTIVE and state.get("backend") != "ray":
+        print(f"error: job {args.job_id} is still {state['status']} (pid {state.get('pid')}); cancel it first",
+              file=sys.stderr)
+        return EXIT_FAILED
+    if state["status"] == "succeeded":
+        print(f"job {args.job_id} already succeeded; nothing to resume")
+        return EXIT_OK
+    if state.get("backend") == "ray":
+        from jobs import cluster
+
+        submission_id = f"{run.job_id}-resume-{int(time.time())}"
+        cluster.submit(state["address"], run, store.root, submission_id)
+        run.update_state(lambda s: s.update(submission_id=submission_id, resumed_at=now()))
+        print(f"resubmitted {run.job_id} to {state['address']} as Ray job {submission_id}")
+        return EXIT_OK
+    run.update_state(lambda s: s.update(status="pending", resumed_at=now()))
+    if args.detach:
+        pid = _spawn(run, store)
+        print(f"resumed {run.job_id} (pid {pid})")
+        print(run.job_id)
+        return EXIT_OK
+    return _run_in_foreground(run, store)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    store = _store(args)
+    runs = store.list()
+    if not runs:
+        print(f"no jobs in {store.root}")
+        return EXIT_OK
+    print(f"{'JOB ID':<44} {'STATUS':<12} {'STAGE':<22} CREATED")
+    for run in runs:
+        state = effective_state(run)
+        stage = next((name for name, s in state["stages"].items() if s["status"] in ("running", "failed",
+                                                                                       "cancelled")), "")
+        print(f"{run.job_id:<44} {state['status']:<12} {stage:<22} {state['created_at']}")
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    run = _store(args).get(args.job_id)
+    state = effective_state(run)
+    if args.json:
+        print(json.dumps(state, indent=2))
+        return EXIT_OK
+    print(f"job {state['job_id']}: {state['status']}" + (f" (pid {state['pid']})" if state.get("pid") else ""))
+    if state.get("error"):
+        print(f"  error: {state['error']}")
+    for name, stage in state["stages"].items():
+        times = f"{stage['started_at'] or '':<26} {stage['ended_at'] or '':<26}"
+        print(f"  {name:<22} {stage['status']:<10} {times} {stage['output'] or ''}")
+    return EXIT_OK
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    run = _store(args).get(args.job_id)
+    state = run.read_state()
+    if state.get("backend") == "ray":
+        from jobs import cluster
+
+        if args.follow:
+            for chunk in cluster.follow_logs(state["address"], state["submission_id"]):
+                print(chunk, end="", flush=True)
+        else:
+            print(cluster.logs(state["address"], state["submission_id"]), end="")
+        return EXIT_OK
+    position = 0
+    while True:
+        if run.log_path.exists():
+            with open(run.log_path, encoding="utf-8", errors="replace") as f:
+                f.seek(position)
+                chunk = f.read()
+                position = f.tell()
+            print(chunk, end="", flush=True)
+        if not args.follow or effective_state(run)["status"] not in ACTIVE:
+            return EXIT_OK
+        time.sleep(1.0)
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    run = _store(args).get(args.job_id)
+    state = effective_state(run)
+    if state.get("backend") == "ray":
+        from jobs import cluster
+
+        cluster.stop(state["address"], state["submission_id"])
+        print(f"asked the cluster to stop {args.job_id}")
+        return EXIT_OK
+    if state["status"] not in ACTIVE:
+        print(f"job {args.job_id} is not running ({state['status']}); nothing to cancel")
+        return EXIT_OK
+    pid = state.get("pid")
+    if _pid_alive(pid):
+        os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + args.timeout
+        while _pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if _pid_alive(pid):
+            os.killpg(pid, signal.SIGKILL)
+    # the job marks itself cancelled on SIGTERM; this covers a job that had to be killed or never started
+    run.update_state(lambda s: s.update(status="cancelled", ended_at=now()) if s["status"] in ACTIVE else None)
+    print(f"cancelled {args.job_id}")
+    return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from jobs.report import write_report
+
+    run = _store(args).get(args.job_id)
+    print(write_report(run.path))
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Parser
+
+EXAMPLES = """\
+examples:
+  python -m jobs validate configs/quickstart.yaml
+  python -m jobs submit configs/quickstart.yaml                 # run here, Ray in-process
+  python -m jobs submit configs/quickstart.yaml --detach        # in the background; prints the job id last
+  python -m jobs submit configs/squad2_tinybert_6l.yaml --address http://HEAD:8265   # on a Ray cluster
+  python -m jobs list
+  python -m jobs status JOB_ID --json
+  python -m jobs logs JOB_ID --follow
+  python -m jobs cancel JOB_ID
+  python -m jobs resume JOB_ID
+  python -m jobs report JOB_ID
+"""
+
+
+def _command(sub: Any, name: str, handler: Callable[[argparse.Namespace], int], help_text: str,
+             example: str) -> argparse.ArgumentParser:
+    parser = sub.add_parser(name, help=help_text, description=help_text, epilog=f"example:\n  {example}",
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", help="run store folder (default: $DISTILLERY_ROOT, the spec's output.root, "
+                                       "or ./runs)")
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m jobs", description="Distillery jobs: augment, label, distill, evaluate.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = _command(sub, "validate", cmd_validate, "check a job spec without running anything",
+                 "python -m jobs validate configs/quickstart.yaml")
+    p.add_argument("spec")
+
+    p = _command(sub, "submit", cmd_submit, "validate a spec and run it as a new job",
+                 "python -m jobs submit configs/quickstart.yaml --detach")
+    p.add_argument("spec")
+    p.add_argument("--address", help="Ray Jobs address of a cluster (http://HEAD:8265); default: run here")
+    p.add_argument("--detach", action="store_true", help="run in the background and print the job id last")
+    p.add_argument("--name", help="job name (prefix of the job id); default: the spec's name")
+
+    p = _command(sub, "run", cmd_run, "run a spec in this process (the entrypoint a cluster runs)",
+                 "python -m jobs run spec.yaml --job-id quickstart-20260101-120000-abc123")
+    p.add_argument("spec")
+    p.add_argument("--job-id", help="continue this job if it exists, else create it under this id")
+
+    p = _command(sub, "list", cmd_list, "list jobs in the run store", "python -m jobs list")
+
+    p = _command(sub, "status", cmd_status, "show a job's status and its stages", "python -m jobs status ID --json")
+    p.add_argument("job_id")
+    p.add_argument("--json", action="store_true", help="print the state as JSON")
+
+    p = _command(sub, "logs", cmd_logs, "print a job's log", "python -m jobs logs ID --follow")
+    p.add_argument("job_id")
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing until the job ends")
+
+    p = _command(sub, "cancel", cmd_cancel, "stop a running job", "python -m jobs cancel ID")
+    p.add_argument("job_id")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait before killing it")
+
+    p = _command(sub, "resume", cmd_resume, "continue a failed, cancelled or interrupted job from its first "
+                 "incomplete stage", "python -m jobs resume ID")
+    p.add_argument("job_id")
+    p.add_argument("--detach", action="store_true", help="resume in the background")
+
+    p = _command(sub, "report", cmd_report, "(re)write a job's Markdown report and plots",
+                 "python -m jobs report ID")
+    p.add_argument("job_id")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except SpecError as error:
+        return _report_spec_error(error)
+    except JobNotFound as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_NOT_FOUND

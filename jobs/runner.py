@@ -1,0 +1,176 @@
+"""Runs a job's stages in order inside its run folder: cache lookups, state updates, logs, cancellation.
+
+`run_job` is the one entry point, used alike by `submit` (in-process), by a detached local job, by `resume`
+and by a Ray Jobs entrypoint on a cluster. A stage's output is a cache entry keyed by a hash of the stage's
+part of the spec and of its inputs' keys; an entry that is already complete is reused, one left half-done by a
+crash is handed back to the stage, which continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from jobs.spec import JobSpec, load_spec
+from jobs.stages import STAGE_VERSION, STAGES, Stage, StageContext
+from jobs.store import Run, RunStore, now
+
+log = logging.getLogger("distillery")
+
+
+class JobCancelled(Exception):
+    pass
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value
+
+
+def stage_key(stage: Stage, spec: JobSpec, input_keys: dict[str, str]) -> str:
+    """Content hash of what decides a stage's output: its part of the spec and the keys of its inputs."""
+    payload = {"stage": stage.name, "version": STAGE_VERSION, "config": _jsonable(stage.config(spec)),
+               "inputs": {name: input_keys[name] for name in stage.inputs if name in input_keys}}
+    digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+    return digest[:16]
+
+
+def _attach_log_file(run: Run) -> logging.Handler:
+    handler = logging.FileHandler(run.log_path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    return handler
+
+
+def _raise_cancelled(signum: int, frame: Any) -> None:
+    raise JobCancelled(f"received signal {signum}")
+
+
+def run_job(run: Run, store: RunStore, progress: bool | None = None) -> str:
+    """Run (or resume) every stage of `run`; return the final job status."""
+    progress = sys.stderr.isatty() if progress is None else progress
+    handler = _attach_log_file(run)
+    previous_handler = signal.signal(signal.SIGTERM, _raise_cancelled)
+    current: str | None = None
+    try:
+        spec = load_spec(run.spec_path)
+        run.update_state(lambda s: s.update(status="running", pid=os.getpid(), started_at=now(), error=None))
+        log.info("job %s: running in %s", run.job_id, run.path)
+        keys: dict[str, str] = {}
+        outputs: dict[str, Path] = {}
+        for stage in STAGES:
+            current = stage.name
+            if not stage.enabled(spec):
+                run.update_stage(stage.name, status="skipped")
+                continue
+            _run_stage(stage, spec, run, store, keys, outputs, progress)
+        run.update_state(lambda s: s.update(status="succeeded", ended_at=now()))
+        log.info("job %s: succeeded", run.job_id)
+        return "succeeded"
+    except (JobCancelled, KeyboardInterrupt) as exc:
+        _fail(run, current, "cancelled", f"cancelled: {exc}")
+        return "cancelled"
+    except Exception as exc:
+        log.error("job %s: stage %s failed:\n%s", run.job_id, current, traceback.format_exc())
+        _fail(run, current, "failed", f"{type(exc).__name__}: {exc}")
+        return "failed"
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+        log.removeHandler(handler)
+        handler.close()
+
+
+def _fail(run: Run, stage: str | None, status: str, message: str) -> None:
+    def change(state: dict[str, Any]) -> None:
+        state.update(status=status, ended_at=now(), error=message)
+        if stage is not None and state["stages"][stage]["status"] == "running":
+            state["stages"][stage].update(status=status, ended_at=now(), error=message)
+    run.update_state(change)
+    log.info("job %s: %s", run.job_id, message)
+
+
+def _run_stage(stage: Stage, spec: JobSpec, run: Run, store: RunStore, keys: dict[str, str],
+               outputs: dict[str, Path], progress: bool) -> None:
+    inputs = {name: outputs[name] for name in stage.inputs if name in outputs}
+    key = stage_key(stage, spec, keys)
+    keys[stage.name] = key
+    if not stage.cached:
+        out_dir = run.path / stage.name
+        _execute(stage, spec, run, out_dir, inputs, key, progress)
+        outputs[stage.name] = out_dir
+        return
+    entry = store.cache_entry(stage.name, key)
+    outputs[stage.name] = entry.path
+    if not entry.complete and _locked(entry.path):
+        log.info("stage %s: another job is computing %s; waiting for it", stage.name, entry.path)
+    with entry.lock():
+        if entry.complete:
+            log.info("stage %s: reusing cached output %s", stage.name, entry.path)
+            run.update_stage(stage.name, status="cached", output=str(entry.path), cache_key=key,
+                             summary=entry.summary(), started_at=now(), ended_at=now(), error=None)
+            return
+        summary = _execute(stage, spec, run, entry.path, inputs, key, progress)
+        entry.mark_complete(summary)
+
+
+def _locked(path: Path) -> bool:
+    lock = path.with_name(path.name + ".lock")
+    if not lock.exists():
+        return False
+    with open(lock, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return False
+
+
+def _ensure_ray(progress: bool) -> None:
+    """Start Ray in this process (the embedded default), or join the cluster when run as a Ray Job.
+
+    `address="local"` keeps a job from silently attaching to some other cluster started on this machine.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    ray.init(address=os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False, log_to_driver=False,
+             configure_logging=False)
+    ray.data.DataContext.get_current().enable_progress_bars = progress
+
+
+def _execute(stage: Stage, spec: JobSpec, run: Run, out_dir: Path, inputs: dict[str, Path], key: str,
+             progress: bool) -> dict[str, Any]:
+    if stage.uses_ray:
+        _ensure_ray(progress)
+    resumed = out_dir.exists() and any(out_dir.iterdir())
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run.update_stage(stage.name, status="running", output=str(out_dir), cache_key=key, started_at=now(),
+                     ended_at=None, error=None)
+    log.info("stage %s: %s%s -> %s", stage.name, stage.description, " (resuming)" if resumed else "", out_dir)
+    started = time.monotonic()
+    summary = stage.run(StageContext(spec=spec, out_dir=out_dir, inputs=inputs, run_dir=run.path,
+                                     progress=progress))
+    seconds = round(time.monotonic() - started, 2)
+    summary = {**summary, "seconds": seconds}
+    run.update_stage(stage.name, status="completed", ended_at=now(), summary=summary)
+    log.info("stage %s: completed in %.1f s", stage.name, seconds)
+    return summary

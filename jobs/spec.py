@@ -1,0 +1,413 @@
+"""Job specs: the pydantic models a YAML job file is validated against.
+
+Every field is declared once, here, with its default and a description; the defaults reproduce the reference
+recipe (bert-base-uncased-squad2 teacher, TinyBERT General 6L-768D student, SQuAD 2.0 x20 + original, 5 + 5
+epochs, batch 26, lr 5e-5 / 3e-5, max_seq_len 384, doc_stride 128, temperature 1, distillation weight 1.0).
+
+`load_spec` is the only way in: it parses YAML safely, validates, resolves relative paths against the spec
+file's folder and checks that local files and models exist, and raises `SpecError` listing every problem by
+field path.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
+
+DEFAULT_TEACHER = "deepset/bert-base-uncased-squad2"
+DEFAULT_STUDENT = "huawei-noah/TinyBERT_General_6L_768D"
+DEFAULT_MLM = "bert-base-uncased"
+DATA_FILE_FORMATS = {".json": "squad", ".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl"}
+
+
+class SpecError(Exception):
+    """A job spec that cannot be run; `problems` holds one line per problem, each starting with a field path."""
+
+    def __init__(self, problems: list[str], source: str = "spec"):
+        self.problems = problems
+        self.source = source
+        super().__init__(f"{source}: {len(problems)} problem(s)\n" + "\n".join(f"  {p}" for p in problems))
+
+
+def _looks_like_path(value: str) -> bool:
+    return value.startswith((".", "/", "~")) or Path(value).suffix.lower() in DATA_FILE_FORMATS
+
+
+def _resolve_local(value: str, info: ValidationInfo) -> str:
+    """Turn a path written relative to the spec file into an absolute one; leave hub names alone.
+
+    A string is a local path when it starts with `.`, `/` or `~`, has a data-file suffix, or names something
+    that exists next to the spec; anything else is a hub id, which cannot be checked offline.
+    """
+    base = Path((info.context or {}).get("base_dir", "."))
+    candidate = base / os.path.expanduser(value)
+    if _looks_like_path(value) or candidate.exists():
+        return str(candidate.resolve())
+    return value
+
+
+Ref = Annotated[str, AfterValidator(_resolve_local)]
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class DataSource(StrictModel):
+    path: Ref = Field(description="SQuAD JSON, TSV/CSV/JSONL file, local HF dataset folder, or hub dataset name")
+    format: Literal["squad", "tsv", "csv", "jsonl", "hf"] | None = Field(
+        None, description="input format; inferred from the file suffix (a folder or hub name is 'hf') when unset")
+    split: str | None = Field(None, description="split to read from an HF dataset (e.g. train, validation)")
+    text_column: str = Field("sentence", description="classification: column holding the text")
+    text_pair_column: str | None = Field(None, description="classification: column holding the second text")
+    label_column: str = Field("label", description="classification: column holding the label")
+    limit: int | None = Field(None, gt=0, description="read only the first N examples (quick experiments)")
+
+    @model_validator(mode="after")
+    def _infer_format(self) -> DataSource:
+        if self.format is None:
+            object.__setattr__(self, "format", DATA_FILE_FORMATS.get(Path(self.path).suffix.lower(), "hf"))
+        return self
+
+
+class DataSpec(StrictModel):
+    train: DataSource = Field(
+        DataSource(path="rajpurkar/squad_v2", format="hf", split="train"), description="training examples")
+    eval: DataSource = Field(
+        DataSource(path="rajpurkar/squad_v2", format="hf", split="validation"), description="evaluation examples")
+    label_names: list[str] | None = Field(
+        None, description="classification: label names in id order; labels in the data may be names or ids")
+
+
+class FinetuneSpec(StrictModel):
+    epochs: float = Field(2.0, gt=0, description="epochs of fine-tuning on the original training data")
+    batch_size: int = Field(32, gt=0)
+    learning_rate: float = Field(3e-5, gt=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+
+
+class TeacherSpec(StrictModel):
+    model: Ref = Field(DEFAULT_TEACHER, description="hub name or local folder of a fine-tuned model")
+    init: Literal["pretrained", "random"] = Field(
+        "pretrained", description="random: build from the config at `model` with fresh weights (demos, tests)")
+    weight: float = Field(1.0, gt=0, description="weight of this teacher in the ensemble")
+    finetune: FinetuneSpec | None = Field(
+        None, description="fine-tune `model` (a base model) on the training data first")
+    trust_remote_code: bool = Field(False, description="allow code from the model repo to run; off by default")
+
+
+class StudentArchitecture(StrictModel):
+    num_hidden_layers: int = Field(6, gt=0)
+    hidden_size: int = Field(768, gt=0)
+    num_attention_heads: int = Field(12, gt=0)
+    intermediate_size: int = Field(3072, gt=0)
+
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self) -> StudentArchitecture:
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of "
+                             f"num_attention_heads {self.num_attention_heads}")
+        return self
+
+
+class StudentSpec(StrictModel):
+    """Exactly one of `model`, `architecture`, `init_from_teacher_layers`; with none, the TinyBERT default."""
+
+    model: Ref | None = Field(None, description=f"hub name or local folder (default {DEFAULT_STUDENT})")
+    architecture: StudentArchitecture | None = Field(
+        None, description="build a fresh student from the first teacher's config with these sizes")
+    init_from_teacher_layers: list[Annotated[int, Field(ge=0)]] | None = Field(
+        None, description="copy these layers (0-based) of the first teacher, plus its embeddings")
+    trust_remote_code: bool = False
+
+    @model_validator(mode="after")
+    def _one_source(self) -> StudentSpec:
+        given = [n for n in ("model", "architecture", "init_from_teacher_layers") if getattr(self, n) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give one of model, architecture, init_from_teacher_layers; got {', '.join(given)}")
+        if not given:
+            object.__setattr__(self, "model", DEFAULT_STUDENT)
+        return self
+
+
+class VectorsSpec(StrictModel):
+    path: Ref | None = Field(
+        None, description="word vectors file; unset: word2vec vectors are trained on the input corpus")
+    format: Literal["glove", "word2vec", "word2vec_binary", "fasttext", "keyedvectors"] | None = Field(
+        None, description="file format; inferred from the suffix when unset")
+    dim: int = Field(100, gt=0, description="dimension of vectors trained on the corpus")
+    epochs: int = Field(5, gt=0, description="epochs of training vectors on the corpus")
+    min_count: int = Field(2, gt=0, description="ignore words rarer than this when training vectors")
+
+
+class AugmentSpec(StrictModel):
+    enabled: bool = True
+    factor: int = Field(20, ge=1, description="augmented variants generated per example")
+    keep_original: bool = Field(True, description="keep each original example first, next to its variants")
+    replace_prob: float = Field(0.4, gt=0, le=1, description="probability that an eligible word is replaced")
+    top_k: int = Field(15, ge=1, description="candidates considered per word")
+    mlm_model: Ref | None = Field(
+        DEFAULT_MLM, description="masked LM proposing candidates for single-wordpiece words; null: vectors only")
+    mlm_init: Literal["pretrained", "random"] = Field(
+        "pretrained", description="random: build the masked LM from its config with fresh weights (demos, tests)")
+    mlm_mode: Literal["fast", "exact"] = Field(
+        "fast", description="fast: several separated words masked per pass in a bounded window; "
+                            "exact: TinyBERT semantics, one masked word per pass over the full context")
+    mlm_window: int = Field(64, ge=8, description="fast mode: tokens of context either side of a masked word")
+    mlm_batch_size: int = Field(32, gt=0)
+    vectors: VectorsSpec = VectorsSpec()
+    augment_questions: bool = Field(False, description="QA: also substitute words in questions")
+    augment_answers: bool = Field(False, description="QA: also substitute words inside answer spans")
+
+
+class FeaturesSpec(StrictModel):
+    max_seq_len: int = Field(384, ge=16, description="tokens per window (question + context)")
+    doc_stride: int = Field(128, gt=0, description="QA: overlap between consecutive context windows")
+    max_query_len: int = Field(64, gt=0, description="QA: questions are truncated to this many tokens")
+
+
+class LabelSpec(StrictModel):
+    batch_size: int = Field(64, gt=0, description="features per teacher forward pass")
+    ensemble: Literal["probs", "logits"] = Field(
+        "probs", description="combine teachers by a weighted mean of probabilities or of logits")
+    keep_teacher_logits: bool = Field(False, description="also store each teacher's own logits")
+
+
+class PhaseSpec(StrictModel):
+    enabled: bool = True
+    epochs: float = Field(5.0, gt=0)
+    batch_size: int = Field(26, gt=0, description="global batch (split across workers)")
+    learning_rate: float = Field(5e-5, gt=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="share of steps with linear warm-up")
+    weight_decay: float = Field(0.01, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    grad_accum_steps: int = Field(1, gt=0)
+    log_every: int = Field(50, gt=0, description="steps between metric lines")
+    checkpoint_every: int = Field(500, gt=0, description="steps between resumable checkpoints")
+
+
+class IntermediateSpec(PhaseSpec):
+    losses: list[Literal["embeddings", "hidden", "attention"]] = Field(
+        ["embeddings", "hidden", "attention"], min_length=1, description="which MSE terms to use")
+    layer_map: Literal["uniform"] | list[Annotated[int, Field(ge=0)]] = Field(
+        "uniform", description="uniform: student layer i <- teacher layer (i+1)*T/S - 1; or a teacher layer per "
+                               "student layer (0-based)")
+    teacher: int = Field(0, ge=0, description="index of the teacher whose layers are distilled")
+
+
+class PredictionSpec(PhaseSpec):
+    learning_rate: float = Field(3e-5, gt=0)
+    temperature: float = Field(1.0, gt=0, description="softmax temperature for the KL term (scaled by T^2)")
+    distill_weight: float = Field(
+        1.0, ge=0, le=1, description="loss = w * KL(teacher || student) + (1 - w) * hard-label loss")
+    teacher_logits: Literal["labelled", "online"] = Field(
+        "labelled", description="read teacher logits from the label stage, or run the teacher each step")
+
+
+class DistillSpec(StrictModel):
+    intermediate: IntermediateSpec = IntermediateSpec()
+    prediction: PredictionSpec = PredictionSpec()
+
+
+class EvaluateSpec(StrictModel):
+    enabled: bool = True
+    batch_size: int = Field(64, gt=0)
+    max_answer_len: int = Field(30, gt=0, description="QA: longest answer span in tokens")
+    n_best: int = Field(20, gt=0, description="QA: start/end candidates per window")
+    null_threshold: float = Field(0.0, description="QA: predict no answer when null - best span score > this")
+    evaluate_teachers: bool = Field(True, description="score the teachers too, for the comparison")
+    measure_speed: bool = Field(True, description="measure size, latency and throughput of teacher and student")
+    speed_repeats: int = Field(20, gt=0, description="timed repeats per measurement (median is reported)")
+    export: bool = Field(True, description="write the final student as a pipeline-ready folder with a model card")
+
+
+class ResourcesSpec(StrictModel):
+    workers: int = Field(1, gt=0, description="parallel workers (Ray actors / Ray Train workers)")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per worker; fractions allowed")
+    gpus_per_worker: float | None = Field(
+        None, ge=0, description="GPUs per worker; unset: 1 when CUDA is available, else 0")
+    address: str | None = Field(None, description="Ray Jobs address (http://HEAD:8265); unset: Ray in-process")
+
+
+class OutputSpec(StrictModel):
+    root: str = Field("runs", description="run store: one folder per job plus a shared stage cache; a relative "
+                                          "path is taken from the folder `submit` runs in (--root overrides)")
+
+
+class JobSpec(StrictModel):
+    name: str = Field("distill", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)
+    task: Literal["qa", "classification"] = "qa"
+    seed: int = 42
+    data: DataSpec = DataSpec()
+    teachers: list[TeacherSpec] = Field([TeacherSpec()], description="one or more; empty trains the student alone")
+    student: StudentSpec = StudentSpec()
+    augment: AugmentSpec = AugmentSpec()
+    features: FeaturesSpec = FeaturesSpec()
+    label: LabelSpec = LabelSpec()
+    distill: DistillSpec = DistillSpec()
+    evaluate: EvaluateSpec = EvaluateSpec()
+    resources: ResourcesSpec = ResourcesSpec()
+    output: OutputSpec = OutputSpec()
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> JobSpec:
+        problems = []
+        if not self.teachers:
+            if self.distill.intermediate.enabled:
+                problems.append("distill.intermediate: needs a teacher; add one to teachers or set enabled: false")
+            if self.distill.prediction.enabled and self.distill.prediction.distill_weight > 0:
+                problems.append("distill.prediction: distill_weight > 0 needs a teacher; add one or set it to 0")
+            if self.student.init_from_teacher_layers is not None or self.student.architecture is not None:
+                problems.append("student: init_from_teacher_layers and architecture are derived from a teacher")
+            if self.evaluate.evaluate_teachers:
+                problems.append("evaluate.evaluate_teachers: there are no teachers; set it to false")
+        elif self.distill.intermediate.teacher >= len(self.teachers):
+            problems.append(f"distill.intermediate.teacher: index {self.distill.intermediate.teacher} but only "
+                            f"{len(self.teachers)} teacher(s)")
+        layer_map = self.distill.intermediate.layer_map
+        student_layers = self._student_layer_count()
+        if isinstance(layer_map, list) and student_layers is not None and len(layer_map) != student_layers:
+            problems.append(f"distill.intermediate.layer_map: {len(layer_map)} entries for a student of "
+                            f"{student_layers} layers")
+        if self.task == "qa":
+            problems += self._window_problems()
+        if self.task == "qa" and self.data.train.format not in ("squad", "hf", "jsonl"):
+            problems.append(f"data.train.format: qa reads squad, hf or jsonl data, got {self.data.train.format}")
+        if not (self.distill.intermediate.enabled or self.distill.prediction.enabled):
+            problems.append("distill: both phases are disabled; enable at least one")
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    def _window_problems(self) -> list[str]:
+        f = self.features
+        room = f.max_seq_len - f.max_query_len - 3
+        if room <= 0:
+            return [f"features.max_seq_len: {f.max_seq_len} leaves no room for context after max_query_len "
+                    f"{f.max_query_len} and 3 special tokens"]
+        if f.doc_stride >= room:
+            return [f"features.doc_stride: must be < {room} (max_seq_len - max_query_len - 3) so windows "
+                    f"overlap, got {f.doc_stride}"]
+        return []
+
+    def _student_layer_count(self) -> int | None:
+        if self.student.architecture is not None:
+            return self.student.architecture.num_hidden_layers
+        if self.student.init_from_teacher_layers is not None:
+            return len(self.student.init_from_teacher_layers)
+        return None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading and error reporting
+
+_BOUND_WORDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
+
+
+def _fields_at(loc: tuple[Any, ...]) -> list[str]:
+    """Valid keys of the model found by following `loc` (a pydantic error location) from JobSpec."""
+    model: Any = JobSpec
+    for part in loc:
+        if isinstance(part, int) or model is None:
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            break
+        annotation = field.annotation
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        for c in candidates:  # list[Model]
+            for inner in getattr(c, "__args__", ()):
+                if isinstance(inner, type) and issubclass(inner, BaseModel):
+                    model = inner
+    return list(model.model_fields) if model is not None else []
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function-"))))
+    path = ".".join(str(p) for p in loc) or "(top level)"
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        key = str(loc[-1])
+        valid = _fields_at(loc[:-1])
+        close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        return f"{path}: unknown key{hint} (valid keys: {', '.join(valid)})"
+    if kind == "missing":
+        return f"{path}: required, missing"
+    if kind in _BOUND_WORDS:
+        bound = next(iter(error.get("ctx", {}).values()), "?")
+        return f"{path}: must be {_BOUND_WORDS[kind]} {bound}, got {error['input']!r}"
+    message = error["msg"].removeprefix("Value error, ")
+    if kind == "value_error":
+        return message if not loc or message.startswith(path) else f"{path}: {message}"
+    return f"{path}: {message[0].lower()}{message[1:]}, got {error['input']!r}"
+
+
+def parse_spec(document: Any, base_dir: Path, source: str = "spec") -> JobSpec:
+    """Validate an already-parsed YAML document; relative paths are taken from `base_dir`."""
+    if not isinstance(document, dict):
+        raise SpecError([f"(top level): expected a mapping of sections, got {type(document).__name__}"], source)
+    try:
+        return JobSpec.model_validate(document, context={"base_dir": str(base_dir)})
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            # cross-field checks report several problems at once, one per line, each with its own path
+            problems += _describe(error).split("\n")
+        raise SpecError(problems, source) from None
+
+
+def missing_references(spec: JobSpec) -> list[str]:
+    """Local files and model folders the spec names but that do not exist (hub names are not checked)."""
+    refs: list[tuple[str, str | None]] = [
+        ("data.train.path", spec.data.train.path),
+        ("data.eval.path", spec.data.eval.path),
+        ("student.model", spec.student.model),
+        ("augment.vectors.path", spec.augment.vectors.path),
+    ]
+    if spec.augment.enabled and spec.augment.mlm_model is not None:
+        refs.append(("augment.mlm_model", spec.augment.mlm_model))
+    refs += [(f"teachers.{i}.model", t.model) for i, t in enumerate(spec.teachers)]
+    return [f"{field}: no such file or folder: {value}"
+            for field, value in refs if value is not None and Path(value).is_absolute() and not Path(value).exists()]
+
+
+def load_spec(path: str | Path, check_paths: bool = True) -> JobSpec:
+    """Read, validate and resolve a YAML job spec; raise SpecError with every problem."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError([f"(file): cannot read {path}: {exc}"], str(path)) from None
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpecError([f"(yaml): syntax error at {where}: {problem}"], str(path)) from None
+    spec = parse_spec(document if document is not None else {}, path.resolve().parent, str(path))
+    if check_paths:
+        problems = missing_references(spec)
+        if problems:
+            raise SpecError(problems, str(path))
+    return spec
+
+
+def dump_spec(spec: JobSpec) -> str:
+    """The resolved spec as YAML, every default written out: what a run directory stores."""
+    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)

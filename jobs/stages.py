@@ -1,0 +1,230 @@
+"""The pipeline's stages, in order, and how the spec maps onto each stage module's one entry point.
+
+    prepare -> finetune_teachers -> augment -> label -> distill_intermediate -> distill_prediction
+            -> evaluate -> report
+
+A stage declares which upstream outputs it reads and which part of the spec decides its output; the runner
+hashes both into the stage's cache key. Stages never call each other: each gets the folders of its inputs.
+Stage modules are imported when the stage runs, so `validate` and `status` stay fast.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from distill.models import ModelRef
+from jobs.spec import JobSpec, StudentSpec
+
+STAGE_VERSION = 1  # bump when a stage's output format changes, so old cache entries are not reused
+
+
+@dataclass(frozen=True)
+class StageContext:
+    spec: JobSpec
+    out_dir: Path              # the stage's output folder; may hold partial work from an interrupted attempt
+    inputs: dict[str, Path]    # output folders of the enabled upstream stages, by stage name
+    run_dir: Path
+    progress: bool             # draw progress bars (a terminal) or only log lines (a log file)
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    description: str
+    inputs: tuple[str, ...]
+    enabled: Callable[[JobSpec], bool]
+    config: Callable[[JobSpec], Any]          # the part of the spec that decides the output
+    run: Callable[[StageContext], dict[str, Any]]
+    uses_ray: bool = False                    # the runner starts Ray (or joins the cluster) before it runs
+    cached: bool = True                       # False: written into the run folder, redone on every run
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Helpers shared by several stages: which models a stage uses, resolved against upstream outputs.
+
+def label_names(ctx: StageContext) -> list[str] | None:
+    meta = json.loads((ctx.inputs["prepare"] / "train" / "meta.json").read_text())
+    return meta.get("label_names")
+
+
+def num_labels(ctx: StageContext) -> int | None:
+    names = label_names(ctx)
+    return len(names) if ctx.spec.task == "classification" and names else None
+
+
+def teacher_refs(ctx: StageContext) -> list[ModelRef]:
+    """The teachers as the later stages use them: a fine-tuned teacher is read from the fine-tuning output."""
+    refs = []
+    for i, teacher in enumerate(ctx.spec.teachers):
+        if teacher.finetune is not None:
+            refs.append(ModelRef(str(ctx.inputs["finetune_teachers"] / f"teacher_{i}" / "model"), teacher.weight))
+        else:
+            refs.append(ModelRef(teacher.model, teacher.weight, teacher.trust_remote_code, teacher.init))
+    return refs
+
+
+def tokenizer_ref(ctx: StageContext) -> ModelRef:
+    """Features are tokenized by the student's tokenizer when it has its own, else by the first teacher's."""
+    student = ctx.spec.student
+    if student.model is not None:
+        return ModelRef(student.model, trust_remote_code=student.trust_remote_code)
+    return teacher_refs(ctx)[0]
+
+
+def final_student(ctx: StageContext) -> Path:
+    phase = "distill_prediction" if "distill_prediction" in ctx.inputs else "distill_intermediate"
+    return ctx.inputs[phase] / "student"
+
+
+def _summary(result: Any) -> dict[str, Any]:
+    return asdict(result)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The stages
+
+def _prepare(ctx: StageContext) -> dict[str, Any]:
+    from augment.readers import read_examples
+
+    spec = ctx.spec
+    train = read_examples(spec.data.train, spec.task, spec.data.label_names, ctx.out_dir / "train")
+    # eval labels must use the train label ids, so the names found in train are passed on
+    evaluation = read_examples(spec.data.eval, spec.task, train.label_names, ctx.out_dir / "eval")
+    return {"train": _summary(train), "eval": _summary(evaluation)}
+
+
+def _finetune_teachers(ctx: StageContext) -> dict[str, Any]:
+    from distill.label import label_examples
+    from distill.phases import finetune_teacher
+
+    spec = ctx.spec
+    results = {}
+    for i, teacher in enumerate(spec.teachers):
+        if teacher.finetune is None:
+            continue
+        base = ModelRef(teacher.model, teacher.weight, teacher.trust_remote_code, teacher.init)
+        features_dir = ctx.out_dir / f"teacher_{i}" / "features"
+        # hard labels only: the features are built without any teacher
+        label_examples(ctx.inputs["prepare"] / "train", spec.task, [], base, spec.features, spec.label,
+                       spec.resources, features_dir, num_labels(ctx), ctx.progress)
+        result = finetune_teacher(base, spec.task, features_dir, teacher.finetune, spec.resources, spec.seed,
+                                  ctx.out_dir / f"teacher_{i}", num_labels(ctx), ctx.progress)
+        results[f"teacher_{i}"] = _summary(result)
+    return results
+
+
+def _augment(ctx: StageContext) -> dict[str, Any]:
+    from augment.pipeline import augment_examples
+
+    spec = ctx.spec
+    result = augment_examples(ctx.inputs["prepare"] / "train", spec.task, spec.augment, spec.resources, spec.seed,
+                              ctx.out_dir, ctx.progress)
+    return _summary(result)
+
+
+def _label(ctx: StageContext) -> dict[str, Any]:
+    from distill.label import label_examples
+
+    spec = ctx.spec
+    examples = ctx.inputs["augment"] if "augment" in ctx.inputs else ctx.inputs["prepare"] / "train"
+    result = label_examples(examples, spec.task, teacher_refs(ctx), tokenizer_ref(ctx), spec.features, spec.label,
+                            spec.resources, ctx.out_dir, num_labels(ctx), ctx.progress)
+    return _summary(result)
+
+
+def _distill_intermediate(ctx: StageContext) -> dict[str, Any]:
+    from distill.phases import distill_intermediate
+
+    spec = ctx.spec
+    teacher = teacher_refs(ctx)[spec.distill.intermediate.teacher]
+    result = distill_intermediate(spec.student, teacher, spec.task, ctx.inputs["label"], spec.distill.intermediate,
+                                  spec.resources, spec.seed, ctx.out_dir, num_labels(ctx), ctx.progress)
+    return _summary(result)
+
+
+def _distill_prediction(ctx: StageContext) -> dict[str, Any]:
+    from distill.phases import distill_prediction
+
+    spec = ctx.spec
+    student: StudentSpec | Path = spec.student
+    if "distill_intermediate" in ctx.inputs:
+        student = ctx.inputs["distill_intermediate"] / "student"
+    result = distill_prediction(student, teacher_refs(ctx), spec.task, ctx.inputs["label"], spec.distill.prediction,
+                                spec.label.ensemble, spec.resources, spec.seed, ctx.out_dir, num_labels(ctx),
+                                ctx.progress)
+    return _summary(result)
+
+
+def _evaluate(ctx: StageContext) -> dict[str, Any]:
+    from distill.evaluate import evaluate_models
+
+    spec = ctx.spec
+    models = {"student": ModelRef(str(final_student(ctx)))}
+    if spec.evaluate.evaluate_teachers:
+        models |= {f"teacher_{i}": ref for i, ref in enumerate(teacher_refs(ctx))}
+    result = evaluate_models(models, spec.task, ctx.inputs["prepare"] / "eval", spec.features, spec.evaluate,
+                             spec.resources, ctx.out_dir, label_names(ctx), ctx.progress)
+    return _summary(result)
+
+
+def _report(ctx: StageContext) -> dict[str, Any]:
+    from jobs.report import export_final_student, write_report
+
+    exported = export_final_student(ctx.run_dir, final_student(ctx)) if ctx.spec.evaluate.export else None
+    report = write_report(ctx.run_dir)
+    return {"report": str(report), "export": str(exported) if exported else None}
+
+
+def _phase_needs_online_teacher(spec: JobSpec) -> bool:
+    return spec.distill.prediction.teacher_logits == "online" and spec.distill.prediction.distill_weight > 0
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("prepare", "read and check the train and eval data; bad records go to rejects.jsonl",
+          inputs=(),
+          enabled=lambda s: True,
+          config=lambda s: {"task": s.task, "data": s.data}, run=_prepare),
+    Stage("finetune_teachers", "fine-tune base teachers on the original training data",
+          inputs=("prepare",),
+          enabled=lambda s: any(t.finetune is not None for t in s.teachers),
+          config=lambda s: {"task": s.task, "teachers": s.teachers, "features": s.features, "seed": s.seed},
+          run=_finetune_teachers, uses_ray=True),
+    Stage("augment", "expand the training set by word substitution",
+          inputs=("prepare",),
+          enabled=lambda s: s.augment.enabled,
+          config=lambda s: {"task": s.task, "augment": s.augment, "seed": s.seed}, run=_augment, uses_ray=True),
+    Stage("label", "tokenize into features and store the teachers' soft logits",
+          inputs=("prepare", "finetune_teachers", "augment"),
+          enabled=lambda s: True,
+          config=lambda s: {"task": s.task, "teachers": s.teachers, "student": s.student.model,
+                            "features": s.features, "label": s.label},
+          run=_label, uses_ray=True),
+    Stage("distill_intermediate", "phase 1: embeddings, hidden states and attentions",
+          inputs=("prepare", "finetune_teachers", "label"),
+          enabled=lambda s: s.distill.intermediate.enabled,
+          config=lambda s: {"task": s.task, "student": s.student, "teachers": s.teachers,
+                            "intermediate": s.distill.intermediate, "seed": s.seed},
+          run=_distill_intermediate, uses_ray=True),
+    Stage("distill_prediction", "phase 2: soft start/end or class logits with temperature",
+          inputs=("prepare", "finetune_teachers", "label", "distill_intermediate"),
+          enabled=lambda s: s.distill.prediction.enabled,
+          config=lambda s: {"task": s.task, "student": s.student, "prediction": s.distill.prediction,
+                            "ensemble": s.label.ensemble, "seed": s.seed,
+                            "teachers": s.teachers if _phase_needs_online_teacher(s) else None},
+          run=_distill_prediction, uses_ray=True),
+    Stage("evaluate", "score teachers and student; measure size and speed",
+          inputs=("prepare", "finetune_teachers", "distill_intermediate", "distill_prediction"),
+          enabled=lambda s: s.evaluate.enabled,
+          config=lambda s: {"task": s.task, "evaluate": s.evaluate, "features": s.features,
+                            "teachers": s.teachers if s.evaluate.evaluate_teachers else None},
+          run=_evaluate),
+    Stage("report", "write the report and plots; export the student",
+          inputs=("prepare", "distill_intermediate", "distill_prediction", "evaluate"),
+          enabled=lambda s: True,
+          config=lambda s: None, run=_report, cached=False),
+)
+
+STAGE_NAMES = [stage.name for stage in STAGES]

@@ -1,0 +1,167 @@
+"""The run store: one folder per job, and a stage cache shared by every job under the same root.
+
+    ROOT/
+      <job-id>/                 spec.yaml (resolved), state.json, logs/job.log, report/, export/
+      .cache/<stage>/<key>/     a stage's output; complete only once it holds COMPLETE.json
+      .cache/<stage>/<key>.lock held while a job computes that entry
+
+Every state write is atomic (temp file, fsync, rename), so a crash or a full disk leaves the previous state
+intact, and a cache entry counts as complete only once its marker is renamed into place, which a stage does
+after all its files are written. Locks are `flock`s: the kernel drops them when a holder dies, even by SIGKILL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import json
+import os
+import secrets
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+COMPLETE_MARKER = "COMPLETE.json"
+
+
+class JobNotFound(LookupError):
+    pass
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace `path` with `text` so that readers see the old content or the new, never a torn file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """One stage output, addressed by a hash of the stage's configuration and of its inputs' keys."""
+
+    path: Path
+
+    @property
+    def complete(self) -> bool:
+        return (self.path / COMPLETE_MARKER).exists()
+
+    def summary(self) -> dict[str, Any]:
+        return json.loads((self.path / COMPLETE_MARKER).read_text())["summary"]
+
+    def mark_complete(self, summary: dict[str, Any]) -> None:
+        write_atomic(self.path / COMPLETE_MARKER, json.dumps({"completed_at": now(), "summary": summary}, indent=2))
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Held while computing: a second job asking for the same entry waits, then finds it complete."""
+        with file_lock(self.path.with_name(self.path.name + ".lock")):
+            yield
+
+
+@dataclass(frozen=True)
+class Run:
+    path: Path
+
+    @property
+    def job_id(self) -> str:
+        return self.path.name
+
+    @property
+    def spec_path(self) -> Path:
+        return self.path / "spec.yaml"
+
+    @property
+    def state_path(self) -> Path:
+        return self.path / "state.json"
+
+    @property
+    def log_path(self) -> Path:
+        return self.path / "logs" / "job.log"
+
+    def read_state(self) -> dict[str, Any]:
+        return json.loads(self.state_path.read_text())
+
+    def update_state(self, change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+        """Read, change and atomically write the state under a lock (the CLI and the job may both write)."""
+        with file_lock(self.path / ".state.lock"):
+            state = self.read_state()
+            change(state)
+            write_atomic(self.state_path, json.dumps(state, indent=2))
+            return state
+
+    def update_stage(self, stage: str, **fields: Any) -> None:
+        self.update_state(lambda state: state["stages"][stage].update(fields))
+
+
+class RunStore:
+    def __init__(self, root: Path):
+        self.root = Path(root).resolve()
+
+    def new_job_id(self, name: str) -> str:
+        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        return f"{name}-{stamp}-{secrets.token_hex(3)}"
+
+    def create(self, job_id: str, spec_yaml: str, stage_names: list[str], **extra: Any) -> Run:
+        """Make the run folder with its spec and an all-pending state; the folder appears fully formed."""
+        final = self.root / job_id
+        if final.exists():
+            raise FileExistsError(f"job {job_id} already exists in {self.root}")
+        self.root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=self.root, prefix=f".{job_id}."))
+        (staging / "logs").mkdir()
+        write_atomic(staging / "spec.yaml", spec_yaml)
+        state = {
+            "job_id": job_id,
+            "name": job_id.rsplit("-", 3)[0],
+            "status": "pending",
+            "created_at": now(),
+            "pid": None,
+            **extra,
+            "stages": {name: {"status": "pending", "started_at": None, "ended_at": None, "output": None,
+                              "cache_key": None, "summary": None, "error": None} for name in stage_names},
+        }
+        write_atomic(staging / "state.json", json.dumps(state, indent=2))
+        os.replace(staging, final)
+        return Run(final)
+
+    def get(self, job_id: str) -> Run:
+        path = self.root / job_id
+        if not (path / "state.json").exists():
+            known = ", ".join(r.job_id for r in self.list()[-5:]) or "none"
+            raise JobNotFound(f"no job {job_id!r} in {self.root} (latest: {known}); pass --root if it lives elsewhere")
+        return Run(path)
+
+    def list(self) -> list[Run]:
+        if not self.root.exists():
+            return []
+        runs = [Run(p) for p in self.root.iterdir() if not p.name.startswith(".") and (p / "state.json").exists()]
+        return sorted(runs, key=lambda r: r.read_state()["created_at"])
+
+    def cache_entry(self, stage: str, key: str) -> CacheEntry:
+        return CacheEntry(self.root / ".cache" / stage / key)

@@ -1,0 +1,82 @@
+"""Shared fixtures: paths into ../shared, one Ray session per test run, tiny models saved to temp folders."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+
+
+def _shared(relative: str) -> Path:
+    path = SHARED / relative
+    if not path.exists():
+        pytest.skip(f"{path} is absent: tests on real data need ../shared beside the repo")
+    return path
+
+
+@pytest.fixture(scope="session")
+def squad_dev_path() -> Path:
+    return _shared("data/squad2/dev-v2.0.json")
+
+
+@pytest.fixture(scope="session")
+def sst2_dir() -> Path:
+    return _shared("data/sst2")
+
+
+@pytest.fixture(scope="session")
+def bert_tokenizer_dir() -> Path:
+    return _shared("tokenizers/bert-base-uncased")
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray instance for the whole run: 2 CPUs, no dashboard, quiet progress output."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        ray.data.DataContext.get_current().enable_progress_bars = False
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_factory(tmp_path_factory, bert_tokenizer_dir):
+    """Build a tiny BERT with a task head and the real uncased tokenizer, save it, and return its folder.
+
+    Models are cached by their arguments for the session, so asking twice costs nothing.
+    """
+    import torch
+    from transformers import (AutoModelForMaskedLM, AutoModelForQuestionAnswering,
+                              AutoModelForSequenceClassification, AutoTokenizer, BertConfig)
+
+    heads = {"qa": AutoModelForQuestionAnswering, "classification": AutoModelForSequenceClassification,
+             "mlm": AutoModelForMaskedLM}
+    built: dict[tuple, Path] = {}
+
+    def make(task: str = "qa", layers: int = 2, hidden: int = 32, heads_count: int = 2, num_labels: int = 2,
+             seed: int = 0, max_positions: int = 512) -> Path:
+        key = (task, layers, hidden, heads_count, num_labels, seed, max_positions)
+        if key not in built:
+            tokenizer = AutoTokenizer.from_pretrained(bert_tokenizer_dir)
+            config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=hidden, num_hidden_layers=layers,
+                                num_attention_heads=heads_count, intermediate_size=hidden * 2,
+                                max_position_embeddings=max_positions, num_labels=num_labels)
+            torch.manual_seed(seed)
+            model = heads[task].from_config(config)
+            folder = tmp_path_factory.mktemp(f"tiny-{task}-{layers}l-{hidden}h")
+            model.save_pretrained(folder)
+            tokenizer.save_pretrained(folder)
+            built[key] = folder
+        return built[key]
+
+    return make

@@ -1,0 +1,112 @@
+"""Job specs: defaults, round trip, every shipped config, and bad specs refused with the field named."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from jobs.cli import main
+from jobs.spec import JobSpec, SpecError, dump_spec, load_spec, parse_spec
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+
+
+def test_defaults_reproduce_the_reference_recipe():
+    spec = JobSpec()
+    assert spec.teachers[0].model == "deepset/bert-base-uncased-squad2"
+    assert spec.student.model == "huawei-noah/TinyBERT_General_6L_768D"
+    assert (spec.augment.factor, spec.augment.keep_original) == (20, True)
+    assert (spec.distill.intermediate.epochs, spec.distill.prediction.epochs) == (5, 5)
+    assert spec.distill.intermediate.batch_size == spec.distill.prediction.batch_size == 26
+    assert (spec.distill.intermediate.learning_rate, spec.distill.prediction.learning_rate) == (5e-5, 3e-5)
+    assert (spec.features.max_seq_len, spec.features.doc_stride) == (384, 128)
+    assert (spec.distill.prediction.temperature, spec.distill.prediction.distill_weight) == (1.0, 1.0)
+
+
+def test_reference_config_spells_out_exactly_the_defaults():
+    spec = load_spec(REPO / "configs" / "squad2_tinybert_6l.yaml", check_paths=False)
+    assert spec.model_copy(update={"name": "distill"}) == JobSpec()
+
+
+def test_round_trip_through_the_resolved_yaml(tmp_path):
+    spec = load_spec(REPO / "configs" / "quickstart.yaml")
+    saved = tmp_path / "spec.yaml"
+    saved.write_text(dump_spec(spec))
+    assert load_spec(saved) == spec
+    # relative paths were resolved against the spec's folder, so the copy works from anywhere
+    assert Path(spec.data.train.path).is_absolute() and Path(spec.data.train.path).exists()
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.name for c in CONFIGS])
+def test_every_shipped_config_is_valid(config):
+    assert subprocess.run([sys.executable, "-m", "jobs", "validate", str(config)], cwd=REPO,
+                          capture_output=True, text=True).returncode == 0
+
+
+# each case: a change to a valid spec, and the field path the error must name
+BAD_SPECS = [
+    ({"distill": {"prediction": {"temperature": -1}}}, "distill.prediction.temperature: must be > 0"),
+    ({"augmnt": {"factor": 3}}, "augmnt: unknown key; did you mean 'augment'"),
+    ({"augment": {"factr": 3}}, "augment.factr: unknown key; did you mean 'factor'"),
+    ({"teachers": [{"modle": "x"}]}, "teachers.0.modle: unknown key; did you mean 'model'"),
+    ({"task": "regression"}, "task: input should be 'qa' or 'classification'"),
+    ({"augment": {"mlm_mode": "quick"}}, "augment.mlm_mode: input should be 'fast' or 'exact'"),
+    ({"augment": {"replace_prob": 1.5}}, "augment.replace_prob: must be <= 1"),
+    ({"augment": {"factor": 0}}, "augment.factor: must be >= 1"),
+    ({"teachers": [{"model": "a/b", "weight": 0}]}, "teachers.0.weight: must be > 0"),
+    ({"teachers": []}, "distill.intermediate: needs a teacher"),
+    ({"student": {"model": "a/b", "architecture": {}}}, "student: give one of model, architecture"),
+    ({"student": {"architecture": {"num_hidden_layers": 3}},
+      "distill": {"intermediate": {"layer_map": [1, 2]}}}, "distill.intermediate.layer_map: 2 entries"),
+    ({"features": {"doc_stride": 400}}, "features.doc_stride: must be <"),
+    ({"distill": {"intermediate": {"teacher": 3}}}, "distill.intermediate.teacher: index 3"),
+    ({"distill": {"intermediate": {"enabled": False}, "prediction": {"enabled": False}}},
+     "distill: both phases are disabled"),
+    ({"distill": {"prediction": {"batch_size": "many"}}}, "distill.prediction.batch_size: input should be"),
+    ({"data": {"train": {"path": "./missing.json"}}}, "data.train.path: no such file"),
+    ({"teachers": [{"model": "./no-such-model"}]}, "teachers.0.model: no such file"),
+    ({"student": {"architecture": {"hidden_size": 100, "num_attention_heads": 12}}},
+     "student.architecture: hidden_size 100 is not a multiple"),
+    ({"name": "../escape"}, "name: string should match pattern"),
+    ({"label": {"ensemble": "vote"}}, "label.ensemble: input should be 'probs' or 'logits'"),
+]
+
+
+@pytest.mark.parametrize("change,expected", BAD_SPECS, ids=[e.split(":")[0] for _, e in BAD_SPECS])
+def test_bad_spec_is_refused_with_exit_2_and_nothing_created(tmp_path, capsys, change, expected):
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(change))
+    root = tmp_path / "runs"
+    assert main(["submit", str(spec_file), "--root", str(root)]) == 2
+    assert expected in capsys.readouterr().err
+    assert not root.exists()
+
+
+def test_every_problem_is_listed_at_once():
+    with pytest.raises(SpecError) as error:
+        parse_spec({"augment": {"factor": 0, "top_k": 0}, "seed": "x"}, Path("."))
+    assert len(error.value.problems) == 3
+
+
+def test_yaml_syntax_error_points_at_the_line(tmp_path, capsys):
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text("task: qa\naugment:\n  factor: [1, 2\nseed: 3\n")
+    assert main(["validate", str(spec_file)]) == 2
+    assert "(yaml): syntax error at line" in capsys.readouterr().err
+
+
+def test_spec_is_data_not_code(tmp_path, capsys):
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text("task: !!python/object/apply:os.system ['echo pwned']\n")
+    assert main(["validate", str(spec_file)]) == 2
+    assert "(yaml)" in capsys.readouterr().err
+
+
+def test_trust_remote_code_is_off_unless_asked():
+    spec = JobSpec()
+    assert not spec.teachers[0].trust_remote_code and not spec.student.trust_remote_code
