@@ -81,7 +81,8 @@ def _run_squad_metric(args: argparse.Namespace) -> int:
 
 def _add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the ``evaluate`` options on ``parser``; unset options take the job spec's defaults."""
-    parser.add_argument("model", metavar="MODEL", help="model folder (or cached hub name) with a QA or classification head")
+    parser.add_argument("model", metavar="MODEL",
+                        help="model folder (or cached hub name) with a QA or classification head")
     parser.add_argument("--data", required=True, help="evaluation data: SQuAD JSON, TSV/CSV/JSONL file or HF dataset")
     parser.add_argument("--format", choices=["squad", "tsv", "csv", "jsonl", "hf"], help="default: from the suffix")
     parser.add_argument("--split", help="split of an HF dataset (e.g. validation)")
@@ -115,6 +116,10 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     import tempfile
     from pathlib import Path
 
+    if args.model.startswith((".", "/", "~")) and not Path(args.model).expanduser().is_dir():
+        print(f"python -m distill evaluate: error: no model folder {args.model}", file=sys.stderr)
+        return 2
+
     from pydantic import ValidationError
 
     from augment.readers import DataReadError, read_examples
@@ -123,9 +128,6 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from distill.speed import task_of
     from jobs.spec import DataSource, EvaluateSpec, FeaturesSpec, ResourcesSpec
 
-    if args.model.startswith((".", "/", "~")) and not Path(args.model).expanduser().is_dir():
-        print(f"python -m distill evaluate: error: no model folder {args.model}", file=sys.stderr)
-        return 2
     try:
         ref = ModelRef(str(Path(args.model).expanduser()) if args.model.startswith("~") else args.model)
         config = load_config(ref)

@@ -16,6 +16,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from pydantic import BaseModel
+from pydantic_core import to_jsonable_python
+
 from jobs.spec import JobSpec, SpecError, dump_spec, load_spec
 from jobs.stages import STAGE_NAMES, STAGES
 from jobs.store import JobNotFound, Run, RunStore, now
@@ -247,6 +250,45 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _nested_model(annotation: Any) -> tuple[type[BaseModel] | None, str]:
+    """The spec model inside a field's type (itself, a list of it, or an optional one) and its path suffix."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation, "."
+    for inner in getattr(annotation, "__args__", ()):
+        model, _ = _nested_model(inner)
+        if model is not None:
+            return model, "[]." if getattr(annotation, "__origin__", None) is list else "."
+    return None, ""
+
+
+def _field_rows(model: type[BaseModel], prefix: str) -> list[tuple[str, str, str]]:
+    rows = []
+    for name, field in model.model_fields.items():
+        path = f"{prefix}{name}"
+        nested, separator = _nested_model(field.annotation)
+        if nested is not None and not (isinstance(field.default, BaseModel) or field.default is None
+                                       or isinstance(field.default, list)):
+            nested = None
+        default = "required" if field.is_required() else json.dumps(to_jsonable_python(field.default))
+        if nested is None or field.default is None or isinstance(field.default, list):
+            rows.append((path, default, field.description or ""))
+        if nested is not None:
+            rows += _field_rows(nested, f"{path}{separator}")
+    return rows
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    rows = [r for r in _field_rows(JobSpec, "") if r[0].startswith(args.section or "")]
+    if not rows:
+        print(f"error: no spec field starts with {args.section!r}", file=sys.stderr)
+        return EXIT_BAD_SPEC
+    for path, default, description in rows:
+        print(f"{path} = {default}")
+        if description:
+            print(textwrap.indent(textwrap.fill(description, 100), "    "))
+    return EXIT_OK
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from jobs.report import write_report
 
@@ -292,6 +334,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(sub, "validate", cmd_validate, "check a job spec without running anything",
                  "python -m jobs validate configs/quickstart.yaml")
     p.add_argument("spec")
+
+    p = _command(sub, "explain", cmd_explain, "list every spec field with its default and meaning",
+                 "python -m jobs explain distill.prediction")
+    p.add_argument("section", nargs="?", help="only fields under this path, e.g. augment or distill.prediction")
 
     p = _command(sub, "submit", cmd_submit, "validate a spec and run it as a new job",
                  "python -m jobs submit configs/quickstart.yaml --detach")

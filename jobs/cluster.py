@@ -11,6 +11,7 @@ from __future__ import annotations
 import shlex
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -18,6 +19,8 @@ import augment
 import distill
 import jobs
 from jobs.store import Run
+
+AGENT_WAIT_SECONDS = 120
 
 # Ray Jobs states mapped onto ours, so `status` reads the same for local and cluster jobs
 _STATUS = {"PENDING": "pending", "RUNNING": "running", "SUCCEEDED": "succeeded", "FAILED": "failed",
@@ -38,10 +41,19 @@ def submit(address: str, run: Run, root: Path, submission_id: str) -> str:
         packages = [str(Path(module.__file__).parent) for module in (augment, distill, jobs)]
         entrypoint = (f"python -m jobs run spec.yaml --job-id {shlex.quote(run.job_id)} "
                       f"--root {shlex.quote(str(root))}")
-        return _client(address).submit_job(
-            entrypoint=entrypoint, submission_id=submission_id,
-            runtime_env={"working_dir": str(staging), "py_modules": packages,
-                         "env_vars": {"RAY_DATA_DISABLE_PROGRESS_BARS": "1", "TOKENIZERS_PARALLELISM": "false"}})
+        runtime_env = {"working_dir": str(staging), "py_modules": packages,
+                       "env_vars": {"RAY_DATA_DISABLE_PROGRESS_BARS": "1", "TOKENIZERS_PARALLELISM": "false"}}
+        client = _client(address)
+        deadline = time.monotonic() + AGENT_WAIT_SECONDS
+        while True:
+            try:
+                return client.submit_job(entrypoint=entrypoint, submission_id=submission_id,
+                                         runtime_env=runtime_env)
+            except RuntimeError as error:
+                # a head that has just started answers before its job agent has registered
+                if "No available agent" not in str(error) or time.monotonic() > deadline:
+                    raise
+                time.sleep(2.0)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

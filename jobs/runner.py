@@ -51,12 +51,16 @@ def stage_key(stage: Stage, spec: JobSpec, input_keys: dict[str, str]) -> str:
     return digest[:16]
 
 
-def _attach_log_file(run: Run) -> logging.Handler:
-    handler = logging.FileHandler(run.log_path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
-    log.addHandler(handler)
+def _attach_log_handlers(run: Run) -> list[logging.Handler]:
+    """Log to the run's job.log and to stderr (a terminal, a detached job's stdout.log, or Ray Jobs' log)."""
+    formatter = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
+    handlers = [logging.FileHandler(run.log_path), logging.StreamHandler(sys.stderr)]
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        log.addHandler(handler)
     log.setLevel(logging.INFO)
-    return handler
+    log.propagate = False
+    return handlers
 
 
 def _raise_cancelled(signum: int, frame: Any) -> None:
@@ -66,7 +70,7 @@ def _raise_cancelled(signum: int, frame: Any) -> None:
 def run_job(run: Run, store: RunStore, progress: bool | None = None) -> str:
     """Run (or resume) every stage of `run`; return the final job status."""
     progress = sys.stderr.isatty() if progress is None else progress
-    handler = _attach_log_file(run)
+    handlers = _attach_log_handlers(run)
     previous_handler = signal.signal(signal.SIGTERM, _raise_cancelled)
     current: str | None = None
     try:
@@ -93,8 +97,9 @@ def run_job(run: Run, store: RunStore, progress: bool | None = None) -> str:
         return "failed"
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
-        log.removeHandler(handler)
-        handler.close()
+        for handler in handlers:
+            log.removeHandler(handler)
+            handler.close()
 
 
 def _fail(run: Run, stage: str | None, status: str, message: str) -> None:
@@ -118,6 +123,7 @@ def _run_stage(stage: Stage, spec: JobSpec, run: Run, store: RunStore, keys: dic
         return
     entry = store.cache_entry(stage.name, key)
     outputs[stage.name] = entry.path
+    _link_artifact(run, stage.name, entry.path)
     if not entry.complete and _locked(entry.path):
         log.info("stage %s: another job is computing %s; waiting for it", stage.name, entry.path)
     with entry.lock():
@@ -128,6 +134,16 @@ def _run_stage(stage: Stage, spec: JobSpec, run: Run, store: RunStore, keys: dic
             return
         summary = _execute(stage, spec, run, entry.path, inputs, key, progress)
         entry.mark_complete(summary)
+
+
+def _link_artifact(run: Run, stage: str, target: Path) -> None:
+    """runs/<job>/artifacts/<stage> points at the stage's cache entry, so a job's outputs sit in its folder."""
+    link = run.path / "artifacts" / stage
+    link.parent.mkdir(exist_ok=True)
+    temporary = link.with_name(f".{stage}.link")
+    temporary.unlink(missing_ok=True)
+    temporary.symlink_to(target, target_is_directory=True)
+    os.replace(temporary, link)
 
 
 def _locked(path: Path) -> bool:

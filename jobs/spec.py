@@ -169,6 +169,8 @@ class AugmentSpec(StrictModel):
     mlm_window: int = Field(64, ge=8, description="fast mode: tokens of context either side of a masked word")
     mlm_batch_size: int = Field(32, gt=0)
     vectors: VectorsSpec = VectorsSpec()
+    examples_per_shard: int = Field(
+        256, gt=0, description="input examples per output shard; a crash loses at most one shard's work")
     augment_questions: bool = Field(False, description="QA: also substitute words in questions")
     augment_answers: bool = Field(False, description="QA: also substitute words inside answer spans")
 
@@ -184,6 +186,8 @@ class LabelSpec(StrictModel):
     ensemble: Literal["probs", "logits"] = Field(
         "probs", description="combine teachers by a weighted mean of probabilities or of logits")
     keep_teacher_logits: bool = Field(False, description="also store each teacher's own logits")
+    examples_per_shard: int = Field(
+        1024, gt=0, description="examples per output shard; a crash loses at most one shard's work")
 
 
 class PhaseSpec(StrictModel):

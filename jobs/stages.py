@@ -109,7 +109,8 @@ def _finetune_teachers(ctx: StageContext) -> dict[str, Any]:
         features_dir = ctx.out_dir / f"teacher_{i}" / "features"
         # hard labels only: the features are built without any teacher
         label_examples(ctx.inputs["prepare"] / "train", spec.task, [], base, spec.features, spec.label,
-                       spec.resources, features_dir, num_labels(ctx), ctx.progress)
+                       spec.resources, features_dir, num_labels(ctx), ctx.progress,
+                       examples_per_shard=spec.label.examples_per_shard)
         result = finetune_teacher(base, spec.task, features_dir, teacher.finetune, spec.resources, spec.seed,
                                   ctx.out_dir / f"teacher_{i}", num_labels(ctx), ctx.progress)
         results[f"teacher_{i}"] = _summary(result)
@@ -121,7 +122,7 @@ def _augment(ctx: StageContext) -> dict[str, Any]:
 
     spec = ctx.spec
     result = augment_examples(ctx.inputs["prepare"] / "train", spec.task, spec.augment, spec.resources, spec.seed,
-                              ctx.out_dir, ctx.progress)
+                              ctx.out_dir, ctx.progress, block_rows=spec.augment.examples_per_shard)
     return _summary(result)
 
 
@@ -131,7 +132,8 @@ def _label(ctx: StageContext) -> dict[str, Any]:
     spec = ctx.spec
     examples = ctx.inputs["augment"] if "augment" in ctx.inputs else ctx.inputs["prepare"] / "train"
     result = label_examples(examples, spec.task, teacher_refs(ctx), tokenizer_ref(ctx), spec.features, spec.label,
-                            spec.resources, ctx.out_dir, num_labels(ctx), ctx.progress)
+                            spec.resources, ctx.out_dir, num_labels(ctx), ctx.progress,
+                            examples_per_shard=spec.label.examples_per_shard)
     return _summary(result)
 
 
@@ -174,6 +176,7 @@ def _report(ctx: StageContext) -> dict[str, Any]:
     from jobs.report import export_final_student, write_report
 
     exported = export_final_student(ctx.run_dir, final_student(ctx)) if ctx.spec.evaluate.export else None
+    # the report reads the state the runner keeps, so it is written last and shows every stage before it
     report = write_report(ctx.run_dir)
     return {"report": str(report), "export": str(exported) if exported else None}
 
@@ -222,7 +225,7 @@ STAGES: tuple[Stage, ...] = (
                             "teachers": s.teachers if s.evaluate.evaluate_teachers else None},
           run=_evaluate),
     Stage("report", "write the report and plots; export the student",
-          inputs=("prepare", "distill_intermediate", "distill_prediction", "evaluate"),
+          inputs=("prepare", "augment", "distill_intermediate", "distill_prediction", "evaluate"),
           enabled=lambda s: True,
           config=lambda s: None, run=_report, cached=False),
 )

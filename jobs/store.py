@@ -1,7 +1,8 @@
 """The run store: one folder per job, and a stage cache shared by every job under the same root.
 
     ROOT/
-      <job-id>/                 spec.yaml (resolved), state.json, logs/job.log, report/, export/
+      <job-id>/                 spec.yaml (resolved), state.json, logs/job.log, report/, export/,
+                                artifacts/<stage> -> the stage's cache entry
       .cache/<stage>/<key>/     a stage's output; complete only once it holds COMPLETE.json
       .cache/<stage>/<key>.lock held while a job computes that entry
 

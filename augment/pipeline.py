@@ -1,0 +1,474 @@
+"""The augmentation stage: expand an examples folder by word substitution, in parallel on Ray, resumably.
+
+`augment_examples` is the one entry point::
+
+    result = augment_examples(Path("runs/x/examples"), "qa", AugmentSpec(), ResourcesSpec(workers=2), 42,
+                              Path("runs/x/augmented"))
+
+It writes::
+
+    out_dir/
+      augment.json                    what made this folder: task, seed, resolved AugmentSpec, block layout and the
+                                      input files' checksums; a rerun with other settings is refused
+      shards/part-00000.parquet ...   one shard per block, same schema as the input: each original (when
+                                      keep_original) followed by its variants
+      blocks/part-00000.json ...      the counts of each finished block (its shard is complete when this exists)
+      vectors.kv (+ .vectors.npy)     word2vec vectors trained on the corpus, when vectors.path is unset
+      stats.json                      examples_in, examples_out, variants_per_example, eligible_words,
+                                      substituted_words, substitution_rate, substitutions_by_source, seconds, ...
+      meta.json                       the input's meta.json (task, label_names, source, ...) with our shard list
+
+How it runs:
+
+1. The driver reads the input and cuts it into blocks of about `block_rows` examples, in input order, never
+   splitting a paragraph (QA rows sharing a context): candidates are computed once per paragraph.
+2. The driver loads (or trains, once, into vectors.kv) the word vectors and computes the nearest neighbours of
+   every distinct word needing them in one batched pass. Each block carries only its own words' neighbours, so
+   no worker ever holds the vectors (nothing to share or copy).
+3. A Ray Data actor pool (`resources.workers` actors, `cpus_per_worker` CPUs each, fractions allowed, GPUs for
+   the masked LM when available) augments the blocks. Each actor loads the masked LM once, runs torch on
+   max(1, int(cpus_per_worker)) threads, and writes each block's shard atomically, then its counts. Ray is
+   used as initialised by the caller; otherwise the stage joins the cluster named by RAY_ADDRESS (a Ray job)
+   or starts a private local instance with every CPU, and shuts down what it started.
+
+Determinism: a block's output depends only on its rows, the seed, the settings and the models: blocks are fixed
+by the input, each variant's random draws are seeded by (seed, example id, draw), masked-LM batches are formed
+within a block in a fixed order, and word passes are planned per text. So the shards are byte-identical for any
+number of workers and across reruns, and a rerun after an interruption (or after deleting shards) redoes only
+the blocks whose shard or counts are missing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import resource
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from augment.candidates import (MaskedLMProposer, load_vectors, nearest_neighbours, propose, save_vectors,
+                                train_vectors)
+from augment.sampling import Tally, augment_classification, augment_qa
+from augment.schema import schema_for
+from augment.words import eligible_words, segment
+from augment.writers import SHARD_GLOB, write_json, write_shard
+from jobs.spec import AugmentSpec, ResourcesSpec
+
+log = logging.getLogger(__name__)
+
+# Examples per block: about 5k rows out at factor 20, a shard of a few MB, and a unit of resumable work of
+# tens of seconds with a bert-base masked LM in fast mode. Smaller: finer resume and balance, more files.
+BLOCK_ROWS = 256
+VECTORS_FILE = "vectors.kv"
+
+
+class AugmentInputError(ValueError):
+    """An input folder or output folder this stage cannot use; the message says what was found and the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentResult:
+    """What `augment_examples` wrote; `dataclasses.asdict` of it is JSON-serialisable.
+
+    Attributes:
+        task: "qa" or "classification".
+        out_dir: the output folder (layout in the module doc).
+        examples_in: original examples read.
+        examples_out: rows written (originals kept plus variants).
+        blocks: shards in the output, one per block.
+        blocks_reused: blocks found finished from an earlier, interrupted run and not redone.
+        shards: the shard files, in order.
+        stats_path, meta_path: stats.json and meta.json.
+        vectors_path: vectors.kv when vectors were trained on the corpus, else None.
+        stats: the content of stats.json.
+    """
+
+    task: str
+    out_dir: str
+    examples_in: int
+    examples_out: int
+    blocks: int
+    blocks_reused: int
+    shards: tuple[str, ...]
+    stats_path: str
+    meta_path: str
+    vectors_path: str | None
+    stats: dict[str, Any]
+
+
+def augment_examples(examples_dir: Path, task: Literal["qa", "classification"], config: AugmentSpec,
+                     resources: ResourcesSpec, seed: int, out_dir: Path, progress: bool = True, *,
+                     block_rows: int = BLOCK_ROWS) -> AugmentResult:
+    """Augment the examples of `examples_dir` into `out_dir` (see the module doc), resuming an interrupted run.
+
+    Args:
+        examples_dir: an examples folder (`shards/part-*.parquet` in the task's schema, `meta.json`).
+        task: "qa" or "classification"; must match the input's meta.json.
+        config: the augmentation settings (factor, candidates, masked LM, vectors, what to augment).
+        resources: workers, CPUs and GPUs per worker.
+        seed: the job seed; with the same seed, settings and input the output is byte-identical.
+        out_dir: the output folder; created, or resumed when it holds an unfinished run of the same settings.
+        progress: show a progress bar of finished blocks.
+        block_rows: examples per block (one shard each); part of the run's identity, so keep it on resume.
+
+    Raises:
+        AugmentInputError: the input is missing or of the wrong task, or `out_dir` holds another run's output.
+    """
+    started = time.perf_counter()
+    examples_dir, out_dir = Path(examples_dir), Path(out_dir)
+    if not config.enabled:
+        raise AugmentInputError("augment.enabled is false: this stage has nothing to do; skip it, or set "
+                                "enabled: true")
+    if block_rows <= 0:
+        raise AugmentInputError(f"block_rows must be > 0, got {block_rows}")
+    table, meta, fingerprint = _read_input(examples_dir, task)
+    blocks = plan_blocks(table, task, block_rows)
+    _claim(out_dir, {"task": task, "seed": seed, "block_rows": block_rows, "blocks": len(blocks),
+                     "input": fingerprint, "augment": config.model_dump(mode="json")})
+
+    todo = [i for i in range(len(blocks)) if not _block_done(out_dir, i)]
+    vectors_path = None
+    run_info = {"workers": 0, "peak_rss_mb_per_worker": None, "vectors_loaded_by_workers": False,
+                "worker_busy_seconds": 0.0}
+    if todo:
+        log.info("augmenting %d of %d block(s) (%d finished earlier)", len(todo), len(blocks),
+                 len(blocks) - len(todo))
+        rows = table.to_pylist()
+        words = {i: _block_words(rows, blocks[i], _fields(task, config)) for i in todo}
+        neighbours, vectors_path = _neighbours_for(words.values(), rows, task, config, seed, out_dir)
+        items = [_work_item(i, table.take(blocks[i]), words[i], neighbours) for i in todo]
+        del rows, words
+        run_info = _run_blocks(items, task, config, resources, seed, out_dir, progress)
+    elif config.vectors.path is None and (out_dir / VECTORS_FILE).exists():
+        vectors_path = out_dir / VECTORS_FILE
+    if not blocks:  # keep the folder readable: one empty shard records the schema
+        write_shard(out_dir / "shards" / "part-00000.parquet", [], schema_for(task))
+
+    tally = Tally()
+    for i in range(len(blocks)):
+        counts = json.loads((out_dir / "blocks" / f"part-{i:05d}.json").read_text(encoding="utf-8"))
+        tally.add(Tally(counts["examples_in"], counts["examples_out"], counts["variants"], counts["eligible_words"],
+                        counts["substituted_words"], Counter(counts["substitutions_by_source"])))
+    stats = {
+        "examples_in": tally.examples_in,
+        "examples_out": tally.examples_out,
+        "variants_per_example": tally.variants / tally.examples_in if tally.examples_in else 0.0,
+        "eligible_words": tally.eligible_words,
+        "substituted_words": tally.substituted_words,
+        "substitution_rate": tally.substituted_words / tally.eligible_words if tally.eligible_words else 0.0,
+        "substitutions_by_source": {"mlm": tally.by_source["mlm"], "embedding": tally.by_source["embedding"]},
+        "seconds": round(time.perf_counter() - started, 3),
+        "blocks": len(blocks),
+        "blocks_reused": len(blocks) - len(todo),
+        "mlm_mode": config.mlm_mode if config.mlm_model is not None else None,
+        **run_info,
+    }
+    shards = sorted((out_dir / "shards").glob(SHARD_GLOB))
+    write_json(out_dir / "stats.json", stats)
+    meta = {k: v for k, v in meta.items() if k != "shards"} | {
+        "shards": [p.name for p in shards], "augmented_from": str(examples_dir.resolve())}
+    write_json(out_dir / "meta.json", meta)
+    return AugmentResult(
+        task=task, out_dir=str(out_dir), examples_in=tally.examples_in, examples_out=tally.examples_out,
+        blocks=len(blocks), blocks_reused=len(blocks) - len(todo), shards=tuple(str(p) for p in shards),
+        stats_path=str(out_dir / "stats.json"), meta_path=str(out_dir / "meta.json"),
+        vectors_path=str(vectors_path) if vectors_path is not None else None, stats=stats)
+
+
+def augment_block(rows: list[dict[str, Any]], task: str, config: AugmentSpec, seed: int,
+                  neighbours: dict[str, list[str]], mlm: MaskedLMProposer | None) -> tuple[list[dict], Tally]:
+    """The output rows of one block and their counts: candidates once per distinct text, then sampling.
+
+    Args:
+        rows: original examples in the task's schema.
+        neighbours: lower-case word -> embedding candidates, for every word of these rows that needs them.
+        mlm: the masked LM, or None for embedding candidates only.
+    """
+    def options_for(texts: list[str]):
+        return propose(texts, neighbours, mlm, config.mlm_mode, config.top_k, config.mlm_window)
+
+    out, tally = [], Tally()
+    if task == "qa":
+        contexts = options_for([r["context"] for r in rows])
+        questions = options_for([r["question"] for r in rows]) if config.augment_questions else [None] * len(rows)
+        for row, context_options, question_options in zip(rows, contexts, questions):
+            written, counts = augment_qa(row, context_options, question_options, config, seed)
+            out += written
+            tally.add(counts)
+    else:
+        texts = options_for([r["text"] for r in rows])
+        pair_texts = [r["text_pair"] for r in rows if r["text_pair"] is not None]
+        pairs = iter(options_for(pair_texts))
+        for row, text_options in zip(rows, texts):
+            pair_options = next(pairs) if row["text_pair"] is not None else None
+            written, counts = augment_classification(row, text_options, pair_options, config, seed)
+            out += written
+            tally.add(counts)
+    return out, tally
+
+
+def plan_blocks(table: pa.Table, task: str, block_rows: int) -> list[list[int]]:
+    """Row indices of each block: consecutive units of about `block_rows` rows, in input order.
+
+    A unit is one example, or for QA every row sharing a context (in the order the context first appears), so
+    that a paragraph's candidates are computed once.
+    """
+    if task == "qa":
+        units: dict[str, list[int]] = {}
+        for i, context in enumerate(table.column("context").to_pylist()):
+            units.setdefault(context, []).append(i)
+        groups = list(units.values())
+    else:
+        groups = [[i] for i in range(table.num_rows)]
+    blocks, current = [], []
+    for group in groups:
+        current += group
+        if len(current) >= block_rows:
+            blocks.append(current)
+            current = []
+    if current:
+        blocks.append(current)
+    return blocks
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Input, output folder and resume
+
+
+def _read_input(examples_dir: Path, task: str) -> tuple[pa.Table, dict[str, Any], list[dict[str, Any]]]:
+    """The input rows, its meta.json, and a fingerprint of its shard files (name, size, SHA-256)."""
+    shards_dir, meta_path = examples_dir / "shards", examples_dir / "meta.json"
+    paths = sorted(shards_dir.glob(SHARD_GLOB))
+    if not paths:
+        raise AugmentInputError(f"no example shards ({SHARD_GLOB}) in {shards_dir}; run the read stage first "
+                                "(augment.readers.read_examples) or give the examples folder that holds shards/")
+    if not meta_path.exists():
+        raise AugmentInputError(f"{meta_path} is missing; an examples folder written by augment.readers has one")
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    if meta.get("task") != task:
+        raise AugmentInputError(f"{examples_dir} holds {meta.get('task')!r} examples (meta.json) but the task is "
+                                f"{task!r}; give the matching task or folder")
+    expected = schema_for(task)
+    tables = []
+    for path in paths:
+        part = pq.read_table(path)
+        if not part.schema.equals(expected):
+            raise AugmentInputError(f"{path} does not have the {task} schema of augment.schema:\n{part.schema}\n"
+                                    f"expected:\n{expected}")
+        tables.append(part)
+    table = pa.concat_tables(tables)
+    augmented = pc.sum(pc.not_equal(table.column("variant"), 0)).as_py() or 0
+    if augmented:
+        raise AugmentInputError(f"{examples_dir} already holds {augmented} augmented variant(s) (variant > 0); "
+                                "augment the original examples folder instead")
+    fingerprint = [{"name": p.name, "bytes": p.stat().st_size,
+                    "sha256": hashlib.sha256(p.read_bytes()).hexdigest()} for p in paths]
+    return table, meta, fingerprint
+
+
+def _claim(out_dir: Path, plan: dict[str, Any]) -> None:
+    """Record what makes `out_dir` (augment.json), or check that an earlier, unfinished run had the same plan."""
+    plan_path = out_dir / "augment.json"
+    if plan_path.exists():
+        earlier = json.loads(plan_path.read_text(encoding="utf-8"))
+        if earlier != plan:
+            differ = sorted(k for k in plan.keys() | earlier.keys() if plan.get(k) != earlier.get(k))
+            raise AugmentInputError(f"{out_dir} holds the output of a run with other settings (differs in: "
+                                    f"{', '.join(differ)}); remove the folder or choose another output folder")
+        return
+    leftovers = list((out_dir / "shards").glob(SHARD_GLOB)) if (out_dir / "shards").is_dir() else []
+    if leftovers:
+        raise AugmentInputError(f"{out_dir} holds {len(leftovers)} shard(s) but no augment.json, so they are not "
+                                "this stage's output; remove them or choose another output folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(plan_path, plan)
+
+
+def _block_done(out_dir: Path, index: int) -> bool:
+    # the counts are written after the shard, so both existing means the block is complete
+    name = f"part-{index:05d}"
+    return (out_dir / "shards" / f"{name}.parquet").exists() and (out_dir / "blocks" / f"{name}.json").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Word vectors and neighbours (driver side)
+
+
+def _fields(task: str, config: AugmentSpec) -> list[str]:
+    """The text columns whose words are substituted."""
+    if task == "qa":
+        return ["context", "question"] if config.augment_questions else ["context"]
+    return ["text", "text_pair"]
+
+
+def _block_words(rows: list[dict[str, Any]], members: list[int], fields: list[str]) -> dict[str, set[str]]:
+    """The eligible words of a block's texts: lower-case word -> the forms it takes there ("Paris", "PARIS")."""
+    words: dict[str, set[str]] = {}
+    for r in members:
+        for text in dict.fromkeys(rows[r][f] for f in fields if rows[r][f] is not None):  # a context once
+            for w in eligible_words(text):
+                words.setdefault(w.word.lower(), set()).add(w.word)
+    return words
+
+
+def _neighbours_for(block_words: Iterable[dict[str, set[str]]], rows: list[dict[str, Any]], task: str,
+                    config: AugmentSpec, seed: int, out_dir: Path) -> tuple[dict[str, tuple[str, ...]], Path | None]:
+    """Embedding candidates of every word of the blocks to do that needs them, and the trained vectors' path.
+
+    With a masked LM only words that are not one wordpiece need them; they are all looked up in one batched
+    pass (`nearest_neighbours`), once per distinct word.
+    """
+    surfaces: dict[str, set[str]] = {}
+    for words in block_words:
+        for word, forms in words.items():
+            surfaces.setdefault(word, set()).update(forms)
+    wanted = set(surfaces)
+    if config.mlm_model is not None:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(config.mlm_model)
+        forms = sorted({form for forms in surfaces.values() for form in forms})
+        # a leading space makes BPE vocabularies tokenise a word as it appears mid-sentence
+        pieces = tokenizer([" " + form for form in forms], add_special_tokens=False)["input_ids"] if forms else []
+        single = {form for form, ids in zip(forms, pieces) if len(ids) == 1}
+        wanted = {word for word, forms in surfaces.items() if not forms <= single}
+    if not wanted:
+        return {}, None
+
+    vectors_path = None
+    if config.vectors.path is not None:
+        vectors = load_vectors(config.vectors.path, config.vectors.format)
+    else:
+        vectors_path = out_dir / VECTORS_FILE
+        if vectors_path.exists():  # trained by an earlier, interrupted run: training is deterministic
+            vectors = load_vectors(vectors_path)
+        else:
+            corpus = _corpus(rows, task)
+            log.info("training word2vec (dim %d, %d epochs) on %d texts", config.vectors.dim,
+                     config.vectors.epochs, len(corpus))
+            trained = train_vectors(corpus, config.vectors.dim, config.vectors.epochs, config.vectors.min_count,
+                                    seed)
+            save_vectors(trained, vectors_path)
+            vectors = load_vectors(vectors_path)
+    log.info("nearest neighbours of %d words among %d vectors", len(wanted), len(vectors.index_to_key))
+    return nearest_neighbours(vectors, wanted, config.top_k), vectors_path
+
+
+def _corpus(rows: list[dict[str, Any]], task: str) -> list[list[str]]:
+    """Every distinct text of the input (all text columns), lower-cased and split into words, in input order."""
+    columns = ["context", "question"] if task == "qa" else ["text", "text_pair"]
+    texts = dict.fromkeys(row[c] for row in rows for c in columns if row[c] is not None)
+    return [[w.word.lower() for w in segment(text)] for text in texts]
+
+
+def _work_item(index: int, block: pa.Table, words: dict[str, set[str]],
+               neighbours: dict[str, tuple[str, ...]]) -> dict[str, Any]:
+    """One block as a Ray Data row: its index, its rows as Arrow IPC bytes, and its words' neighbours as JSON."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, block.schema) as writer:
+        writer.write_table(block)
+    own = {w: list(neighbours[w]) for w in sorted(words) if w in neighbours}
+    return {"block": index, "rows": sink.getvalue().to_pybytes(), "neighbours": json.dumps(own).encode("utf-8")}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The Ray stage
+
+
+class _BlockAugmenter:
+    """A Ray Data actor: loads the masked LM once, then augments blocks and writes their shards and counts."""
+
+    def __init__(self, task: str, config: AugmentSpec, seed: int, out_dir: str, device: str, threads: int):
+        import torch
+
+        torch.set_num_threads(threads)  # actors share the machine's cores; one each unless given more
+        self.task, self.config, self.seed, self.out_dir = task, config, seed, Path(out_dir)
+        self.mlm = None
+        if config.mlm_model is not None:
+            self.mlm = MaskedLMProposer(config.mlm_model, config.mlm_init, seed, device, config.mlm_batch_size)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
+        result: dict[str, list] = {"block": [], "examples_out": [], "pid": [], "peak_rss_mb": [],
+                                   "vectors_loaded": [], "seconds": []}
+        for index, payload, words in zip(batch["block"], batch["rows"], batch["neighbours"]):
+            started = time.perf_counter()
+            rows = pa.ipc.open_stream(payload).read_all().to_pylist()
+            out, tally = augment_block(rows, self.task, self.config, self.seed, json.loads(words), self.mlm)
+            name = f"part-{int(index):05d}"
+            write_shard(self.out_dir / "shards" / f"{name}.parquet", out, schema_for(self.task))
+            (self.out_dir / "blocks").mkdir(exist_ok=True)
+            write_json(self.out_dir / "blocks" / f"{name}.json", {
+                "examples_in": tally.examples_in, "examples_out": tally.examples_out, "variants": tally.variants,
+                "eligible_words": tally.eligible_words, "substituted_words": tally.substituted_words,
+                "substitutions_by_source": dict(sorted(tally.by_source.items()))})
+            result["block"].append(int(index))
+            result["examples_out"].append(tally.examples_out)
+            result["pid"].append(os.getpid())
+            result["peak_rss_mb"].append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+            result["vectors_loaded"].append("gensim" in sys.modules)  # evidence that workers never load vectors
+            result["seconds"].append(time.perf_counter() - started)
+        return result
+
+
+def _run_blocks(items: list[dict[str, Any]], task: str, config: AugmentSpec, resources: ResourcesSpec, seed: int,
+                out_dir: Path, progress: bool) -> dict[str, Any]:
+    """Augment the blocks in `items` on a Ray Data actor pool; return the pool size and each worker's peak RSS."""
+    import ray
+    from tqdm import tqdm
+
+    gpus = resources.gpus_per_worker
+    if gpus is None:
+        import torch
+
+        gpus = 1.0 if torch.cuda.is_available() and config.mlm_model is not None else 0.0
+    workers = min(resources.workers, len(items))
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        if os.environ.get("RAY_ADDRESS"):  # a Ray job's driver (or told where the cluster is): join that cluster
+            ray.init(log_to_driver=False, configure_logging=False)
+        else:  # a private in-process instance; plain ray.init() would join any cluster `ray start` left running
+            ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+                     configure_logging=False)
+    context = ray.data.DataContext.get_current()  # a dataset copies it when created
+    ray_bars, context.enable_progress_bars = context.enable_progress_bars, False  # ours instead: one line
+    try:
+        (out_dir / "shards").mkdir(parents=True, exist_ok=True)
+        dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+            _BlockAugmenter,
+            fn_constructor_kwargs={"task": task, "config": config, "seed": seed, "out_dir": str(out_dir),
+                                   "device": "cuda" if gpus > 0 else "cpu",
+                                   "threads": max(1, int(resources.cpus_per_worker))},
+            batch_size=1,
+            # one block in flight per actor: blocks are large, so queueing them would only unbalance the end
+            compute=ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=1),
+            num_cpus=resources.cpus_per_worker,
+            num_gpus=gpus,
+        )
+        peak: dict[int, float] = {}
+        busy, rows_out = 0.0, 0
+        vectors_loaded = False
+        with tqdm(total=len(items), desc="augmenting", unit="block", disable=not progress) as bar:
+            for row in dataset.iter_rows():
+                peak[row["pid"]] = max(peak.get(row["pid"], 0.0), row["peak_rss_mb"])
+                vectors_loaded |= bool(row["vectors_loaded"])
+                busy += row["seconds"]
+                rows_out += row["examples_out"]
+                bar.update(1)
+                bar.set_postfix(rows_out=rows_out)
+    finally:
+        context.enable_progress_bars = ray_bars
+        if started_ray:
+            ray.shutdown()
+    return {"workers": workers, "peak_rss_mb_per_worker": round(max(peak.values()), 1) if peak else None,
+            "vectors_loaded_by_workers": vectors_loaded, "worker_busy_seconds": round(busy, 2)}

@@ -1,0 +1,330 @@
+"""Evaluation: score each model on the evaluation examples, write its predictions, optionally time it.
+
+`evaluate_models` is the one entry point. For every named model (the student and, for the comparison, the
+teachers) it builds features with the shared `distill.features` functions, runs batched inference, and scores:
+
+    QA              distill.postprocess -> official predictions.json / null_odds.json -> distill.squad_metric
+                    (exact, f1, HasAns_*, NoAns_*, best_* and their thresholds)
+    classification  argmax -> predictions.json -> distill.classification_metrics (accuracy, macro-F1, per class)
+
+    out_dir/
+      settings.json                       task, features and evaluate settings, models, device
+      metrics.json                        {name: {metric: value, ..., "speed": {device: SpeedReport}}, ...}
+                                          the student also gets "vs_teachers": {teacher: {device: ratios}}
+      <name>/predictions.json             QA: {qid: answer text, "" for no answer}; classification: {id: label}
+      <name>/null_odds.json               QA only: {qid: null score - best span score}
+
+Example::
+
+    result = evaluate_models({"student": ModelRef("runs/x/student"), "teacher_0": ModelRef("deepset/...")},
+                             "qa", Path("runs/x/prepare/eval"), spec.features, spec.evaluate, spec.resources,
+                             Path("runs/x/evaluate"))
+    result.models["student"].metrics["f1"], result.comparisons["teacher_0"]["cpu"]["speedup"]
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import torch
+from tqdm import tqdm
+
+from augment.writers import read_shards, write_json
+from distill import speed
+from distill.classification_metrics import classification_report
+from distill.features import CLS_INDEX, build_features, pad_batch
+from distill.models import (ModelRef, autocast, check_max_seq_len, load_model, load_tokenizer,
+                            pick_device)
+from distill.postprocess import QAExample, QAWindow, postprocess_qa_predictions, write_null_odds, write_predictions
+from distill.squad_metric import squad_v2_scores
+from jobs.spec import EvaluateSpec, FeaturesSpec, ResourcesSpec
+
+Task = Literal["qa", "classification"]
+
+
+class EvaluationError(ValueError):
+    """Evaluation inputs that do not fit: no examples, unlabelled classification data, label names that disagree."""
+
+
+@dataclass(frozen=True)
+class ModelEvaluation:
+    """One model's evaluation.
+
+    Attributes:
+        name: the model's name in the evaluation ("student", "teacher_0", ...).
+        model: its folder or hub name.
+        examples: evaluation examples scored.
+        features: model inputs they made (QA: windows; classification: one per example).
+        seconds: wall time of feature building, inference and scoring (speed measurement excluded).
+        metrics: the scores as in metrics.json, without "speed". QA: the official SQuAD 2.0 keys plus
+            na_prob_thresh; classification: accuracy, macro_f1, macro_precision, macro_recall, total, per_class.
+        speed: {device: SpeedReport as a dict}; None when speed was not measured.
+        predictions_path: predictions.json.
+        null_odds_path: null_odds.json (QA), else None.
+    """
+
+    name: str
+    model: str
+    examples: int
+    features: int
+    seconds: float
+    metrics: dict[str, Any]
+    speed: dict[str, dict[str, Any]] | None
+    predictions_path: str
+    null_odds_path: str | None
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    """What `evaluate_models` wrote; `dataclasses.asdict` of it is JSON-serialisable.
+
+    Attributes:
+        task: "qa" or "classification".
+        device: where inference ran.
+        metrics_path: out_dir/metrics.json.
+        models: one ModelEvaluation per model, in the order given.
+        comparisons: {teacher name: {device: speed.compare(student, teacher)}}; empty unless speed was measured
+            and a model is named "student".
+    """
+
+    task: Task
+    device: str
+    metrics_path: str
+    models: dict[str, ModelEvaluation]
+    comparisons: dict[str, dict[str, dict[str, Any]]]
+
+
+def evaluate_models(models: dict[str, ModelRef], task: Task, examples_dir: Path, features: FeaturesSpec,
+                    config: EvaluateSpec, resources: ResourcesSpec, out_dir: Path,
+                    label_names: list[str] | None = None, progress: bool = True) -> EvaluationResult:
+    """Score every model on the examples in `examples_dir` and write the layout in the module doc to `out_dir`.
+
+    Args:
+        models: {name: model}; a model named "student" is compared with every other (the teachers) for speed.
+        task: "qa" or "classification".
+        examples_dir: an examples folder (shards/part-*.parquet, meta.json) in the task's schema.
+        features: tokenization settings, the same as for training.
+        config: batch size, QA answer settings, whether to measure speed and how often.
+        resources: gpus_per_worker decides the device (CUDA when present and not set to 0).
+        out_dir: where the outputs go; created if needed.
+        label_names: classification: class names in id order; None: read from examples_dir/meta.json.
+        progress: draw a progress bar per model.
+
+    Raises:
+        EvaluationError: no models, no examples, QA windows without room for context, unlabelled classification
+            examples, or label names that do not match a classifier.
+        distill.models.ModelCheckError: a model whose head, positions or tokenizer does not fit.
+    """
+    if not models:
+        raise EvaluationError("no models to evaluate; pass at least one {name: ModelRef}")
+    examples = read_shards(examples_dir)
+    if examples.num_rows == 0:
+        raise EvaluationError(f"{examples_dir} holds no examples; check the eval data and its rejects.jsonl")
+    if task == "classification":
+        label_names = label_names or _meta_label_names(Path(examples_dir))
+    else:
+        _check_windows(features)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = pick_device(resources.gpus_per_worker)
+    write_json(out_dir / "settings.json", {
+        "task": task, "examples_dir": str(examples_dir), "examples": examples.num_rows,
+        "features": features.model_dump(mode="json"), "evaluate": config.model_dump(mode="json"),
+        "models": {name: asdict(ref) for name, ref in models.items()}, "device": str(device),
+        "label_names": label_names,
+    })
+
+    evaluations: dict[str, ModelEvaluation] = {}
+    speed_reports: dict[str, dict[str, speed.SpeedReport]] = {}
+    for name, ref in models.items():
+        evaluations[name] = _evaluate_one(name, ref, task, examples, features, config, device, out_dir / name,
+                                          label_names, progress)
+        if config.measure_speed:
+            speed_reports[name] = _measure(ref, task, features, config, device)
+            evaluations[name] = _with_speed(evaluations[name], speed_reports[name])
+
+    comparisons: dict[str, dict[str, dict[str, Any]]] = {}
+    if "student" in speed_reports:
+        student = speed_reports["student"]
+        for name, reports in speed_reports.items():
+            if name != "student":
+                comparisons[name] = {dev: speed.compare(student[dev], reports[dev]) for dev in student}
+
+    metrics = {}
+    for name, evaluation in evaluations.items():
+        entry = dict(evaluation.metrics)
+        if evaluation.speed is not None:
+            entry["speed"] = evaluation.speed
+        if name == "student" and comparisons:
+            entry["vs_teachers"] = comparisons
+        metrics[name] = entry
+    metrics_path = out_dir / "metrics.json"
+    write_json(metrics_path, metrics)
+    return EvaluationResult(task=task, device=str(device), metrics_path=str(metrics_path), models=evaluations,
+                            comparisons=comparisons)
+
+
+def _check_windows(features: FeaturesSpec) -> None:
+    """QA windows need room for context after the question and 3 special tokens, and must overlap by less."""
+    room = features.max_seq_len - features.max_query_len - 3
+    if room <= 0 or features.doc_stride >= room:
+        raise EvaluationError(
+            f"features: max_seq_len {features.max_seq_len} - max_query_len {features.max_query_len} - 3 leaves "
+            f"{room} context tokens per window; doc_stride ({features.doc_stride}) must be smaller. Lower doc_stride "
+            "or max_query_len, or raise max_seq_len")
+
+
+def _meta_label_names(examples_dir: Path) -> list[str]:
+    meta_path = examples_dir / "meta.json"
+    names = json.loads(meta_path.read_text(encoding="utf-8"))["label_names"] if meta_path.is_file() else None
+    if not names:
+        raise EvaluationError(f"no label names: pass label_names, or read the examples with "
+                              f"augment.readers.read_examples so that {meta_path} records them")
+    return names
+
+
+def _evaluate_one(name: str, ref: ModelRef, task: Task, examples: pa.Table, features: FeaturesSpec,
+                  config: EvaluateSpec, device: torch.device, model_dir: Path, label_names: list[str] | None,
+                  progress: bool) -> ModelEvaluation:
+    """Features, inference and scores of one model; writes its predictions into `model_dir`."""
+    started = time.perf_counter()
+    num_labels = len(label_names) if task == "classification" and label_names else None
+    tokenizer = load_tokenizer(ref)
+    model = load_model(ref, task, num_labels=num_labels)
+    check_max_seq_len(model.config, features.max_seq_len, name)
+    if num_labels is not None and model.config.num_labels != num_labels:
+        raise EvaluationError(f"{name}: classifies into {model.config.num_labels} labels, the data has "
+                              f"{num_labels} ({', '.join(label_names)})")
+    table = build_features(examples, task, tokenizer, features)
+    outputs = _infer(model.to(device), table, tokenizer.pad_token_id, config.batch_size, device,
+                     f"evaluating {name}", progress)
+    del model
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+    model_dir.mkdir(parents=True, exist_ok=True)
+    predictions_path = model_dir / "predictions.json"
+    null_odds_path = None
+    if task == "qa":
+        null_odds_path = model_dir / "null_odds.json"
+        metrics = _score_qa(examples, table, outputs, config, predictions_path, null_odds_path)
+    else:
+        metrics = _score_classification(examples, outputs, label_names, model_num_labels=outputs.shape[1],
+                                        predictions_path=predictions_path)
+    return ModelEvaluation(
+        name=name, model=ref.name_or_path, examples=examples.num_rows, features=table.num_rows,
+        seconds=time.perf_counter() - started, metrics=metrics, speed=None, predictions_path=str(predictions_path),
+        null_odds_path=str(null_odds_path) if null_odds_path else None)
+
+
+def _infer(model: torch.nn.Module, table: pa.Table, pad_token_id: int, batch_size: int, device: torch.device,
+           description: str, progress: bool) -> Any:
+    """Model outputs for every feature row, in row order.
+
+    Rows are run longest first, so a batch holds rows of similar length and little padding.
+
+    Returns:
+        QA: a list of (start, end) float32 arrays of each row's own length (padding cut off);
+        classification: (N, C) float32 logits.
+    """
+    rows = table.select(["input_ids", "token_type_ids"]).to_pylist()
+    lengths = np.fromiter((len(row["input_ids"]) for row in rows), dtype=np.int64, count=len(rows))
+    order = np.argsort(-lengths, kind="stable")
+    takes_token_types = "token_type_ids" in _forward_parameters(model)
+    results: list[Any] = [None] * len(rows)
+    batches = range(0, len(rows), batch_size)
+    with torch.inference_mode(), autocast(device):
+        for begin in tqdm(batches, desc=description, unit=" batches", disable=not progress):
+            indices = order[begin:begin + batch_size]
+            batch = pad_batch([rows[i] for i in indices], pad_token_id)  # (B, T) tensors
+            inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+            if takes_token_types:
+                inputs["token_type_ids"] = batch["token_type_ids"]
+            output = model(**{key: value.to(device) for key, value in inputs.items()})
+            if hasattr(output, "start_logits"):
+                starts = output.start_logits.float().cpu().numpy()  # (B, T)
+                ends = output.end_logits.float().cpu().numpy()
+                for row, index in enumerate(indices):
+                    length = lengths[index]
+                    results[index] = (starts[row, :length], ends[row, :length])
+            else:
+                logits = output.logits.float().cpu().numpy()  # (B, C)
+                for row, index in enumerate(indices):
+                    results[index] = logits[row]
+    if rows and not isinstance(results[0], tuple):
+        return np.stack(results)
+    return results
+
+
+def _forward_parameters(model: torch.nn.Module) -> set[str]:
+    return set(inspect.signature(model.forward).parameters)
+
+
+def _score_qa(examples: pa.Table, table: pa.Table, outputs: list[tuple[np.ndarray, np.ndarray]],
+              config: EvaluateSpec, predictions_path: Path, null_odds_path: Path) -> dict[str, Any]:
+    """Post-process windows into answers, write the official files and score them with the SQuAD 2.0 metric."""
+    ids = examples.column("id").to_pylist()
+    contexts = examples.column("context").to_pylist()
+    windows: dict[str, list[QAWindow]] = {qid: [] for qid in ids}
+    feature_rows = table.select(["example_id", "offset_start", "offset_end"]).to_pylist()
+    for row, (start_logits, end_logits) in zip(feature_rows, outputs):
+        offsets = np.stack([row["offset_start"], row["offset_end"]], axis=1)  # (T, 2), -1 outside the context
+        windows[row["example_id"]].append(QAWindow(start_logits, end_logits, offsets, CLS_INDEX))
+    qa_examples = [QAExample(qid, context, tuple(windows[qid])) for qid, context in zip(ids, contexts)]
+    predictions = postprocess_qa_predictions(qa_examples, n_best_size=config.n_best,
+                                             max_answer_length=config.max_answer_len,
+                                             null_threshold=config.null_threshold)
+    write_predictions(predictions, predictions_path)
+    write_null_odds(predictions, null_odds_path)
+
+    # squad_metric marks an unanswerable question with an empty gold list (as load_squad_gold does); the
+    # official script's [""] is what it compares against internally.
+    gold = {qid: [] if impossible else list(answers["text"])
+            for qid, answers, impossible in zip(ids, examples.column("answers").to_pylist(),
+                                                examples.column("is_impossible").to_pylist())}
+    # The predictions already say "" where the null odds exceed null_threshold; scoring with the same threshold
+    # makes exact/f1 the scores of predictions.json exactly (best_* search their own threshold).
+    scores = squad_v2_scores(gold, {qid: p.text for qid, p in predictions.items()},
+                             na_probs={qid: p.null_odds for qid, p in predictions.items()},
+                             na_prob_thresh=config.null_threshold)
+    return {**scores, "na_prob_thresh": config.null_threshold}
+
+
+def _score_classification(examples: pa.Table, logits: np.ndarray, label_names: list[str] | None,
+                          model_num_labels: int, predictions_path: Path) -> dict[str, Any]:
+    """Argmax predictions, written as {id: label name}, and their accuracy, macro scores and per-class report."""
+    labels = examples.column("label").to_pylist()
+    unlabelled = sum(label is None for label in labels)
+    if unlabelled:
+        raise EvaluationError(f"{unlabelled} of {len(labels)} evaluation examples have no label; evaluation "
+                              "needs labelled data (e.g. a dev split, not a test split)")
+    names = label_names or [str(i) for i in range(model_num_labels)]
+    predicted = logits.argmax(axis=1)  # (N,)
+    ids = examples.column("id").to_pylist()
+    write_json(predictions_path, {example_id: names[int(p)] for example_id, p in zip(ids, predicted)})
+    report = classification_report(np.asarray(labels, dtype=np.int64), predicted, len(names), names)
+    return {
+        "accuracy": report.accuracy, "macro_f1": report.macro_f1, "macro_precision": report.macro_precision,
+        "macro_recall": report.macro_recall, "total": report.total,
+        "per_class": {c.name: {"precision": c.precision, "recall": c.recall, "f1": c.f1, "support": c.support}
+                      for c in report.per_class},
+    }
+
+
+def _measure(ref: ModelRef, task: Task, features: FeaturesSpec, config: EvaluateSpec,
+             device: torch.device) -> dict[str, speed.SpeedReport]:
+    """Speed on CPU always (the usual serving target), and on the GPU too when evaluation runs on one."""
+    devices = ["cpu"] + (["cuda"] if device.type == "cuda" else [])
+    return {dev: speed.measure_model(ref, features.max_seq_len, config.speed_repeats, dev, task=task)
+            for dev in devices}
+
+
+def _with_speed(evaluation: ModelEvaluation, reports: dict[str, speed.SpeedReport]) -> ModelEvaluation:
+    return replace(evaluation, speed={dev: asdict(report) for dev, report in reports.items()})

@@ -1,0 +1,339 @@
+"""Features: examples tokenized the one way that labelling, training and evaluation share.
+
+A *feature* is one model input: a classification example gives one, a QA example one per window of its context.
+Teachers are labelled, students trained and both evaluated on features built here, so teacher logits line up
+token for token with what the student sees.
+
+QA windows follow the transformers question-answering example: the question first (cut to
+`features.max_query_len` tokens beforehand), then as much context as fits in `features.max_seq_len`; a long
+context overflows into further windows that overlap by `features.doc_stride` tokens. No padding is stored, only
+real tokens; `pad_batch` pads a batch to its longest row when it is collated.
+
+The Parquet layout of a feature shard is `feature_schema(task)`; the label stage fills the teacher columns, a
+feature built here without a teacher has them null. Offsets are two flat lists rather than a list of pairs: the
+same information with half the nesting, and `np.stack([start, end], 1)` gives the (T, 2) array that
+`distill.postprocess` takes.
+
+Example::
+
+    table = qa_features(examples, tokenizer, spec.features)       # pa.Table, QA_FEATURE_SCHEMA
+    batch = pad_batch(table.slice(0, 32).to_pylist(), tokenizer.pad_token_id)
+    model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+          token_type_ids=batch["token_type_ids"])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from itertools import chain
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from augment.schema import Task
+from jobs.spec import FeaturesSpec
+
+# Where a token outside the context points in `offset_start` / `offset_end`.
+NOT_CONTEXT = -1
+# The [CLS] position: the "no answer" target and the gold position of answers a window does not hold.
+CLS_INDEX = 0
+# Fills teacher logits past a row's end in `pad_batch`: softmax gives those positions 0 exactly in float32 and the
+# value stays finite, so `p * log p` terms are 0, not NaN. The attention mask says which positions are real.
+LOGIT_PAD = -1.0e4
+
+_HALF_LIST = pa.list_(pa.float16())
+_COMMON_FIELDS = [
+    pa.field("feature_id", pa.string(), nullable=False),    # "<example_id>/<window>"
+    pa.field("example_id", pa.string(), nullable=False),
+    pa.field("window", pa.int32(), nullable=False),         # 0, 1, ... within the example
+    pa.field("input_ids", pa.list_(pa.int32()), nullable=False),
+    pa.field("token_type_ids", pa.list_(pa.int8()), nullable=False),
+]
+
+QA_FEATURE_SCHEMA = pa.schema([
+    *_COMMON_FIELDS,
+    # characters [offset_start, offset_end) of the context that each token covers; -1 for question and special
+    # tokens. Same length as input_ids.
+    pa.field("offset_start", pa.list_(pa.int32()), nullable=False),
+    pa.field("offset_end", pa.list_(pa.int32()), nullable=False),
+    # gold answer tokens (inclusive) when the window holds the whole first answer, else CLS_INDEX
+    pa.field("start_position", pa.int32(), nullable=False),
+    pa.field("end_position", pa.int32(), nullable=False),
+    # the ensemble's start/end logits per token, same length as input_ids; null when labelled without a teacher
+    pa.field("teacher_start_logits", _HALF_LIST),
+    pa.field("teacher_end_logits", _HALF_LIST),
+    # each teacher's own raw logits, (n_teachers, len(input_ids)); null unless label.keep_teacher_logits
+    pa.field("teachers_start_logits", pa.list_(_HALF_LIST)),
+    pa.field("teachers_end_logits", pa.list_(_HALF_LIST)),
+])
+
+CLASSIFICATION_FEATURE_SCHEMA = pa.schema([
+    *_COMMON_FIELDS,
+    pa.field("label", pa.int64()),                          # null for unlabelled examples
+    pa.field("teacher_logits", _HALF_LIST),                 # (num_labels,); null without a teacher
+    pa.field("teachers_logits", pa.list_(_HALF_LIST)),      # (n_teachers, num_labels); keep_teacher_logits only
+])
+
+#: The teacher columns of each task's schema: ensemble columns first, then the per-teacher ones.
+TEACHER_COLUMNS: dict[str, tuple[str, ...]] = {
+    "qa": ("teacher_start_logits", "teacher_end_logits", "teachers_start_logits", "teachers_end_logits"),
+    "classification": ("teacher_logits", "teachers_logits"),
+}
+
+
+class FeaturesError(ValueError):
+    """Examples that cannot be turned into features: missing columns, an empty context, a mixed text_pair column."""
+
+
+def feature_schema(task: Task) -> pa.Schema:
+    """The Parquet schema of a feature shard for `task`."""
+    return QA_FEATURE_SCHEMA if task == "qa" else CLASSIFICATION_FEATURE_SCHEMA
+
+
+def build_features(examples: Sequence[Mapping[str, Any]] | pa.Table, task: Task,
+                   tokenizer: PreTrainedTokenizerBase, features: FeaturesSpec) -> pa.Table:
+    """`qa_features` or `classification_features`, by task."""
+    if task == "qa":
+        return qa_features(examples, tokenizer, features)
+    return classification_features(examples, tokenizer, features)
+
+
+def _columns(examples: Sequence[Mapping[str, Any]] | pa.Table, names: Sequence[str],
+             optional: Sequence[str] = ()) -> dict[str, list[Any]]:
+    """The named columns of `examples` as Python lists; an optional column that is absent comes back as Nones."""
+    if isinstance(examples, pa.Table):
+        present = set(examples.column_names)
+        missing = [n for n in names if n not in present]
+        if missing:
+            raise FeaturesError(f"examples lack column(s) {missing}; found {examples.column_names}")
+        return {n: examples.column(n).to_pylist() if n in present else [None] * examples.num_rows
+                for n in [*names, *optional]}
+    rows = list(examples)
+    for index, row in enumerate(rows):
+        missing = [n for n in names if n not in row]
+        if missing:
+            raise FeaturesError(f"example {index} lacks key(s) {missing}; it has {sorted(row)}")
+    return {n: [row.get(n) for row in rows] for n in [*names, *optional]}
+
+
+def _feature_ids(example_ids: list[str], sample_of: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """("<example_id>/<window>" per feature, window index per feature) for features in example order."""
+    windows = np.zeros(len(sample_of), dtype=np.int32)
+    if len(sample_of):
+        # a window's index is its distance from the first feature of the same example
+        first = np.flatnonzero(np.r_[True, sample_of[1:] != sample_of[:-1]])
+        windows = (np.arange(len(sample_of)) - np.repeat(first, np.diff(np.r_[first, len(sample_of)])))
+        windows = windows.astype(np.int32)
+    ids = [f"{example_ids[s]}/{w}" for s, w in zip(sample_of.tolist(), windows.tolist())]
+    return ids, windows
+
+
+def _list_array(flat: np.ndarray, lengths: np.ndarray, value_type: pa.DataType) -> pa.ListArray:
+    """A list<value_type> array of len(lengths) rows cut from `flat`."""
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(flat, type=value_type))
+
+
+def _flat(nested: list[list[int]], dtype: type) -> np.ndarray:
+    return np.fromiter(chain.from_iterable(nested), dtype=dtype)
+
+
+def _truncate_questions(questions: list[str], tokenizer: PreTrainedTokenizerBase, max_query_len: int) -> list[str]:
+    """Questions without leading whitespace, each cut after its `max_query_len`-th token.
+
+    Cutting the string at the end of the last kept token (rather than truncating ids) keeps the question text and
+    its tokens in step, so the pair can go through the tokenizer's own overflow handling as text.
+    """
+    # some SQuAD questions start with runs of spaces, which would only waste window room
+    questions = [q.lstrip() for q in questions]
+    encoded = tokenizer(questions, add_special_tokens=False, return_offsets_mapping=True,
+                        return_attention_mask=False, return_token_type_ids=False)
+    return [q if len(offsets) <= max_query_len else q[:offsets[max_query_len - 1][1]]
+            for q, offsets in zip(questions, encoded["offset_mapping"])]
+
+
+def qa_features(examples: Sequence[Mapping[str, Any]] | pa.Table, tokenizer: PreTrainedTokenizerBase,
+                features: FeaturesSpec) -> pa.Table:
+    """QA examples (augment.schema.QA_SCHEMA rows, or squad_v2-style dicts) as windows, in QA_FEATURE_SCHEMA.
+
+    Args:
+        examples: rows with id, question, context, answers {text, answer_start} and optionally is_impossible (an
+            example without answers is unanswerable either way).
+        tokenizer: a fast tokenizer (offsets are needed).
+        features: max_seq_len, doc_stride and max_query_len.
+
+    Returns:
+        One row per window, windows of an example consecutive and in context order. The gold positions are the
+        first answer's first and last token when the window holds the whole answer, else CLS_INDEX (0) for
+        both, as for unanswerable questions. Teacher columns are null.
+    """
+    cols = _columns(examples, ["id", "question", "context", "answers"], optional=["is_impossible"])
+    n_examples = len(cols["id"])
+    if n_examples == 0:
+        return QA_FEATURE_SCHEMA.empty_table()
+    questions = _truncate_questions(cols["question"], tokenizer, features.max_query_len)
+    encoded = tokenizer(questions, cols["context"], truncation="only_second", max_length=features.max_seq_len,
+                        stride=features.doc_stride, return_overflowing_tokens=True, return_offsets_mapping=True,
+                        return_token_type_ids=True, return_attention_mask=False, padding=False)
+    input_ids = encoded["input_ids"]
+    n = len(input_ids)
+    sample_of = np.asarray(encoded["overflow_to_sample_mapping"], dtype=np.int64)
+    lengths = np.fromiter((len(row) for row in input_ids), dtype=np.int64, count=n)
+    starts_flat = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(lengths, out=starts_flat[1:])
+
+    # the context is the tokens of sequence 1, one contiguous run between the separators
+    ctx_first = np.empty(n, dtype=np.int64)
+    ctx_last = np.empty(n, dtype=np.int64)
+    for i in range(n):
+        sequence_ids = encoded.sequence_ids(i)
+        try:
+            ctx_first[i] = sequence_ids.index(1)
+        except ValueError:
+            example_id = cols["id"][sample_of[i]]
+            raise FeaturesError(f"example {example_id!r}: no context token fits in a window (empty context?); "
+                                "fix the example or drop it") from None
+        ctx_last[i] = len(sequence_ids) - 1 - sequence_ids[::-1].index(1)
+
+    offsets = np.fromiter(chain.from_iterable(chain.from_iterable(encoded["offset_mapping"])),
+                          dtype=np.int32, count=2 * int(lengths.sum())).reshape(-1, 2)
+    position = np.arange(len(offsets)) - np.repeat(starts_flat[:-1], lengths)
+    in_context = (position >= np.repeat(ctx_first, lengths)) & (position <= np.repeat(ctx_last, lengths))
+    offsets[~in_context] = NOT_CONTEXT
+
+    start_positions = np.full(n, CLS_INDEX, dtype=np.int32)
+    end_positions = np.full(n, CLS_INDEX, dtype=np.int32)
+    for i in range(n):
+        example = int(sample_of[i])
+        answers = cols["answers"][example] or {}
+        texts, answer_starts = answers.get("text") or [], answers.get("answer_start") or []
+        if cols["is_impossible"][example] or not texts:
+            continue
+        start_char = int(answer_starts[0])
+        end_char = start_char + len(texts[0])
+        base = starts_flat[i]
+        context_offsets = offsets[base + ctx_first[i]: base + ctx_last[i] + 1]
+        # the whole answer must lie in this window, or the window's target is "no answer"
+        if not (context_offsets[0, 0] <= start_char and context_offsets[-1, 1] >= end_char):
+            continue
+        # first token starting after start_char, minus one; first token ending at or after end_char
+        start_positions[i] = ctx_first[i] + np.searchsorted(context_offsets[:, 0], start_char, side="right") - 1
+        end_positions[i] = ctx_first[i] + np.searchsorted(context_offsets[:, 1], end_char, side="left")
+
+    feature_ids, windows = _feature_ids(cols["id"], sample_of)
+    n_rows = pa.nulls(n, _HALF_LIST)
+    return pa.Table.from_arrays([
+        pa.array(feature_ids, pa.string()),
+        pa.array([cols["id"][s] for s in sample_of.tolist()], pa.string()),
+        pa.array(windows, pa.int32()),
+        _list_array(_flat(input_ids, np.int32), lengths, pa.int32()),
+        _list_array(_flat(encoded["token_type_ids"], np.int8), lengths, pa.int8()),
+        _list_array(offsets[:, 0], lengths, pa.int32()),
+        _list_array(offsets[:, 1], lengths, pa.int32()),
+        pa.array(start_positions, pa.int32()),
+        pa.array(end_positions, pa.int32()),
+        n_rows, n_rows,
+        pa.nulls(n, pa.list_(_HALF_LIST)), pa.nulls(n, pa.list_(_HALF_LIST)),
+    ], schema=QA_FEATURE_SCHEMA)
+
+
+def classification_features(examples: Sequence[Mapping[str, Any]] | pa.Table, tokenizer: PreTrainedTokenizerBase,
+                            features: FeaturesSpec) -> pa.Table:
+    """Classification examples (id, text, optional text_pair, label) as one feature each, CLASSIFICATION_FEATURE_SCHEMA.
+
+    A pair is truncated longest-first to `features.max_seq_len` tokens. Within one call either every example
+    has a text_pair or none has: a model is fine-tuned on one layout.
+    """
+    cols = _columns(examples, ["id", "text"], optional=["text_pair", "label"])
+    n = len(cols["id"])
+    if n == 0:
+        return CLASSIFICATION_FEATURE_SCHEMA.empty_table()
+    with_pair = sum(p is not None for p in cols["text_pair"])
+    if 0 < with_pair < n:
+        raise FeaturesError(f"{with_pair} of {n} examples have a text_pair and the others none; a task is either "
+                            "single-text or pairs throughout")
+    pairs = cols["text_pair"] if with_pair else None
+    encoded = tokenizer(cols["text"], pairs, truncation=True, max_length=features.max_seq_len,
+                        return_token_type_ids=True, return_attention_mask=False, padding=False)
+    lengths = np.fromiter((len(row) for row in encoded["input_ids"]), dtype=np.int64, count=n)
+    return pa.Table.from_arrays([
+        pa.array([f"{i}/0" for i in cols["id"]], pa.string()),
+        pa.array(cols["id"], pa.string()),
+        pa.array(np.zeros(n, dtype=np.int32), pa.int32()),
+        _list_array(_flat(encoded["input_ids"], np.int32), lengths, pa.int32()),
+        _list_array(_flat(encoded["token_type_ids"], np.int8), lengths, pa.int8()),
+        pa.array(cols["label"], pa.int64()),
+        pa.nulls(n, _HALF_LIST),
+        pa.nulls(n, pa.list_(_HALF_LIST)),
+    ], schema=CLASSIFICATION_FEATURE_SCHEMA)
+
+
+def _pad_2d(rows: Sequence[Sequence[float]], length: int, fill: float, dtype: torch.dtype) -> torch.Tensor:
+    out = torch.full((len(rows), length), fill, dtype=dtype)
+    for i, row in enumerate(rows):
+        out[i, :len(row)] = torch.as_tensor(row, dtype=dtype)
+    return out
+
+
+def _teacher_key(rows: Sequence[Mapping[str, Any]], key: str) -> bool:
+    """Whether the batch carries column `key`: all rows or none; a mixed batch is an error."""
+    present = sum(row.get(key) is not None for row in rows)
+    if 0 < present < len(rows):
+        raise FeaturesError(f"{present} of {len(rows)} rows have {key} and the others none; a batch must come from "
+                            "one labelled feature set")
+    return present > 0
+
+
+def pad_batch(rows: Sequence[Mapping[str, Any]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Collate feature rows (dicts in either feature schema, e.g. `table.to_pylist()`) into padded tensors.
+
+    Rows are padded to the longest row of the batch, B rows of at most T tokens:
+
+        input_ids, token_type_ids, attention_mask   (B, T) int64; pad_token_id / 0 / 0 past a row's end
+        QA:
+        start_positions, end_positions              (B,) int64
+        teacher_start_logits, teacher_end_logits    (B, T) float32, LOGIT_PAD past a row's end
+        teachers_start_logits, teachers_end_logits  (B, K, T) float32 for K teachers, LOGIT_PAD past a row's end
+        classification:
+        labels                                      (B,) int64, only when every row has a label
+        teacher_logits                              (B, C) float32
+        teachers_logits                             (B, K, C) float32
+
+    Teacher keys appear only when the rows carry them (null when labelled without a teacher). Use
+    `attention_mask` as the mask over teacher positions; pad positions get (numerically) zero teacher
+    probability anyway.
+    """
+    if not rows:
+        raise FeaturesError("pad_batch got no rows; a batch needs at least one feature")
+    lengths = [len(row["input_ids"]) for row in rows]
+    length = max(lengths)
+    batch = {
+        "input_ids": _pad_2d([row["input_ids"] for row in rows], length, pad_token_id, torch.long),
+        "token_type_ids": _pad_2d([row["token_type_ids"] for row in rows], length, 0, torch.long),
+        "attention_mask": (torch.arange(length)[None, :] < torch.tensor(lengths)[:, None]).long(),
+    }
+    if "start_position" in rows[0]:  # QA
+        batch["start_positions"] = torch.tensor([row["start_position"] for row in rows], dtype=torch.long)
+        batch["end_positions"] = torch.tensor([row["end_position"] for row in rows], dtype=torch.long)
+        for key in ("teacher_start_logits", "teacher_end_logits"):
+            if _teacher_key(rows, key):
+                batch[key] = _pad_2d([row[key] for row in rows], length, LOGIT_PAD, torch.float32)
+        for key in ("teachers_start_logits", "teachers_end_logits"):
+            if _teacher_key(rows, key):
+                k = len(rows[0][key])
+                padded = torch.full((len(rows), k, length), LOGIT_PAD, dtype=torch.float32)
+                for i, row in enumerate(rows):
+                    padded[i, :, :lengths[i]] = torch.as_tensor(row[key], dtype=torch.float32)
+                batch[key] = padded
+        return batch
+    if all(row.get("label") is not None for row in rows):
+        batch["labels"] = torch.tensor([row["label"] for row in rows], dtype=torch.long)
+    if _teacher_key(rows, "teacher_logits"):
+        batch["teacher_logits"] = torch.tensor([row["teacher_logits"] for row in rows], dtype=torch.float32)
+    if _teacher_key(rows, "teachers_logits"):
+        batch["teachers_logits"] = torch.tensor([row["teachers_logits"] for row in rows], dtype=torch.float32)
+    return batch

@@ -1,0 +1,561 @@
+"""Teacher labelling: tokenize examples into features and store the teachers' soft logits beside them.
+
+One entry point, `label_examples`. The examples are cut into blocks of `examples_per_shard` consecutive rows
+(blocks never span two input shards); block k becomes `out_dir/shards/part-{k:05d}.parquet`. A Ray Data pool of
+`resources.workers` actors (`map_batches` with a callable class) takes blocks one at a time: each actor loads
+the tokenizer and every teacher once, then per block reads the rows, tokenizes them in one batch, runs every
+teacher on every feature (sorted by length and cut into batches of `label.batch_size` features, so little
+padding is computed), mixes the teachers and writes the shard atomically (temp file, then `os.replace`).
+
+Why blocks, and why Ray Data carries only their descriptors: a shard's bytes must depend on nothing but its
+examples and the settings, so that an interrupted run resumes by skipping the shards already on disk and the
+result is byte-identical to an uninterrupted run with any number of workers. Ray Data forms batches from its own
+block layout, which differs from run to run; a forward pass's last bits depend on which rows share its padded
+batch. So the unit of scheduling is the unit of output, and everything inside a block is computed in a fixed
+order.
+
+Ensembles: `label.ensemble = "probs"` (default) stores log(sum_k w_k softmax(z_k)) with weights normalised to
+sum 1, so softmax(stored) is the weighted mixture (and with one teacher, its log-probabilities: softmax of them at
+any temperature equals softmax of the raw logits, the shift cancels); "logits" stores sum_k w_k z_k. For QA the
+softmax runs over the real tokens of each window, separately for start and end; for classification over the
+classes. `label.keep_teacher_logits` also stores each teacher's raw logits.
+
+    out_dir/
+      shards/part-00000.parquet ...   features with teacher columns, `distill.features.feature_schema(task)`
+      label_config.json               what the shards were computed from; a rerun with other settings is refused
+      stats.json                      counts, teachers and weights, bytes on disk, seconds
+      meta.json                       copied from the examples folder
+
+Example::
+
+    result = label_examples(Path("runs/x/augment"), "qa", [ModelRef("deepset/bert-base-uncased-squad2")],
+                            ModelRef("huawei-noah/TinyBERT_General_6L_768D"), spec.features, spec.label,
+                            spec.resources, Path("runs/x/label"))
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from augment.writers import SHARD_GLOB, atomic_output, shard_paths, write_json
+from distill.features import TEACHER_COLUMNS, build_features
+from distill.models import (
+    ModelCheckError,
+    ModelRef,
+    autocast,
+    check_max_seq_len,
+    check_same_vocabulary,
+    load_config,
+    load_model,
+    load_tokenizer,
+    pick_device,
+)
+from jobs.spec import FeaturesSpec, LabelSpec, ResourcesSpec
+
+Task = Literal["qa", "classification"]
+
+#: Examples per output shard: the unit of work, of resumption and of progress.
+DEFAULT_EXAMPLES_PER_SHARD = 1024
+# Shards are compared byte for byte across runs, so every writer option is pinned here.
+# Byte-stream split lays out the high and low bytes of the float16 logits apart, which zstd compresses ~10% better.
+_PARQUET_OPTIONS: dict[str, Any] = {
+    "compression": "zstd", "compression_level": 3, "use_dictionary": ["feature_id", "example_id"],
+    "write_statistics": False,
+    "use_byte_stream_split": [f"{name}.list.element" + (".list.element" if name.startswith("teachers_") else "")
+                              for names in TEACHER_COLUMNS.values() for name in names],
+}
+_EXAMPLE_COLUMNS = {"qa": ["id", "question", "context", "answers", "is_impossible"],
+                    "classification": ["id", "text", "text_pair", "label"]}
+# Teachers built with init="random" get this seed (plus their index) in every actor, so all actors hold the
+# same weights.
+_RANDOM_INIT_SEED = 0
+
+
+class LabelError(RuntimeError):
+    """Labelling cannot start or continue: a missing examples folder, an out_dir from other settings, no room."""
+
+
+@dataclass(frozen=True)
+class LabelResult:
+    """What `label_examples` produced; `dataclasses.asdict` gives the stage summary."""
+
+    out_dir: str
+    shards_dir: str
+    task: str
+    examples: int
+    features: int
+    shards: int
+    shards_reused: int              # shards found complete on disk and skipped (a resumed run)
+    teachers: tuple[str, ...]
+    weights: tuple[float, ...]      # normalised to sum 1
+    ensemble: str
+    bytes_on_disk: int              # all shard files
+    bytes_per_feature: float
+    teacher_logit_bytes_per_feature: float  # the teacher columns alone, compressed
+    seconds: float
+
+
+@dataclass(frozen=True)
+class _Block:
+    index: int
+    path: str
+    start: int
+    stop: int
+
+    @property
+    def name(self) -> str:
+        return f"part-{self.index:05d}.parquet"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Teacher inference: plain functions and one class, usable without Ray
+
+
+def _mix(logits: list[torch.Tensor], weights: torch.Tensor, mode: str, mask: torch.Tensor | None) -> torch.Tensor:
+    """The ensemble of K teachers' logits, each (B, N), over the last dim; `mask` (B, N) marks real positions.
+
+    probs: log(sum_k w_k softmax(z_k)), computed as logsumexp_k(log w_k + log_softmax(z_k)) for stability.
+    logits: sum_k w_k z_k. Positions outside `mask` come back as garbage the caller drops.
+    """
+    stacked = torch.stack(logits)                                        # (K, B, N)
+    if mode == "logits":
+        return torch.einsum("k,kbn->bn", weights, stacked)
+    if mask is not None:
+        stacked = stacked.masked_fill(~mask[None], float("-inf"))
+    log_probs = torch.log_softmax(stacked, dim=-1)
+    mixed = torch.logsumexp(torch.log(weights)[:, None, None] + log_probs, dim=0)   # (B, N)
+    if mask is not None:
+        mixed = mixed.masked_fill(~mask, 0.0)
+    return mixed
+
+
+def _list_column(flat: np.ndarray, lengths: np.ndarray) -> pa.Array:
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat.astype(np.float16)))
+
+
+def _per_teacher_column(flats: list[np.ndarray], lengths: np.ndarray) -> pa.Array:
+    """list<list<float16>>: per feature, K lists (one per teacher) of that feature's length."""
+    k = len(flats)
+    starts = np.zeros(len(lengths), dtype=np.int64)
+    np.cumsum(lengths[:-1], out=starts[1:])
+    position = np.arange(int(lengths.sum())) - np.repeat(starts, lengths)
+    values = np.empty(k * len(position), dtype=np.float32)
+    for t, flat in enumerate(flats):
+        # token p of feature j, teacher t goes to k * start_j + t * len_j + p
+        values[k * np.repeat(starts, lengths) + t * np.repeat(lengths, lengths) + position] = flat
+    inner = _list_column(values, np.repeat(lengths, k))
+    outer = np.arange(0, k * len(lengths) + 1, k, dtype=np.int32)
+    return pa.ListArray.from_arrays(pa.array(outer), inner)
+
+
+class TeacherEnsemble:
+    """The teachers of one labelling run, loaded once, labelling feature tables.
+
+    Args:
+        teachers: one or more; weights are normalised to sum 1.
+        task: "qa" or "classification".
+        num_labels: classification: the number of classes (checked against each teacher's head).
+        config: batch size, ensemble mode, whether to keep each teacher's logits.
+        device: where the teachers run; CUDA runs under mixed precision (`models.autocast`), CPU in fp32.
+    """
+
+    def __init__(self, teachers: list[ModelRef], task: Task, num_labels: int | None, config: LabelSpec,
+                 device: torch.device, pad_token_id: int):
+        if not teachers:
+            raise ValueError("TeacherEnsemble needs at least one teacher")
+        self.task, self.config, self.device, self.pad_token_id = task, config, device, pad_token_id
+        self.models = []
+        for index, ref in enumerate(teachers):
+            if ref.init == "random":
+                torch.manual_seed(_RANDOM_INIT_SEED + index)
+            self.models.append(load_model(ref, task, num_labels).to(device).eval())
+        # token_type_ids go only to models whose forward takes them (not DistilBERT, for one)
+        self.takes_types = ["token_type_ids" in inspect.signature(m.forward).parameters for m in self.models]
+        total = sum(ref.weight for ref in teachers)
+        self.weights = torch.tensor([ref.weight / total for ref in teachers], dtype=torch.float32)
+        counts = {m.config.num_labels for m in self.models}
+        if task == "classification" and len(counts) > 1:
+            raise ModelCheckError(f"the teachers classify into different numbers of labels {sorted(counts)}; "
+                                  "an ensemble needs one label set")
+        self.num_labels = counts.pop()
+
+    @torch.inference_mode()
+    def label(self, table: pa.Table) -> pa.Table:
+        """`table` (features of `distill.features`) with its teacher columns filled."""
+        n = table.num_rows
+        if n == 0:
+            return table
+        ids = table.column("input_ids").combine_chunks()
+        types = table.column("token_type_ids").combine_chunks()
+        row_starts = ids.offsets.to_numpy().astype(np.int64)
+        lengths = np.diff(row_starts)
+        id_values, type_values = ids.values.to_numpy(), types.values.to_numpy()
+        qa = self.task == "qa"
+        keep = self.config.keep_teacher_logits
+        heads = ("start_logits", "end_logits") if qa else ("logits",)
+        # results in feature order: QA flat per token like input_ids' values, classification (n, C)
+        shape = (len(id_values),) if qa else (n, self.num_labels)
+        mixed = {h: np.empty(shape, dtype=np.float32) for h in heads}
+        raw = {h: [np.empty(shape, dtype=np.float32) for _ in self.models] if keep else [] for h in heads}
+        weights = self.weights.to(self.device)
+        # longest first (stable): batches of similar length pad little, and the order depends on the block alone
+        order = np.argsort(-lengths, kind="stable")
+        for begin in range(0, n, self.config.batch_size):
+            rows = order[begin:begin + self.config.batch_size]
+            mask = np.arange(lengths[rows].max())[None, :] < lengths[rows][:, None]      # (B, T)
+            # flat positions of the batch's tokens, row by row: input_ids[mask] is in this order
+            gather = np.concatenate([np.arange(row_starts[r], row_starts[r + 1]) for r in rows])
+            input_ids = np.full(mask.shape, self.pad_token_id, dtype=np.int64)
+            input_ids[mask] = id_values[gather]
+            token_types = np.zeros(mask.shape, dtype=np.int64)
+            token_types[mask] = type_values[gather]
+            mask_t = torch.from_numpy(mask).to(self.device)
+            inputs = {"input_ids": torch.from_numpy(input_ids).to(self.device), "attention_mask": mask_t.long()}
+            outputs: dict[str, list[torch.Tensor]] = {h: [] for h in heads}
+            for model, takes_types in zip(self.models, self.takes_types):
+                extra = {"token_type_ids": torch.from_numpy(token_types).to(self.device)} if takes_types else {}
+                with autocast(self.device):
+                    output = model(**inputs, **extra)
+                for h in heads:
+                    outputs[h].append(getattr(output, h).float())                     # (B, T) or (B, C)
+            for h in heads:
+                batch_mixed = _mix(outputs[h], weights, self.config.ensemble, mask_t if qa else None).cpu().numpy()
+                if qa:
+                    mixed[h][gather] = batch_mixed[mask]
+                else:
+                    mixed[h][rows] = batch_mixed
+                for t, logits in enumerate(outputs[h] if keep else []):
+                    logits = logits.cpu().numpy()
+                    if qa:
+                        raw[h][t][gather] = logits[mask]
+                    else:
+                        raw[h][t][rows] = logits
+        if qa:
+            per_row = lengths
+        else:
+            per_row = np.full(n, self.num_labels, dtype=np.int64)
+            mixed = {h: m.reshape(-1) for h, m in mixed.items()}
+            raw = {h: [r.reshape(-1) for r in rs] for h, rs in raw.items()}
+        # TEACHER_COLUMNS lists the ensemble columns per head, then the per-teacher columns per head
+        names = TEACHER_COLUMNS[self.task]
+        columns = {name: _list_column(mixed[h], per_row) for name, h in zip(names, heads)}
+        if keep:
+            columns |= {name: _per_teacher_column(raw[h], per_row) for name, h in zip(names[len(heads):], heads)}
+        for name, column in columns.items():
+            index = table.schema.get_field_index(name)
+            table = table.set_column(index, table.schema.field(name), column)
+        return table
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One block, as an actor runs it
+
+
+def _read_block(block: _Block, task: Task) -> pa.Table:
+    """Rows [start, stop) of one examples shard, reading only the row groups that hold them."""
+    parquet = pq.ParquetFile(block.path)
+    present = set(parquet.schema_arrow.names)
+    columns = [c for c in _EXAMPLE_COLUMNS[task] if c in present]
+    groups, first_row, row = [], None, 0
+    for g in range(parquet.metadata.num_row_groups):
+        count = parquet.metadata.row_group(g).num_rows
+        if row + count > block.start and row < block.stop:
+            groups.append(g)
+            first_row = row if first_row is None else first_row
+        row += count
+    table = parquet.read_row_groups(groups, columns=columns)
+    return table.slice(block.start - first_row, block.stop - block.start)
+
+
+def _write_shard(table: pa.Table, path: Path) -> int:
+    with atomic_output(path) as temp:
+        pq.write_table(table, temp, **_PARQUET_OPTIONS)
+    return path.stat().st_size
+
+
+class _BlockLabeller:
+    """A Ray Data actor: tokenizer and teachers loaded once; each call labels whole blocks and writes their shards."""
+
+    def __init__(self, task: Task, teachers: list[ModelRef], tokenizer: ModelRef, features: FeaturesSpec,
+                 config: LabelSpec, num_labels: int | None, gpus: float, threads: int, shards_dir: str):
+        # whole cores for the maths even on a fractional reservation; the Rust tokenizer gets as many threads
+        torch.set_num_threads(threads)
+        os.environ.setdefault("RAYON_NUM_THREADS", str(threads))
+        self.task, self.features, self.shards_dir = task, features, Path(shards_dir)
+        self.tokenizer = load_tokenizer(tokenizer)
+        device = pick_device(gpus)
+        self.ensemble = (TeacherEnsemble(teachers, task, num_labels, config, device, self.tokenizer.pad_token_id)
+                         if teachers else None)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        result: dict[str, list[int]] = {"index": [], "examples": [], "features": [], "bytes": []}
+        for index, path, start, stop in zip(batch["index"], batch["path"], batch["start"], batch["stop"]):
+            block = _Block(int(index), str(path), int(start), int(stop))
+            table = label_block(block, self.task, self.tokenizer, self.features, self.ensemble)
+            size = _write_shard(table, self.shards_dir / block.name)
+            for key, value in (("index", block.index), ("examples", block.stop - block.start),
+                               ("features", table.num_rows), ("bytes", size)):
+                result[key].append(value)
+        return {key: np.asarray(values, dtype=np.int64) for key, values in result.items()}
+
+
+def label_block(block: _Block, task: Task, tokenizer: Any, features: FeaturesSpec,
+                ensemble: TeacherEnsemble | None) -> pa.Table:
+    """The feature table of one block: read, tokenized, labelled by the ensemble (teacher columns null without)."""
+    table = build_features(_read_block(block, task), task, tokenizer, features)
+    return ensemble.label(table) if ensemble is not None else table
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The entry point
+
+
+def _plan(examples_dir: Path, examples_per_shard: int) -> tuple[list[_Block], list[dict[str, Any]]]:
+    """Every block in output order, and a description of the input files for label_config.json."""
+    blocks, inputs = [], []
+    for path in shard_paths(examples_dir):
+        rows = pq.read_metadata(path).num_rows
+        inputs.append({"file": path.name, "rows": rows, "bytes": path.stat().st_size})
+        for start in range(0, rows, examples_per_shard):
+            blocks.append(_Block(len(blocks), str(path), start, min(start + examples_per_shard, rows)))
+    return blocks, inputs
+
+
+def _read_meta(examples_dir: Path, task: Task) -> dict[str, Any]:
+    path = examples_dir / "meta.json"
+    if not path.is_file():
+        raise LabelError(f"{examples_dir} has no meta.json; give an examples folder written by the prepare or "
+                         "augment stage (shards/part-*.parquet + meta.json)")
+    meta = json.loads(path.read_text(encoding="utf-8"))
+    if meta.get("task", task) != task:
+        raise LabelError(f"{examples_dir} holds {meta['task']} examples, but the task is {task}")
+    return meta
+
+
+def _check_models(task: Task, teachers: list[ModelRef], tokenizer: ModelRef, features: FeaturesSpec,
+                  num_labels: int | None) -> None:
+    """Fail before any work on a teacher that cannot label these features."""
+    loaded: dict[tuple[str, bool], Any] = {}
+
+    def tokenizer_of(ref: ModelRef) -> Any:
+        key = (ref.name_or_path, ref.trust_remote_code)
+        if key not in loaded:
+            loaded[key] = load_tokenizer(ref)
+        return loaded[key]
+
+    tokenizers = {f"tokenizer ({tokenizer.name_or_path})": tokenizer_of(tokenizer)}
+    tokenizers |= {f"teacher {i} ({ref.name_or_path})": tokenizer_of(ref) for i, ref in enumerate(teachers)}
+    check_same_vocabulary(tokenizers)
+    label_counts = {}
+    for i, ref in enumerate(teachers):
+        name = f"teacher {i} ({ref.name_or_path})"
+        check_max_seq_len(load_config(ref), features.max_seq_len, name)
+        # load_model checks the head and the label count; the weights are dropped again at once
+        label_counts[name] = load_model(ref, task, num_labels).config.num_labels
+    if task == "classification" and len(set(label_counts.values())) > 1:
+        found = ", ".join(f"{name}: {count}" for name, count in label_counts.items())
+        raise ModelCheckError(f"the teachers classify into different numbers of labels ({found}); an ensemble "
+                              "needs one label set")
+
+
+def _settings(task: Task, teachers: list[ModelRef], tokenizer: ModelRef, features: FeaturesSpec, config: LabelSpec,
+              num_labels: int | None, examples_per_shard: int, device: str, inputs: list[dict[str, Any]]) -> dict:
+    return {"task": task, "teachers": [asdict(t) for t in teachers], "tokenizer": asdict(tokenizer),
+            "features": features.model_dump(), "label": config.model_dump(), "num_labels": num_labels,
+            "examples_per_shard": examples_per_shard, "device": device, "inputs": inputs}
+
+
+def _claim_out_dir(out_dir: Path, settings: dict[str, Any]) -> Path:
+    """Record the settings in out_dir, or check that shards already there were made with the same ones."""
+    shards_dir = out_dir / "shards"
+    shards_dir.mkdir(parents=True, exist_ok=True)
+    record = out_dir / "label_config.json"
+    if record.exists():
+        previous = json.loads(record.read_text(encoding="utf-8"))
+        if previous != json.loads(json.dumps(settings)):
+            changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
+            raise LabelError(f"{out_dir} holds shards labelled with other settings (differing: {', '.join(changed)});"
+                             " use a fresh out_dir or delete this one to relabel")
+    elif any(shards_dir.glob(SHARD_GLOB)):
+        raise LabelError(f"{shards_dir} holds shards but no label_config.json says how they were made; "
+                         "delete them or use a fresh out_dir")
+    else:
+        write_json(record, settings)
+    for stale in shards_dir.glob(".part-*.tmp-*"):  # left by a killed writer; never read
+        stale.unlink(missing_ok=True)
+    return shards_dir
+
+
+def _resolve_gpus(resources: ResourcesSpec) -> float:
+    import ray
+
+    if resources.gpus_per_worker is not None:
+        return resources.gpus_per_worker
+    return 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+
+
+def _ensure_ray() -> None:
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False)
+
+
+def _check_capacity(resources: ResourcesSpec, gpus: float) -> None:
+    import ray
+
+    available = ray.cluster_resources()
+    for name, need in (("CPU", resources.cpus_per_worker), ("GPU", gpus)):
+        if need > available.get(name, 0):
+            raise LabelError(f"one labelling worker needs {need} {name}, the Ray cluster has "
+                             f"{available.get(name, 0)}; lower resources.{name.lower()}s_per_worker")
+
+
+def _run_blocks(pending: list[_Block], task: Task, teachers: list[ModelRef], tokenizer: ModelRef,
+                features: FeaturesSpec, config: LabelSpec, resources: ResourcesSpec, num_labels: int | None,
+                gpus: float, shards_dir: Path, progress: bool) -> None:
+    import ray
+
+    threads = max(1, math.ceil(resources.cpus_per_worker))
+    dataset = ray.data.from_items([asdict(b) for b in pending], override_num_blocks=len(pending))
+    labelled = dataset.map_batches(
+        _BlockLabeller,
+        batch_size=1,  # one block per call: the block, not Ray's batching, decides what is computed together
+        compute=ray.data.ActorPoolStrategy(size=min(resources.workers, len(pending))),
+        num_cpus=resources.cpus_per_worker,
+        num_gpus=gpus,
+        batch_format="numpy",
+        fn_constructor_kwargs={"task": task, "teachers": teachers, "tokenizer": tokenizer, "features": features,
+                               "config": config, "num_labels": num_labels, "gpus": gpus, "threads": threads,
+                               "shards_dir": str(shards_dir)},
+    )
+    total = sum(b.stop - b.start for b in pending)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, unit="ex", desc="label", file=sys.stderr, mininterval=5)
+    try:
+        for batch in labelled.iter_batches(batch_size=None, batch_format="numpy"):
+            if bar is not None:
+                bar.update(int(batch["examples"].sum()))
+                bar.set_postfix(features=int(batch["features"].sum()), refresh=False)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _shard_stats(paths: list[Path], task: Task) -> tuple[int, int, int]:
+    """(features, bytes on disk, compressed bytes of the teacher columns) over `paths`."""
+    features = total_bytes = teacher_bytes = 0
+    teacher_columns = TEACHER_COLUMNS[task]
+    for path in paths:
+        metadata = pq.read_metadata(path)
+        features += metadata.num_rows
+        total_bytes += path.stat().st_size
+        for g in range(metadata.num_row_groups):
+            group = metadata.row_group(g)
+            for c in range(group.num_columns):
+                column = group.column(c)
+                if column.path_in_schema.split(".")[0] in teacher_columns:
+                    teacher_bytes += column.total_compressed_size
+    return features, total_bytes, teacher_bytes
+
+
+def label_examples(examples_dir: Path, task: Literal["qa", "classification"], teachers: list[ModelRef],
+                   tokenizer: ModelRef, features: FeaturesSpec, config: LabelSpec, resources: ResourcesSpec,
+                   out_dir: Path, num_labels: int | None = None, progress: bool = True, *,
+                   examples_per_shard: int = DEFAULT_EXAMPLES_PER_SHARD) -> LabelResult:
+    """Tokenize the examples of `examples_dir` into features and label them with the teachers' (mixed) logits.
+
+    Args:
+        examples_dir: an examples folder, `shards/part-*.parquet` (augment.schema) and `meta.json`.
+        task: "qa" or "classification".
+        teachers: zero or more; with none the features are written with null teacher columns (a student
+            trained on hard labels alone). Weights are normalised to sum 1.
+        tokenizer: the model whose tokenizer builds the features (the student's when it has its own); every
+            teacher must share its vocabulary.
+        features: window sizes; `config`: batch size, ensemble mode, keep_teacher_logits.
+        resources: workers (Ray actors), cpus_per_worker (fractions allowed), gpus_per_worker (unset: 1 when the
+            Ray cluster has a GPU).
+        out_dir: where shards/, label_config.json, stats.json and meta.json go. Shards already there from an
+            interrupted run with the same settings are kept and skipped.
+        num_labels: classification: the number of classes; unset: the length of meta.json's label_names.
+        progress: show a progress bar (examples) on stderr.
+        examples_per_shard: examples per output shard (unit of work and of resumption).
+
+    Raises:
+        ModelCheckError: a teacher without the task's head, with another label count, another vocabulary, or
+            fewer positions than features.max_seq_len.
+        LabelError: no meta.json or another task in it; out_dir labelled with other settings; a worker larger
+            than the Ray cluster.
+    """
+    began = time.perf_counter()
+    examples_dir, out_dir = Path(examples_dir), Path(out_dir)
+    if examples_per_shard <= 0:
+        raise ValueError(f"examples_per_shard must be > 0, got {examples_per_shard}")
+    meta = _read_meta(examples_dir, task)
+    if task == "classification" and num_labels is None and meta.get("label_names"):
+        num_labels = len(meta["label_names"])
+    try:
+        blocks, inputs = _plan(examples_dir, examples_per_shard)
+    except FileNotFoundError as err:
+        raise LabelError(str(err)) from None
+    _check_models(task, teachers, tokenizer, features, num_labels)
+
+    _ensure_ray()
+    gpus = _resolve_gpus(resources) if teachers else 0.0
+    _check_capacity(resources, gpus)
+    settings = _settings(task, teachers, tokenizer, features, config, num_labels, examples_per_shard,
+                         "cuda" if gpus > 0 else "cpu", inputs)
+    shards_dir = _claim_out_dir(out_dir, settings)
+    expected = {b.name for b in blocks}
+    unknown = sorted(p.name for p in shards_dir.glob(SHARD_GLOB) if p.name not in expected)
+    if unknown:
+        raise LabelError(f"{shards_dir} holds shards this plan does not make ({unknown[0]}, ...); the examples "
+                         "changed since they were written: use a fresh out_dir")
+    pending = [b for b in blocks if not (shards_dir / b.name).exists()]
+    if pending:
+        _run_blocks(pending, task, teachers, tokenizer, features, config, resources, num_labels, gpus, shards_dir,
+                    progress)
+
+    paths = [shards_dir / b.name for b in blocks]
+    missing = [p.name for p in paths if not p.exists()]
+    if missing:
+        raise LabelError(f"{len(missing)} of {len(paths)} shards were not written (e.g. {missing[0]}); rerun to "
+                         "label the rest")
+    n_features, total_bytes, teacher_bytes = _shard_stats(paths, task)
+    total = sum(t.weight for t in teachers)
+    seconds = time.perf_counter() - began
+    result = LabelResult(
+        out_dir=str(out_dir), shards_dir=str(shards_dir), task=task,
+        examples=sum(b.stop - b.start for b in blocks), features=n_features, shards=len(blocks),
+        shards_reused=len(blocks) - len(pending),
+        teachers=tuple(t.name_or_path for t in teachers), weights=tuple(t.weight / total for t in teachers),
+        ensemble=config.ensemble, bytes_on_disk=total_bytes,
+        bytes_per_feature=total_bytes / max(n_features, 1),
+        teacher_logit_bytes_per_feature=teacher_bytes / max(n_features, 1), seconds=seconds)
+    stats = asdict(result) | {
+        "float32_full_bytes_per_feature": (2 * 4 * features.max_seq_len if task == "qa" else 4 * (num_labels or 0)),
+        "keep_teacher_logits": config.keep_teacher_logits,
+        "workers": resources.workers, "device": settings["device"],
+    }
+    write_json(out_dir / "stats.json", stats)
+    shutil.copyfile(examples_dir / "meta.json", out_dir / "meta.json")
+    return result

@@ -1,0 +1,586 @@
+"""The training loop the three phases share, in this process or on N Ray Train workers.
+
+A phase describes itself as a `TrainPlan` (picklable, so Ray can ship it to workers) whose `build` function makes
+an `Objective`: the trained module (student, projections), which maps a padded batch to named loss terms. The
+`Recipe` runs it with the torchtune lifecycle `setup` -> `train` -> `save_checkpoint` -> `cleanup`:
+
+- data: feature shards read with pyarrow, a shuffled order per epoch drawn from (seed, epoch), micro-batches of
+  `config.batch_size` features padded per batch (`distill.features.pad_batch`), `grad_accum_steps` of them per
+  optimizer step;
+- workers: every worker runs this same loop; each micro-batch is cut into `workers` disjoint contiguous slices
+  and each worker takes its own (rank order); DDP averages gradients, and each slice's loss is weighted by its
+  share of the step's features, so N workers take the same steps as one worker with the same global batch;
+- optimisation: AdamW (no weight decay on biases and LayerNorm weights, i.e. parameters with fewer than 2
+  dimensions), linear warm-up then linear decay, gradient clipping, mixed precision on GPU;
+- outputs in `out_dir`: train_config.json (resolved config, every loss setting, code version), metrics.jsonl,
+  checkpoints/ (resumable; see `save_checkpoint`), and whatever the objective saves at the end.
+
+Run a plan with `run_plan(plan)`; `workers > 1` goes through Ray Train's `TorchTrainer`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import safetensors.torch
+import torch
+import torch.distributed as dist
+from torch import nn
+from transformers import get_linear_schedule_with_warmup
+
+from augment.writers import shard_paths
+from distill.features import pad_batch
+from distill.models import Task, autocast, pick_device
+from jobs.spec import PhaseSpec, ResourcesSpec
+
+# ---------------------------------------------------------------------------------------------------------------
+# Defaults of the loop itself (everything else comes from the phase's spec)
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8             # AdamW and schedule as BERT/TinyBERT fine-tuning
+KEEP_CHECKPOINTS = 2        # complete checkpoints kept on disk; older ones are deleted once a newer one is complete
+COMPLETE_MARKER = "COMPLETE"  # written last into a checkpoint; a folder without it is never read
+
+
+class TrainingError(RuntimeError):
+    """A phase that cannot start or resume: missing features, an incompatible checkpoint, a bad configuration."""
+
+
+class Objective(Protocol):
+    """What a phase trains: an `nn.Module` holding every trained parameter, plus what the loop needs to know.
+
+    Calling it with a batch from `pad_batch` (on the device) returns one scalar per name in `term_weights`; the
+    loss is sum(weight * term). Teachers live outside its registered submodules, so they are never trained,
+    synchronised between workers, or checkpointed.
+    """
+
+    term_weights: dict[str, float]        # loss term name -> weight in the loss
+    columns: tuple[str, ...]              # feature columns to read
+    pad_token_id: int
+    find_unused_parameters: bool          # DDP: some parameters (e.g. the task head in phase 1) get no gradient
+
+    def __call__(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]: ...
+    def check_features(self, table: pa.Table) -> None: ...
+    def settings(self) -> dict[str, Any]: ...
+    def save_outputs(self, out_dir: Path) -> dict[str, str | None]: ...
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    """Everything a worker needs to run one phase. Picklable: `build` must be a module-level function."""
+
+    phase: str                                              # names the run in train_config.json and logs
+    build: Callable[[TrainPlan, torch.device], Objective]   # makes the objective on a device
+    options: Any                                            # the phase's own inputs, read by `build`
+    task: Task
+    features_dir: Path
+    config: PhaseSpec
+    resources: ResourcesSpec
+    seed: int
+    out_dir: Path
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class PhaseResult:
+    """What a phase reports back; `dataclasses.asdict` gives its JSON form."""
+
+    phase: str
+    steps: int
+    epochs: float
+    loss: float                 # mean loss over the last logged window (the last metrics line)
+    seconds: float              # wall time of the call, model loading included
+    out_dir: str
+    model_dir: str              # the trained model, loadable with from_pretrained, tokenizer beside it
+    metrics: str                # metrics.jsonl
+    checkpoints: str
+    train_config: str
+    projections: str | None = None  # phase 1 with projections: projections.safetensors
+
+
+@dataclass
+class Worker:
+    """Where this copy of the loop runs: rank, world size, device, and whether Ray Train started it."""
+
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+    ray: bool = False
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def all_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.world > 1:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Entry
+
+
+def run_plan(plan: TrainPlan) -> PhaseResult:
+    """Run `plan` in this process (one worker) or on `plan.resources.workers` Ray Train workers."""
+    started = time.perf_counter()
+    if plan.resources.workers > 1:
+        summary = _run_on_ray(plan)
+    else:
+        summary = train_loop(plan, Worker(device=pick_device(plan.resources.gpus_per_worker)))
+    return PhaseResult(phase=plan.phase, seconds=round(time.perf_counter() - started, 3), **summary)
+
+
+def train_loop(plan: TrainPlan, where: Worker) -> dict[str, Any]:
+    """The loop every worker runs (the whole run when there is one worker); returns the summary from rank 0."""
+    recipe = Recipe(plan, where)
+    try:
+        recipe.setup()
+        return recipe.train()
+    finally:
+        recipe.cleanup()
+
+
+def _ray_worker(config: dict[str, Any]) -> dict[str, Any]:
+    import ray.train
+    import ray.train.torch
+
+    context = ray.train.get_context()
+    where = Worker(rank=context.get_world_rank(), world=context.get_world_size(),
+                  device=ray.train.torch.get_device(), ray=True)
+    return train_loop(config["plan"], where)
+
+
+def _run_on_ray(plan: TrainPlan) -> dict[str, Any]:
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    resources = plan.resources
+    gpus = resources.gpus_per_worker if resources.gpus_per_worker is not None else float(torch.cuda.is_available())
+    per_worker = {"CPU": resources.cpus_per_worker, **({"GPU": gpus} if gpus > 0 else {})}
+    # workers import distill as this process does: Ray puts the driver's working directory on their path, and an
+    # installed package is found anyway (a remote cluster needs it installed)
+    trainer = TorchTrainer(
+        _ray_worker,
+        train_loop_config={"plan": plan},
+        torch_config=TorchConfig(backend="nccl" if gpus > 0 else "gloo"),
+        scaling_config=ScalingConfig(num_workers=resources.workers, use_gpu=gpus > 0,
+                                     resources_per_worker=per_worker),
+        run_config=RunConfig(name=f"{plan.phase}-{os.getpid()}-{time.time_ns()}",
+                             storage_path=str((plan.out_dir / "ray").resolve()),
+                             failure_config=FailureConfig(max_failures=0)),
+    )
+    result = trainer.fit()
+    if result.return_value is None:
+        raise TrainingError(f"{plan.phase}: Ray Train finished without a result from rank 0: {result.error}")
+    return result.return_value
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Data
+
+
+def read_features(features_dir: Path, columns: tuple[str, ...]) -> pa.Table:
+    """The named columns of every feature shard under `features_dir` (its shards/ folder), in shard order."""
+    try:
+        shards = shard_paths(features_dir)
+    except FileNotFoundError as err:
+        raise TrainingError(f"{err}; run the label stage (which writes the features) first") from None
+    missing = [c for c in columns if c not in pq.read_schema(shards[0]).names]
+    if missing:
+        raise TrainingError(f"{shards[0]} lacks column(s) {missing} that this phase reads; were the features built "
+                            "for another task?")
+    table = pq.read_table(shards, columns=list(columns))
+    if table.num_rows == 0:
+        raise TrainingError(f"the feature shards under {features_dir} hold no rows")
+    return table
+
+
+def require_filled(table: pa.Table, column: str, fix: str) -> None:
+    """Raise when any row of `column` is null, saying how many and how to fix it."""
+    nulls = table.column(column).null_count
+    if nulls:
+        raise TrainingError(f"{nulls} of {table.num_rows} features have no {column}; {fix}")
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The shuffled feature order of one epoch: a function of (seed, epoch) only, so a resumed run sees it too."""
+    return np.random.default_rng([seed % 2**32, epoch]).permutation(n)
+
+
+def epoch_steps(order: np.ndarray, batch_size: int, accum: int) -> list[list[np.ndarray]]:
+    """An epoch's optimizer steps, each a list of up to `accum` micro-batches of up to `batch_size` features."""
+    micro = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    return [micro[i:i + accum] for i in range(0, len(micro), accum)]
+
+
+def worker_slice(micro_batch: np.ndarray, rank: int, world: int) -> np.ndarray:
+    """This worker's contiguous share of a global micro-batch (sizes differ by at most one)."""
+    return np.array_split(micro_batch, world)[rank]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The recipe
+
+
+class Recipe:
+    """One phase's training run on one worker: setup -> train (with save_checkpoint) -> cleanup."""
+
+    def __init__(self, plan: TrainPlan, where: Worker):
+        self.plan = plan
+        self.where = where
+        self.config = plan.config
+        self.out_dir = Path(plan.out_dir)
+        self.checkpoints = self.out_dir / "checkpoints"
+        self.metrics_path = self.out_dir / "metrics.jsonl"
+        self._deterministic_before: tuple[bool, bool] | None = None
+        self._progress = None
+
+    # -- setup --------------------------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        plan, where, config = self.plan, self.where, self.config
+        if where.device.type == "cpu":
+            # bitwise-reproducible CPU runs (resume == uninterrupted); restored in cleanup, as this may be the
+            # caller's process
+            self._deterministic_before = (torch.are_deterministic_algorithms_enabled(),
+                                          torch.is_deterministic_algorithms_warn_only_enabled())
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        if where.rank == 0:
+            self.checkpoints.mkdir(parents=True, exist_ok=True)
+            for stale in self.checkpoints.glob(".tmp-*"):  # left by a run killed while writing a checkpoint
+                shutil.rmtree(stale)
+        where.barrier()
+
+        torch.manual_seed(plan.seed)  # same fresh weights (student, projections) on every worker
+        self.objective = plan.build(plan, where.device)
+        self.table = read_features(plan.features_dir, self.objective.columns)
+        self.objective.check_features(self.table)
+        self.term_names = list(self.objective.term_weights)
+
+        self.steps_per_epoch = math.ceil(math.ceil(self.table.num_rows / config.batch_size) / config.grad_accum_steps)
+        self.total_steps = math.ceil(config.epochs * self.steps_per_epoch)
+        self.warmup_steps = math.ceil(config.warmup_ratio * self.total_steps)
+        module: nn.Module = self.objective  # type: ignore[assignment]
+        module.train()  # the student (dropout on); teachers sit outside the module and stay in eval mode
+        self.trained_parameters = [p for p in module.parameters() if p.requires_grad]
+        decay = [p for p in self.trained_parameters if p.dim() >= 2]
+        no_decay = [p for p in self.trained_parameters if p.dim() < 2]  # biases, LayerNorm weights
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=config.learning_rate, betas=ADAM_BETAS, eps=ADAM_EPS)
+        self.scheduler = get_linear_schedule_with_warmup(self.optimizer, self.warmup_steps, self.total_steps)
+        fp16 = where.device.type == "cuda" and not torch.cuda.is_bf16_supported()
+        self.scaler = torch.amp.GradScaler(where.device.type, enabled=fp16)
+
+        # position and logging state; a checkpoint overwrites all of it
+        self.step, self.epoch, self.step_in_epoch = 0, 0, 0
+        self.elapsed_before = 0.0
+        self.last_loss = float("nan")
+        self._reset_window()
+        self.resumed_from = self._load_latest_checkpoint()
+        if self.resumed_from is None:  # each worker its own dropout stream; a checkpoint restores it instead
+            torch.manual_seed(plan.seed + 1 + where.rank)
+
+        self.model = self._wrap(module)
+        if where.rank == 0:
+            self._write_train_config()
+            self._trim_metrics()
+            if plan.progress:
+                from tqdm.auto import tqdm
+                self._progress = tqdm(total=self.total_steps, initial=self.step, desc=plan.phase, unit="step")
+
+    def _wrap(self, module: nn.Module) -> nn.Module:
+        if not self.where.ray:
+            return module
+        import ray.train.torch
+
+        return ray.train.torch.prepare_model(
+            module, move_to_device=self.where.device,
+            parallel_strategy_kwargs={"find_unused_parameters": self.objective.find_unused_parameters})
+
+    def _write_train_config(self) -> None:
+        plan = self.plan
+        record = {
+            "phase": plan.phase,
+            "task": plan.task,
+            "seed": plan.seed,
+            "features_dir": str(plan.features_dir),
+            "features": self.table.num_rows,
+            "config": plan.config.model_dump(mode="json"),
+            "resources": plan.resources.model_dump(mode="json"),
+            "schedule": {"steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps,
+                         "warmup_steps": self.warmup_steps, "decay": "linear to 0",
+                         "global_batch": plan.config.batch_size * plan.config.grad_accum_steps,
+                         "micro_batch_per_worker": plan.config.batch_size / self.where.world},
+            "optimizer": {"name": "AdamW", "betas": ADAM_BETAS, "eps": ADAM_EPS,
+                          "no_weight_decay": "parameters with fewer than 2 dims (biases, LayerNorm weights)"},
+            "precision": _precision(self.where.device),
+            "objective": self.objective.settings(),
+            "code_version": _code_version(),
+            "versions": {"torch": torch.__version__, "transformers": _version("transformers")},
+        }
+        _atomic_write_text(self.out_dir / "train_config.json", json.dumps(record, indent=2, default=str))
+
+    # -- train ---------------------------------------------------------------------------------------------------
+
+    def train(self) -> dict[str, Any]:
+        config, where = self.config, self.where
+        started = time.perf_counter()
+        self._window_started = started
+        # a run resumed from its final checkpoint trains nothing and goes straight to saving its outputs
+        while self.step < self.total_steps:
+            steps = epoch_steps(epoch_order(self.table.num_rows, self.plan.seed, self.epoch),
+                                config.batch_size, config.grad_accum_steps)
+            for micro_batches in steps[self.step_in_epoch:]:
+                self._optimizer_step(micro_batches)
+                self.step += 1
+                self.step_in_epoch += 1
+                end_of_epoch = self.step_in_epoch == len(steps)
+                if end_of_epoch:
+                    self.epoch, self.step_in_epoch = self.epoch + 1, 0
+                elapsed = self.elapsed_before + time.perf_counter() - started
+                if self.step % config.log_every == 0 or self.step == self.total_steps:
+                    self._log(elapsed)
+                if self.step % config.checkpoint_every == 0 or end_of_epoch or self.step == self.total_steps:
+                    self.save_checkpoint(elapsed)
+                if self._progress is not None:
+                    self._progress.update(1)
+                if self.step == self.total_steps:
+                    break
+        outputs: dict[str, str | None] = {}
+        if where.rank == 0:
+            outputs = self.objective.save_outputs(self.out_dir)
+        where.barrier()
+        return {
+            "steps": self.step, "epochs": round(self.step / self.steps_per_epoch, 6), "loss": self.last_loss,
+            "out_dir": str(self.out_dir), "model_dir": outputs.get("model_dir", ""),
+            "projections": outputs.get("projections"), "metrics": str(self.metrics_path),
+            "checkpoints": str(self.checkpoints), "train_config": str(self.out_dir / "train_config.json"),
+        }
+
+    def _optimizer_step(self, micro_batches: list[np.ndarray]) -> None:
+        where, weights = self.where, self.objective.term_weights
+        step_features = sum(len(m) for m in micro_batches)
+        for index, micro in enumerate(micro_batches):
+            local = worker_slice(micro, where.rank, where.world)
+            # share of the step's loss this slice carries; DDP averages over workers, hence the * world below
+            share = len(local) / step_features
+            if len(local) == 0:  # fewer features than workers: join the gradient exchange with zero weight
+                local, share = micro[:1], 0.0
+            batch = self.collate(local)
+            last = index == len(micro_batches) - 1
+            no_sync = self.model.no_sync() if (where.world > 1 and not last) else contextlib.nullcontext()
+            with no_sync:
+                with autocast(where.device):
+                    terms = self.model(batch)
+                    loss = sum(weight * terms[name] for name, weight in weights.items())
+                self.scaler.scale(loss * (share * where.world)).backward()
+            self._window[0] += loss.detach().double() * share
+            self._window[1:] += torch.stack([terms[name].detach().double() for name in self.term_names]) * share
+        self._window_features += step_features
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.trained_parameters, self.config.max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self._window_steps += 1
+
+    def collate(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
+        rows = self.table.take(pa.array(indices, pa.int64())).to_pylist()
+        batch = pad_batch(rows, self.objective.pad_token_id)
+        return {key: value.to(self.where.device, non_blocking=True) for key, value in batch.items()}
+
+    # -- metrics ------------------------------------------------------------------------------------------------
+
+    def _reset_window(self) -> None:
+        self._window = torch.zeros(1 + len(self.term_names), dtype=torch.float64, device=self.where.device)
+        self._window_steps = 0
+        self._window_features = 0
+        self._window_started = time.perf_counter()
+
+    def _log(self, elapsed: float) -> None:
+        # every worker holds its slices' weighted sums; their sum over workers is the global mean per step
+        sums = self.where.all_sum(self._window.clone()).tolist()
+        steps = max(self._window_steps, 1)
+        seconds = max(time.perf_counter() - self._window_started, 1e-9)
+        line = {
+            "step": self.step,
+            "epoch": round(self.epoch + self.step_in_epoch / self.steps_per_epoch, 6),
+            "lr": self.scheduler.get_last_lr()[0],
+            "loss": sums[0] / steps,
+            **{f"loss/{name}": value / steps for name, value in zip(self.term_names, sums[1:])},
+            "examples_per_s": round(self._window_features / seconds, 3),
+            "elapsed": round(elapsed, 3),
+        }
+        self.last_loss = line["loss"]
+        if self.where.rank == 0:
+            with open(self.metrics_path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(line) + "\n")
+            if self._progress is not None:
+                self._progress.set_postfix(loss=f"{line['loss']:.4f}", lr=f"{line['lr']:.2e}")
+        # not also ray.train.report: in Ray Train 2.60 a report waits for the controller's poll (seconds), which
+        # would throttle short steps; metrics.jsonl is the record
+        self._reset_window()
+
+    def _trim_metrics(self) -> None:
+        """Drop metric lines past the resumed step (written after the checkpoint by a killed run)."""
+        if not self.metrics_path.exists():
+            return
+        lines = [line for line in self.metrics_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if lines:
+            try:
+                json.loads(lines[-1])
+            except json.JSONDecodeError:  # the line a killed run was writing; the lines before it are whole
+                lines.pop()
+        kept = [line for line in lines if json.loads(line)["step"] <= self.step]
+        _atomic_write_text(self.metrics_path, "".join(line + "\n" for line in kept))
+
+    # -- checkpoints ----------------------------------------------------------------------------------------------
+
+    def save_checkpoint(self, elapsed: float) -> None:
+        """Write checkpoints/step-NNNNNNNN/ atomically: into a temp folder, marker last, then one rename.
+
+        Holds the trained module (student and projections, safetensors), optimizer, scheduler, grad scaler, each
+        worker's RNG state and the data position (epoch, optimizer step within it) with the unlogged metric
+        window, so a resumed run continues exactly where this one stood.
+        """
+        where = self.where
+        final = self.checkpoints / f"step-{self.step:08d}"
+        temp = self.checkpoints / f".tmp-step-{self.step:08d}"
+        temp.mkdir(parents=True, exist_ok=True)
+        rng = {"torch": torch.get_rng_state()}
+        if where.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(where.device)
+        torch.save(rng, temp / f"rng-rank{where.rank}.pt")
+        where.barrier()  # every worker's RNG state is in before rank 0 seals the folder
+        if where.rank == 0:
+            safetensors.torch.save_model(self.objective, str(temp / "trainable.safetensors"))
+            torch.save(self.optimizer.state_dict(), temp / "optimizer.pt")
+            torch.save(self.scheduler.state_dict(), temp / "scheduler.pt")
+            torch.save(self.scaler.state_dict(), temp / "scaler.pt")
+            state = {
+                "step": self.step, "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
+                "world": where.world, "elapsed": elapsed, "last_loss": self.last_loss,
+                "window": self._window.tolist(), "window_steps": self._window_steps,
+                "window_features": self._window_features, "identity": self._identity(),
+            }
+            (temp / "state.json").write_text(json.dumps(state, default=str), encoding="utf-8")
+            for written in temp.iterdir():  # contents on disk before the marker can be
+                _fsync(written)
+            (temp / COMPLETE_MARKER).write_text("ok\n", encoding="utf-8")
+            _fsync(temp / COMPLETE_MARKER)
+            _fsync(temp)
+            if final.exists():  # an earlier run reached this step and was killed before going further
+                shutil.rmtree(final)
+            os.replace(temp, final)
+            _fsync(self.checkpoints)
+            for old in self._complete_checkpoints()[:-KEEP_CHECKPOINTS]:
+                shutil.rmtree(old)
+        where.barrier()
+
+    def _identity(self) -> dict[str, Any]:
+        """What a checkpoint must share with the run resuming it to continue the same run."""
+        return {"phase": self.plan.phase, "seed": self.plan.seed, "features": self.table.num_rows,
+                "config": self.config.model_dump(mode="json"), "objective": self.objective.settings()}
+
+    def _complete_checkpoints(self) -> list[Path]:
+        return sorted(p for p in self.checkpoints.glob("step-*") if (p / COMPLETE_MARKER).exists())
+
+    def _load_latest_checkpoint(self) -> int | None:
+        complete = self._complete_checkpoints()
+        if not complete:
+            return None
+        latest = complete[-1]
+        state = json.loads((latest / "state.json").read_text(encoding="utf-8"))
+        identity = json.loads(json.dumps(self._identity(), default=str))
+        if state["identity"] != identity:
+            differing = sorted(k for k in identity if state["identity"].get(k) != identity[k])
+            raise TrainingError(f"{latest} comes from a different run ({', '.join(differing)} differ); resume with "
+                                "the same spec, or give a fresh out_dir")
+        if state["world"] != self.where.world:
+            raise TrainingError(f"{latest} was written by {state['world']} worker(s), this run has "
+                                f"{self.where.world}; resume with resources.workers: {state['world']} (dropout "
+                                "streams are per worker) or give a fresh out_dir")
+        safetensors.torch.load_model(self.objective, str(latest / "trainable.safetensors"),
+                                     device=str(self.where.device))
+        self.optimizer.load_state_dict(torch.load(latest / "optimizer.pt", weights_only=True,
+                                                  map_location=self.where.device))
+        self.scheduler.load_state_dict(torch.load(latest / "scheduler.pt", weights_only=True))
+        self.scaler.load_state_dict(torch.load(latest / "scaler.pt", weights_only=True))
+        rng = torch.load(latest / f"rng-rank{self.where.rank}.pt", weights_only=True)
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng:
+            torch.cuda.set_rng_state(rng["cuda"], self.where.device)
+        self.step, self.epoch, self.step_in_epoch = state["step"], state["epoch"], state["step_in_epoch"]
+        self.elapsed_before, self.last_loss = state["elapsed"], state["last_loss"]
+        self._window = torch.tensor(state["window"], dtype=torch.float64, device=self.where.device)
+        self._window_steps, self._window_features = state["window_steps"], state["window_features"]
+        return self.step
+
+    # -- cleanup ------------------------------------------------------------------------------------------------
+
+    def cleanup(self) -> None:
+        if self._progress is not None:
+            self._progress.close()
+        if self._deterministic_before is not None:
+            enabled, warn_only = self._deterministic_before
+            torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Small helpers
+
+
+def _precision(device: torch.device) -> str:
+    if device.type != "cuda":
+        return "fp32"
+    return "bf16 autocast" if torch.cuda.is_bf16_supported() else "fp16 autocast + GradScaler"
+
+
+def _code_version() -> str | None:
+    """`git describe` of the checkout this code runs from; None outside a git checkout."""
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.write_text(text, encoding="utf-8")
+    os.replace(temp, path)
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's or a folder's entries to disk (a rename is durable once its folder is synced)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+

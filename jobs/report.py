@@ -1,0 +1,626 @@
+"""The run report: one Markdown file with plots, written from what a run folder holds; and the student's export.
+
+`write_report(run_dir)` reads the resolved spec, the run state and each stage's outputs, and writes
+
+    run_dir/report/
+      report.md                 spec summary, stages, data counts, augmentation, labelling, training,
+                                teacher vs student scores, size and speed
+      loss_<stage>.png          total loss and each loss/<term> per logged step (one per training stage/teacher)
+      lr.png                    learning rate per step, one panel per training stage
+      scores.png                teacher vs student scores, grouped bars
+
+A piece that is missing (a stage disabled, skipped, failed or still running, a file not written yet) is shown as
+such; an unreadable file is named with its error. The report never fails because a stage did not produce
+something. `export_final_student(run_dir, student_dir)` writes `run_dir/export/` with a model card built from the
+same files.
+
+Example::
+
+    write_report(Path("runs/squad-20250101-120000-abc123"))   # -> .../report/report.md
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from matplotlib.figure import Figure
+
+from distill.export import CARD_METRICS, ModelCardInfo, export_student
+from jobs.spec import JobSpec, SpecError, parse_spec
+
+STAGE_ORDER = ["prepare", "finetune_teachers", "augment", "label", "distill_intermediate", "distill_prediction",
+               "evaluate", "report"]
+TRAINING_STAGES = ["finetune_teachers", "distill_intermediate", "distill_prediction"]
+# Phase settings that say how the student was trained (logging and checkpoint cadence do not).
+_BOOKKEEPING = {"enabled", "log_every", "checkpoint_every"}
+_NONE = "—"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading the run folder, tolerating whatever is missing
+
+
+@dataclass
+class _Run:
+    """What the report knows about a run; `problems` lists files that exist but could not be read."""
+
+    path: Path
+    spec: JobSpec | None
+    state: dict[str, Any]
+    problems: list[str]
+
+    def stage(self, name: str) -> dict[str, Any]:
+        return (self.state.get("stages") or {}).get(name) or {}
+
+    def output(self, name: str) -> Path | None:
+        """The stage's output folder, when the state names one that exists."""
+        output = self.stage(name).get("output")
+        return Path(output) if output and Path(output).is_dir() else None
+
+    def stage_note(self, name: str) -> str:
+        """Why a stage has nothing to show: its status, or that the state does not list it."""
+        stage = self.stage(name)
+        if not stage:
+            return f"stage `{name}` is not in the run state"
+        status = stage.get("status") or "unknown"
+        error = f": {stage['error']}" if stage.get("error") else ""
+        return f"stage `{name}` {status}{error}"
+
+    def json(self, path: Path) -> Any | None:
+        """The parsed JSON file, or None when absent; an unreadable file is noted in `problems`."""
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            self.problems.append(f"`{path}` is unreadable: {err}")
+            return None
+
+    def jsonl(self, path: Path) -> list[dict[str, Any]]:
+        """The JSON objects of a JSON-lines file; torn or bad lines (a crash mid-write) are skipped and counted."""
+        if not path.is_file():
+            return []
+        records, bad = [], 0
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                bad += 1
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+            else:
+                bad += 1
+        if bad:
+            self.problems.append(f"`{path}`: {bad} line(s) are not JSON objects and were skipped")
+        return records
+
+
+def _load_run(run_dir: Path) -> _Run:
+    problems: list[str] = []
+    state: dict[str, Any] = {}
+    state_path = run_dir / "state.json"
+    if state_path.is_file():
+        try:
+            state = json.loads(state_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            problems.append(f"`{state_path}` is unreadable: {err}")
+    else:
+        problems.append(f"`{state_path}` is missing: no stage information")
+    spec = None
+    spec_path = run_dir / "spec.yaml"
+    if spec_path.is_file():
+        try:
+            document = yaml.safe_load(spec_path.read_text(encoding="utf-8"))
+            spec = parse_spec(document if document is not None else {}, run_dir, str(spec_path))
+        except (OSError, yaml.YAMLError, SpecError) as err:
+            problems.append(f"`{spec_path}` could not be read as a job spec: {err}")
+    else:
+        problems.append(f"`{spec_path}` is missing: no spec summary")
+    return _Run(run_dir, spec, state, problems)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Formatting
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return _NONE
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if math.isinf(value) or math.isnan(value):
+            return str(value)
+        if value != 0 and abs(value) < 10 ** -digits:
+            return f"{value:.2e}"
+        return f"{value:,.{digits}f}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(v) for v in value) or _NONE
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_fmt(v, digits)}" for k, v in value.items()) or _NONE
+    return str(value)
+
+
+def _settings(values: dict[str, Any]) -> str:
+    """Spec settings on one line, numbers as written in a spec (5, 3e-05, 0.1), not rounded for display."""
+    def one(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:g}"
+        if isinstance(value, (list, tuple)):
+            return "[" + ", ".join(one(v) for v in value) + "]"
+        return _fmt(value)
+
+    return ", ".join(f"{key} {one(value)}" for key, value in values.items()) or _NONE
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell if isinstance(cell, str) else _fmt(cell) for cell in row) + " |"
+              for row in rows]
+    return "\n".join(lines)
+
+
+def _duration(stage: dict[str, Any]) -> str:
+    try:
+        started = dt.datetime.fromisoformat(stage["started_at"])
+        ended = dt.datetime.fromisoformat(stage["ended_at"])
+    except (KeyError, TypeError, ValueError):
+        return _NONE
+    seconds = (ended - started).total_seconds()
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.2f} h"
+
+
+def _student_source(spec: JobSpec) -> str:
+    student = spec.student
+    if student.model is not None:
+        return student.model
+    if student.architecture is not None:
+        a = student.architecture
+        return (f"fresh {a.num_hidden_layers}-layer, {a.hidden_size}-hidden, {a.num_attention_heads}-head model "
+                "built from teacher 0's config")
+    return f"layers {student.init_from_teacher_layers} and embeddings of teacher 0"
+
+
+def _teacher_names(spec: JobSpec) -> list[str]:
+    names = []
+    for teacher in spec.teachers:
+        name = teacher.model + (" (random init)" if teacher.init == "random" else "")
+        if teacher.finetune is not None:
+            name += f" (fine-tuned {teacher.finetune.epochs:g} epochs)"
+        names.append(name)
+    return names
+
+
+def _phase_settings(spec: JobSpec) -> dict[str, dict[str, Any]]:
+    phases = {}
+    for name in ("intermediate", "prediction"):
+        phase = getattr(spec.distill, name)
+        if phase.enabled:
+            phases[name] = {k: v for k, v in phase.model_dump(mode="json").items() if k not in _BOOKKEEPING}
+    return phases
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Sections
+
+
+def _header(run: _Run) -> str:
+    state = run.state
+    lines = [f"# Distillery report: {state.get('job_id') or run.path.name}", ""]
+    lines.append(_table(["job", "status", "created", "report written"], [[
+        state.get("name") or _NONE, state.get("status") or _NONE, state.get("created_at") or _NONE,
+        dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")]]))
+    if state.get("error"):
+        lines += ["", f"**Error:** {state['error']}"]
+    return "\n".join(lines)
+
+
+def _spec_section(run: _Run) -> str:
+    spec = run.spec
+    if spec is None:
+        return "## Spec\n\nNo readable spec.yaml."
+    augment = spec.augment
+    rows = [
+        ["task", spec.task],
+        ["seed", spec.seed],
+        ["train data", f"{spec.data.train.path} ({spec.data.train.format})"],
+        ["eval data", f"{spec.data.eval.path} ({spec.data.eval.format})"],
+        ["teachers", "; ".join(_teacher_names(spec)) or "none"],
+        ["student", _student_source(spec)],
+        ["augmentation", (f"x{augment.factor}, replace_prob {augment.replace_prob}, top_k {augment.top_k}, "
+                          f"mlm {augment.mlm_model or 'none'} ({augment.mlm_mode}), keep original "
+                          f"{_fmt(augment.keep_original)}") if augment.enabled else "disabled"],
+        ["features", _settings(spec.features.model_dump())],
+        ["label", _settings(spec.label.model_dump())],
+    ]
+    phases = _phase_settings(spec)
+    for name in ("intermediate", "prediction"):
+        rows.append([f"phase {name}", _settings(phases[name]) if name in phases else "disabled"])
+    evaluate = {k: v for k, v in spec.evaluate.model_dump().items() if k != "enabled"}
+    rows.append(["evaluate", _settings(evaluate) if spec.evaluate.enabled else "disabled"])
+    rows.append(["resources", _settings(spec.resources.model_dump())])
+    return "## Spec\n\n" + _table(["setting", "value"], rows)
+
+
+def _stages_section(run: _Run) -> str:
+    stages = run.state.get("stages") or {}
+    names = [n for n in STAGE_ORDER if n in stages] + [n for n in stages if n not in STAGE_ORDER]
+    if not names:
+        return "## Stages\n\nNo stage information (state.json missing or empty)."
+    rows = []
+    for name in names:
+        stage = stages[name] or {}
+        status = stage.get("status") or _NONE
+        if stage.get("error"):
+            status += f": {stage['error']}"
+        rows.append([f"`{name}`", status, _duration(stage), f"`{stage['output']}`" if stage.get("output") else _NONE])
+    return "## Stages\n\n" + _table(["stage", "status", "duration", "output"], rows)
+
+
+def _data_section(run: _Run) -> str:
+    prepare = run.output("prepare")
+    if prepare is None:
+        return f"## Data\n\nNo data counts: {run.stage_note('prepare')}."
+    rows, reasons = [], {}
+    for split in ("train", "eval"):
+        meta = run.json(prepare / split / "meta.json")
+        counts = (meta or {}).get("counts") or {}
+        if not counts:
+            rows.append([split, _NONE, _NONE, _NONE])
+            continue
+        rows.append([split, counts.get("read"), counts.get("written"), counts.get("rejected")])
+        for reason, count in (counts.get("rejected_by_reason") or {}).items():
+            reasons.setdefault(reason, {})[split] = count
+    text = "## Data\n\n" + _table(["split", "read", "written", "rejected"], rows)
+    if reasons:
+        text += "\n\nRejected records by reason (details in each split's `rejects.jsonl`):\n\n" + _table(
+            ["reason", "train", "eval"],
+            [[f"`{reason}`", by.get("train", 0), by.get("eval", 0)] for reason, by in sorted(reasons.items())])
+    else:
+        text += "\n\nNo record was rejected."
+    return text
+
+
+def _augment_section(run: _Run) -> str:
+    if run.spec is not None and not run.spec.augment.enabled:
+        return "## Augmentation\n\nDisabled in the spec."
+    output = run.output("augment")
+    stats = run.json(output / "stats.json") if output else None
+    if not stats:
+        return f"## Augmentation\n\nNo statistics: {run.stage_note('augment')}."
+    rows = [["examples in", stats.get("examples_in")], ["examples out", stats.get("examples_out")]]
+    if stats.get("examples_in"):
+        rows.append(["expansion", f"x{stats['examples_out'] / stats['examples_in']:.2f}"
+                     if stats.get("examples_out") is not None else _NONE])
+    rows.append(["substitution rate", stats.get("substitution_rate")])
+    for source, count in (stats.get("substitutions_by_source") or {}).items():
+        rows.append([f"substitutions from {source}", count])
+    shown = {"examples_in", "examples_out", "substitution_rate", "substitutions_by_source"}
+    rows += [[key, value] for key, value in stats.items() if key not in shown and not isinstance(value, (dict, list))]
+    return "## Augmentation\n\n" + _table(["statistic", "value"], rows)
+
+
+def _label_section(run: _Run) -> str:
+    output = run.output("label")
+    stats = run.json(output / "stats.json") if output else None
+    if not stats:
+        return f"## Labelling\n\nNo statistics: {run.stage_note('label')}."
+    # folders are in the stage table already; nested values (per-teacher details) would not fit a cell
+    rows = [[key, value] for key, value in stats.items()
+            if not isinstance(value, dict) and not key.endswith("_dir")]
+    return "## Labelling\n\n" + _table(["statistic", "value"], rows)
+
+
+def _training_logs(run: _Run) -> dict[str, list[dict[str, Any]]]:
+    """metrics.jsonl records per training run: "finetune_teacher_<i>", "distill_intermediate", ..."""
+    logs = {}
+    for stage in TRAINING_STAGES:
+        output = run.output(stage)
+        if output is None:
+            continue
+        if stage == "finetune_teachers":
+            for folder in sorted(output.glob("teacher_*")):
+                records = run.jsonl(folder / "metrics.jsonl")
+                if records:
+                    logs[f"finetune_{folder.name}"] = records
+        else:
+            records = run.jsonl(output / "metrics.jsonl")
+            if records:
+                logs[stage] = records
+    return logs
+
+
+def _loss_keys(records: list[dict[str, Any]]) -> list[str]:
+    keys = {key for record in records for key in record if key == "loss" or key.startswith("loss/")}
+    return sorted(keys, key=lambda key: (key != "loss", key))
+
+
+def _training_section(run: _Run, logs: dict[str, list[dict[str, Any]]], plots: dict[str, str]) -> str:
+    lines = ["## Training"]
+    for stage in TRAINING_STAGES:
+        if stage == "finetune_teachers":
+            if run.spec is not None and not any(t.finetune for t in run.spec.teachers):
+                continue
+        elif run.spec is not None and not getattr(run.spec.distill, stage.removeprefix("distill_")).enabled:
+            lines += ["", f"### `{stage}`", "", "Disabled in the spec."]
+            continue
+        names = [name for name in logs if name == stage or (stage == "finetune_teachers"
+                                                             and name.startswith("finetune_teacher_"))]
+        if not names:
+            lines += ["", f"### `{stage}`", "", f"No metrics: {run.stage_note(stage)}."]
+            continue
+        for name in names:
+            records = logs[name]
+            last = records[-1]
+            speeds = [r["examples_per_s"] for r in records if isinstance(r.get("examples_per_s"), (int, float))]
+            rows = [["logged steps", len(records)], ["last step", last.get("step")], ["last epoch", last.get("epoch")]]
+            rows += [[f"last {key}", last.get(key)] for key in _loss_keys(records)]
+            rows.append(["mean examples/s", sum(speeds) / len(speeds) if speeds else None])
+            lines += ["", f"### `{name}`", "", _table(["", "value"], rows)]
+            if name in plots:
+                lines += ["", f"![loss of {name}]({plots[name]})"]
+    if "lr" in plots:
+        lines += ["", "### Learning rate", "", f"![learning rate per step]({plots['lr']})"]
+    return "\n".join(lines)
+
+
+def _metric_names(task: str, metrics: dict[str, dict[str, Any]]) -> list[str]:
+    return [key for key in CARD_METRICS.get(task, []) if any(key in entry for entry in metrics.values())]
+
+
+def _results_section(run: _Run, metrics: dict[str, dict[str, Any]] | None, plots: dict[str, str]) -> str:
+    if metrics is None:
+        if run.spec is not None and not run.spec.evaluate.enabled:
+            return "## Results\n\nEvaluation is disabled in the spec."
+        return f"## Results\n\nNo metrics: {run.stage_note('evaluate')}."
+    task = _task(run, metrics)
+    names = sorted(metrics, key=lambda name: (name != "student", name))
+    keys = _metric_names(task, metrics)
+    unit = "percent, official SQuAD 2.0 metric" if task == "qa" else "fractions 0-1"
+    rows = [[f"`{key}`", *(metrics[name].get(key) for name in names)] for key in keys]
+    text = f"## Results\n\nScores on the evaluation data ({unit}).\n\n" + _table(["metric", *names], rows)
+    headline = "f1" if task == "qa" else "accuracy"
+    student = (metrics.get("student") or {}).get(headline)
+    for teacher in (name for name in names if name != "student"):
+        score = metrics[teacher].get(headline)
+        if isinstance(student, (int, float)) and isinstance(score, (int, float)) and score:
+            text += f"\n\nThe student keeps {student / score:.1%} of `{teacher}`'s {headline}."
+    if task == "classification":
+        for name in names:
+            per_class = metrics[name].get("per_class") or {}
+            if per_class:
+                text += f"\n\nPer class, `{name}`:\n\n" + _table(
+                    ["class", "precision", "recall", "f1", "support"],
+                    [[c, v.get("precision"), v.get("recall"), v.get("f1"), v.get("support")]
+                     for c, v in per_class.items()])
+    if "scores" in plots:
+        text += f"\n\n![teacher vs student scores]({plots['scores']})"
+    return text
+
+
+def _speed_section(run: _Run, metrics: dict[str, dict[str, Any]] | None) -> str:
+    if run.spec is not None and not (run.spec.evaluate.enabled and run.spec.evaluate.measure_speed):
+        return "## Size and speed\n\nNot measured (evaluate.measure_speed is off or evaluation is disabled)."
+    rows = []
+    for name in sorted(metrics or {}, key=lambda name: (name != "student", name)):
+        for device, report in ((metrics[name].get("speed") or {}).items()):
+            if not isinstance(report, dict):
+                continue
+            size = report.get("size_bytes")
+            rows.append([f"`{name}`", device, report.get("parameters"),
+                         _fmt(size / 1e6 if isinstance(size, (int, float)) else None, 1),
+                         report.get("latency_ms"), report.get("latency_p90_ms"),
+                         _fmt(report.get("throughput"), 1), report.get("seq_len")])
+    if not rows:
+        return f"## Size and speed\n\nNo measurements: {run.stage_note('evaluate')}."
+    text = ("## Size and speed\n\nSynthetic fixed-length inputs; latency per example at batch 1, throughput at "
+            "batch 32; median of the timed runs (p90 beside it).\n\n"
+            + _table(["model", "device", "parameters", "size (MB)", "latency b1 (ms)", "p90 (ms)",
+                      "throughput b32 (ex/s)", "seq len"], rows))
+    comparisons = ((metrics or {}).get("student") or {}).get("vs_teachers") or {}
+    compare_rows = [[f"`{teacher}`", device, f"{c['speedup']:.2f}x" if c.get("speedup") else _NONE,
+                     f"{c['throughput_ratio']:.2f}x" if c.get("throughput_ratio") else _NONE,
+                     f"{c['size_ratio']:.2f}x" if c.get("size_ratio") else _NONE,
+                     f"{c['parameter_ratio']:.2f}x" if c.get("parameter_ratio") else _NONE]
+                    for teacher, by_device in comparisons.items() for device, c in by_device.items()]
+    if compare_rows:
+        text += ("\n\nStudent against each teacher (above 1: the student is faster or smaller):\n\n"
+                 + _table(["teacher", "device", "speed-up (latency)", "throughput ratio", "size ratio",
+                           "parameter ratio"], compare_rows))
+    return text
+
+
+def _export_section(run: _Run) -> str:
+    export = run.path / "export"
+    if (export / "README.md").is_file():
+        task = run.spec.task if run.spec is not None else "qa"
+        how = ('pipeline("question-answering", model=DIR, trust_remote_code=True)' if task == "qa"
+               else 'pipeline("text-classification", model=DIR)')
+        return (f"## Export\n\nThe final student is ready to serve in `{export}` (weights, config, tokenizer, "
+                f"model card). Load it with `{how}`.")
+    if run.spec is not None and not run.spec.evaluate.export:
+        return "## Export\n\nDisabled in the spec (evaluate.export)."
+    return "## Export\n\nNot exported (yet)."
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Plots (matplotlib's object API: no pyplot, no global backend state)
+
+
+def _plot_losses(name: str, records: list[dict[str, Any]], path: Path) -> bool:
+    figure = Figure(figsize=(7, 4), layout="constrained")
+    axes = figure.subplots()
+    drawn = False
+    for key in _loss_keys(records):
+        points = [(r["step"], r[key]) for r in records
+                  if isinstance(r.get("step"), (int, float)) and isinstance(r.get(key), (int, float))]
+        if points:
+            steps, values = zip(*points)
+            axes.plot(steps, values, label=key, linewidth=2 if key == "loss" else 1)
+            drawn = True
+    if not drawn:
+        return False
+    values = [r[k] for r in records for k in _loss_keys(records) if isinstance(r.get(k), (int, float))]
+    if values and min(values) > 0 and max(values) / min(values) > 100:
+        axes.set_yscale("log")  # terms of very different sizes (attention MSE vs hidden MSE) stay readable
+    axes.set(title=f"loss per term: {name}", xlabel="step", ylabel="loss")
+    axes.legend(fontsize="small")
+    axes.grid(alpha=0.3)
+    figure.savefig(path, dpi=100)
+    return True
+
+
+def _plot_lr(logs: dict[str, list[dict[str, Any]]], path: Path) -> bool:
+    series = {}
+    for name, records in logs.items():
+        points = [(r["step"], r["lr"]) for r in records
+                  if isinstance(r.get("step"), (int, float)) and isinstance(r.get("lr"), (int, float))]
+        if points:
+            series[name] = points
+    if not series:
+        return False
+    figure = Figure(figsize=(4 * len(series), 3.5), layout="constrained")
+    for axes, (name, points) in zip(figure.subplots(1, len(series), squeeze=False)[0], series.items()):
+        steps, rates = zip(*points)
+        axes.plot(steps, rates)
+        axes.set(title=name, xlabel="step", ylabel="learning rate")
+        axes.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+        axes.grid(alpha=0.3)
+    figure.savefig(path, dpi=100)
+    return True
+
+
+def _plot_scores(task: str, metrics: dict[str, dict[str, Any]], path: Path) -> bool:
+    keys = [key for key in _metric_names(task, metrics)
+            if all(isinstance(entry.get(key), (int, float)) for entry in metrics.values())]
+    if not keys:
+        return False
+    names = sorted(metrics, key=lambda name: (name != "student", name))
+    figure = Figure(figsize=(max(6, 1.2 * len(keys) * len(names) / 2 + 2), 4), layout="constrained")
+    axes = figure.subplots()
+    width = 0.8 / len(names)
+    for index, name in enumerate(names):
+        positions = [k + (index - (len(names) - 1) / 2) * width for k in range(len(keys))]
+        bars = axes.bar(positions, [metrics[name][key] for key in keys], width, label=name)
+        axes.bar_label(bars, fmt="%.1f" if task == "qa" else "%.3f", fontsize="x-small")
+    axes.set_xticks(range(len(keys)), keys, rotation=30, ha="right")
+    axes.set(title="teacher vs student", ylabel="score (%)" if task == "qa" else "score")
+    axes.legend(fontsize="small")
+    axes.grid(axis="y", alpha=0.3)
+    figure.savefig(path, dpi=100)
+    return True
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Entry points
+
+
+def _task(run: _Run, metrics: dict[str, dict[str, Any]]) -> str:
+    """The spec's task; without a readable spec, guessed from the metric names (SQuAD scores have "f1")."""
+    if run.spec is not None:
+        return run.spec.task
+    return "qa" if any("f1" in entry for entry in metrics.values()) else "classification"
+
+
+def _evaluation_metrics(run: _Run) -> dict[str, dict[str, Any]] | None:
+    output = run.output("evaluate")
+    metrics = run.json(output / "metrics.json") if output else None
+    return metrics if isinstance(metrics, dict) and metrics else None
+
+
+def write_report(run_dir: Path) -> Path:
+    """Write run_dir/report/report.md and its plots (layout in the module doc) and return the report's path."""
+    run_dir = Path(run_dir)
+    report_dir = run_dir / "report"
+    report_dir.mkdir(parents=True, exist_ok=True)
+    for old in report_dir.glob("*.png"):
+        old.unlink()  # a plot whose data is gone must not survive from an earlier report
+    run = _load_run(run_dir)
+    metrics = _evaluation_metrics(run)
+    logs = _training_logs(run)
+
+    plots: dict[str, str] = {}
+    for name, records in logs.items():
+        if _plot_losses(name, records, report_dir / f"loss_{name}.png"):
+            plots[name] = f"loss_{name}.png"
+    if _plot_lr(logs, report_dir / "lr.png"):
+        plots["lr"] = "lr.png"
+    if metrics is not None:
+        if _plot_scores(_task(run, metrics), metrics, report_dir / "scores.png"):
+            plots["scores"] = "scores.png"
+
+    sections = [
+        _header(run), _spec_section(run), _stages_section(run), _data_section(run), _augment_section(run),
+        _label_section(run), _training_section(run, logs, plots), _results_section(run, metrics, plots),
+        _speed_section(run, metrics),
+    ]
+    sections.append(_export_section(run))
+    if run.problems:
+        sections.append("## Problems reading the run\n\n" + "\n".join(f"- {p}" for p in run.problems))
+    path = report_dir / "report.md"
+    temp = report_dir / ".report.md.tmp"
+    temp.write_text("\n\n".join(sections) + "\n", encoding="utf-8")
+    temp.replace(path)
+    return path
+
+
+def card_info(run_dir: Path) -> ModelCardInfo:
+    """The model card information of a run: recipe from spec.yaml, counts and metrics from the stage outputs.
+
+    Raises:
+        SpecError: run_dir/spec.yaml is missing or not a valid job spec (the card cannot say how the student
+            was made without it).
+    """
+    run = _load_run(Path(run_dir))
+    spec = run.spec
+    if spec is None:
+        raise SpecError(run.problems or ["spec.yaml: unreadable"], str(Path(run_dir) / "spec.yaml"))
+    data: dict[str, Any] = {"train": spec.data.train.path, "eval": spec.data.eval.path}
+    label_names = spec.data.label_names
+    prepare = run.output("prepare")
+    if prepare is not None:
+        for split in ("train", "eval"):
+            meta = run.json(prepare / split / "meta.json") or {}
+            if (meta.get("counts") or {}).get("written") is not None:
+                data[f"{split}_examples"] = meta["counts"]["written"]
+            if split == "train" and meta.get("label_names"):
+                label_names = meta["label_names"]
+    augmentation: dict[str, Any] = {"enabled": False}
+    if spec.augment.enabled:
+        augmentation = {"enabled": True, "factor": spec.augment.factor, "replace_prob": spec.augment.replace_prob,
+                        "mlm_model": spec.augment.mlm_model}
+        output = run.output("augment")
+        stats = (run.json(output / "stats.json") if output else None) or {}
+        augmentation |= {key: stats[key] for key in ("examples_in", "examples_out", "substitution_rate")
+                         if key in stats}
+    inference: dict[str, Any] = {"max_seq_len": spec.features.max_seq_len}
+    if spec.task == "qa":
+        inference |= {"doc_stride": spec.features.doc_stride, "max_question_len": spec.features.max_query_len,
+                      "max_answer_len": spec.evaluate.max_answer_len, "n_best": spec.evaluate.n_best,
+                      "null_threshold": spec.evaluate.null_threshold}
+    return ModelCardInfo(
+        task=spec.task, teachers=_teacher_names(spec), student_source=_student_source(spec), data=data,
+        augmentation=augmentation, phases=_phase_settings(spec), metrics=_evaluation_metrics(run) or {},
+        label_names=label_names if spec.task == "classification" else None, inference=inference,
+        name=f"{spec.name}-student", job_id=run.state.get("job_id"))
+
+
+def export_final_student(run_dir: Path, student_dir: Path) -> Path:
+    """Export the run's final student to run_dir/export (see distill.export) with a card from the run's files."""
+    run_dir = Path(run_dir)
+    return export_student(Path(student_dir), run_dir / "export", card_info(run_dir))

@@ -1,0 +1,77 @@
+"""Helpers for tests that run real jobs: a tiny spec over the quickstart sample, and the CLI as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+QUICKSTART = REPO / "configs" / "quickstart"
+
+
+def tiny_qa_spec(**overrides: Any) -> dict[str, Any]:
+    """The quickstart job cut down to seconds: fewer questions, fewer variants, one short epoch per phase."""
+    spec = yaml.safe_load((REPO / "configs" / "quickstart.yaml").read_text())
+    spec["name"] = "tiny"
+    spec["data"] = {"train": {"path": str(QUICKSTART / "sample-train.json"), "limit": 40},
+                    "eval": {"path": str(QUICKSTART / "sample-dev.json"), "limit": 16}}
+    spec["teachers"][0]["model"] = str(QUICKSTART / "tiny-bert")
+    spec["teachers"][0]["finetune"] = {"epochs": 1, "batch_size": 16, "learning_rate": 1e-3}
+    spec["augment"].update(factor=2, mlm_model=str(QUICKSTART / "tiny-bert"), examples_per_shard=10)
+    spec["label"] = {"batch_size": 16, "examples_per_shard": 20}
+    spec["distill"]["intermediate"].update(epochs=1, checkpoint_every=2, log_every=1)
+    spec["distill"]["prediction"].update(epochs=1, checkpoint_every=2, log_every=1)
+    spec["evaluate"].update(speed_repeats=2)
+    for path, value in overrides.items():
+        node = spec
+        *parents, leaf = path.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return spec
+
+
+def write_spec(folder: Path, spec: dict[str, Any], name: str = "spec.yaml") -> Path:
+    path = folder / name
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def jobs_cli(*args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "jobs", *args], cwd=REPO, capture_output=True, text=True,
+                            timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    if check and result.returncode != 0:
+        raise AssertionError(f"python -m jobs {' '.join(args)} exited {result.returncode}\n"
+                             f"stdout:\n{result.stdout}\nstderr:\n{result.stderr[-4000:]}")
+    return result
+
+
+def job_state(root: Path, job_id: str) -> dict[str, Any]:
+    """The job's state as `status --json` prints it (the CLI works out whether a local job is still alive)."""
+    return json.loads(jobs_cli("status", job_id, "--json", "--root", str(root)).stdout)
+
+
+def stored_state(root: Path, job_id: str) -> dict[str, Any]:
+    """The state file itself: cheap enough to poll many times a second."""
+    return json.loads((root / job_id / "state.json").read_text())
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def folder_bytes(folder: Path, pattern: str = "**/*.parquet") -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.glob(pattern))}

@@ -1,0 +1,146 @@
+"""The augmentation stage end to end on Ray: real SQuAD and SST-2 examples, a tiny masked LM, 1 and 2 workers."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from augment.__main__ import main
+from augment.candidates import MaskedLMProposer
+from augment.pipeline import AugmentInputError, augment_block, augment_examples
+from augment.readers import read_examples
+from augment.words import load_stopwords, segment, undo_substitutions
+from augment.writers import read_shards
+from jobs.spec import AugmentSpec, DataSource, ResourcesSpec
+
+BLOCK_ROWS = 10  # about one paragraph per block: several blocks from a few dev paragraphs
+
+
+@pytest.fixture(scope="module")
+def qa_examples(tmp_path_factory, squad_dev_path) -> Path:
+    folder = tmp_path_factory.mktemp("squad-examples")
+    read_examples(DataSource(path=str(squad_dev_path), limit=36), "qa", None, folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def config(tiny_model_factory) -> AugmentSpec:
+    return AugmentSpec(factor=3, top_k=5, mlm_model=str(tiny_model_factory(task="mlm")), mlm_window=16,
+                       mlm_batch_size=8, augment_questions=True)
+
+
+def run(examples: Path, config: AugmentSpec, workers: int, out: Path, task="qa"):
+    return augment_examples(examples, task, config, ResourcesSpec(workers=workers, cpus_per_worker=0.5), seed=7,
+                            out_dir=out, progress=False, block_rows=BLOCK_ROWS)
+
+
+def shard_bytes(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((folder / "shards").glob("part-*.parquet"))}
+
+
+@pytest.fixture(scope="module")
+def one_and_two_workers(ray_session, qa_examples, config, tmp_path_factory):
+    out = tmp_path_factory.mktemp("augmented")
+    return run(qa_examples, config, 1, out / "one"), run(qa_examples, config, 2, out / "two")
+
+
+def test_output_is_byte_identical_with_one_and_two_workers(one_and_two_workers):
+    one, two = one_and_two_workers
+    assert one.blocks >= 3 and two.stats["workers"] == 2
+    assert shard_bytes(Path(one.out_dir)) == shard_bytes(Path(two.out_dir))
+    assert (Path(one.out_dir) / "vectors.kv.vectors.npy").read_bytes() == \
+        (Path(two.out_dir) / "vectors.kv.vectors.npy").read_bytes()
+
+
+def test_answers_stay_answers_and_only_substituted_words_change(one_and_two_workers, qa_examples):
+    result, _ = one_and_two_workers
+    originals = {r["id"]: r for r in read_shards(qa_examples).to_pylist()}
+    rows = read_shards(result.out_dir).to_pylist()
+    stopwords = load_stopwords()
+    assert len(rows) == result.examples_out and result.examples_in == len(originals)
+    assert [r["source_id"] for r in rows if r["variant"] == 0] == list(originals)  # input order kept
+    for row in rows:
+        original = originals[row["source_id"]]
+        for start, text in zip(row["answers"]["answer_start"], row["answers"]["text"]):
+            assert row["context"][start:start + len(text)] == text
+        assert row["answers"]["text"] == original["answers"]["text"]
+        assert row["is_impossible"] == original["is_impossible"]
+        for field in ("context", "question"):
+            records = [s for s in row["substitutions"] if s["field"] == field]
+            assert undo_substitutions(row[field], records) == original[field]
+        assert all(s["original"].lower() not in stopwords for s in row["substitutions"])
+    stats = json.loads(Path(result.stats_path).read_text())
+    assert stats["substitutions_by_source"]["mlm"] > 0 and stats["substitutions_by_source"]["embedding"] > 0
+    assert 0.2 < stats["substitution_rate"] <= 0.5
+    assert stats["examples_out"] == len(rows)
+    assert json.loads(Path(result.meta_path).read_text())["task"] == "qa"
+    assert result.vectors_path and Path(result.vectors_path).exists()
+    json.dumps(dataclasses.asdict(result))
+
+
+def test_resume_redoes_only_missing_blocks(ray_session, one_and_two_workers, qa_examples, config, tmp_path):
+    finished, _ = one_and_two_workers
+    out = tmp_path / "resumed"
+    shutil.copytree(finished.out_dir, out)
+    (out / "shards" / "part-00001.parquet").unlink()
+    (out / "blocks" / "part-00002.json").unlink()  # counts missing: that block is not finished either
+    untouched = {p.name: p.stat().st_mtime_ns for p in (out / "shards").glob("*.parquet")
+                 if p.name != "part-00002.parquet"}
+    result = run(qa_examples, config, 1, out)
+    assert result.blocks_reused == finished.blocks - 2
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "shards").glob("*.parquet") if p.name in untouched} \
+        == untouched
+    assert shard_bytes(out) == shard_bytes(Path(finished.out_dir))
+    assert result.stats["examples_out"] == finished.stats["examples_out"]
+
+
+def test_a_rerun_with_other_settings_is_refused(one_and_two_workers, qa_examples, config):
+    finished, _ = one_and_two_workers
+    with pytest.raises(AugmentInputError, match="differs in: augment"):
+        run(qa_examples, config.model_copy(update={"factor": 4}), 1, Path(finished.out_dir))
+    with pytest.raises(AugmentInputError, match="holds 'qa' examples"):
+        run(qa_examples, config, 1, Path(finished.out_dir) / "other", task="classification")
+
+
+def test_exact_mode_keeps_answers(qa_examples, config):
+    """Exact mode, in-process: the pipeline's actors run this same `augment_block`."""
+    exact = config.model_copy(update={"mlm_mode": "exact", "factor": 2, "augment_questions": False})
+    mlm = MaskedLMProposer(exact.mlm_model, batch_size=exact.mlm_batch_size)
+    originals = read_shards(qa_examples).to_pylist()[:12]
+    rows, tally = augment_block(originals, "qa", exact, 7, {}, mlm)
+    assert tally.by_source["mlm"] > 0 and tally.examples_out == len(rows) > len(originals)
+    for row in rows:
+        for start, text in zip(row["answers"]["answer_start"], row["answers"]["text"]):
+            assert row["context"][start:start + len(text)] == text
+        assert all(s["field"] == "context" and s["source"] == "mlm" for s in row["substitutions"])
+
+
+def test_classification_from_the_command_line_with_glove_vectors_only(ray_session, sst2_dir, tmp_path, capsys):
+    examples = tmp_path / "sst2"
+    read_examples(DataSource(path=str(sst2_dir / "dev.tsv"), limit=20), "classification", None, examples)
+    words = sorted({w.word.lower() for r in read_shards(examples).to_pylist() for w in segment(r["text"])})
+    rng = np.random.default_rng(0)
+    glove = tmp_path / "glove.txt"  # GloVe text: no header line
+    glove.write_text("".join(f"{w} {' '.join(f'{x:.4f}' for x in rng.normal(size=8))}\n" for w in words),
+                     encoding="utf-8")
+    status = main(["run", "--input", str(examples), "--out", str(tmp_path / "out"), "--factor", "3",
+                   "--mlm-model", "none", "--vectors", str(glove), "--top-k", "5", "--workers", "1",
+                   "--cpus-per-worker", "0.5", "--block-rows", "8", "--quiet"])
+    assert status == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["examples_in"] == 20 and printed["blocks"] == 3 and printed["vectors_path"] is None
+    assert printed["stats"]["substitutions_by_source"] == {"mlm": 0, "embedding": printed["stats"]["substituted_words"]}
+    labels = {r["id"]: r["label"] for r in read_shards(examples).to_pylist()}
+    rows = read_shards(tmp_path / "out").to_pylist()
+    assert len(rows) > 20 and all(r["label"] == labels[r["source_id"]] for r in rows)
+    assert all(r["text_pair"] is None for r in rows)
+    assert all(s["replacement"].lower() in words for r in rows for s in r["substitutions"])
+    assert pq.read_schema(tmp_path / "out" / "shards" / "part-00000.parquet") == \
+        pq.read_schema(examples / "shards" / "part-00000.parquet")
+    assert main(["run", "--input", str(tmp_path / "missing"), "--out", str(tmp_path / "x"), "--task", "qa"]) == 2

@@ -1,0 +1,81 @@
+"""A real Ray head on 127.0.0.1 with its dashboard: a job submitted through Ray Jobs runs, logs and finishes."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.jobutil import job_state, jobs_cli, tiny_qa_spec, wait_for, write_spec
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def ray_head(tmp_path, monkeypatch):
+    """`ray start --head --block` in its own process group; stopping the group stops only this cluster.
+
+    Ray 2.60 clusters require a token; the head and every client (this process and the CLI subprocesses
+    inheriting its environment) share one through RAY_AUTH_TOKEN, as users of a real cluster would.
+    """
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
+    ray = shutil.which("ray") or str(Path(sys.executable).with_name("ray"))
+    gcs_port, dashboard_port = _free_port(), _free_port()
+    # the test session's own Ray instance already holds the default agent ports
+    agent_ports = [f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
+                   f"--runtime-env-agent-port={_free_port()}", f"--metrics-export-port={_free_port()}"]
+    log = open(tmp_path / "ray-head.log", "w")
+    head = subprocess.Popen(
+        [ray, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs_port}",
+         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
+         *agent_ports, "--num-cpus=2", "--disable-usage-stats"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"})
+    address = f"http://127.0.0.1:{dashboard_port}"
+
+    def jobs_api_up():
+        # a fresh process, as a user's client would be: this one may hold a Ray session of its own
+        probe = subprocess.run([sys.executable, "-c", "import sys; from ray.job_submission import "
+                                "JobSubmissionClient as C; C(sys.argv[1]).list_jobs()", address],
+                               capture_output=True, text=True)
+        assert head.poll() is None, (tmp_path / "ray-head.log").read_text()[-3000:]
+        return probe.returncode == 0
+
+    wait_for(jobs_api_up, timeout=240, what="the Ray head's Jobs API", interval=2.0)
+    yield address
+    os.killpg(head.pid, signal.SIGTERM)
+    try:
+        head.wait(60)
+    except subprocess.TimeoutExpired:
+        os.killpg(head.pid, signal.SIGKILL)
+    log.close()
+
+
+def test_job_submitted_to_a_ray_cluster_succeeds_with_logs_and_artifacts(ray_head, tmp_path):
+    root = tmp_path / "runs"
+    spec = write_spec(tmp_path, tiny_qa_spec(**{"evaluate.measure_speed": False}))
+    submitted = jobs_cli("submit", str(spec), "--address", ray_head, "--root", str(root))
+    job_id = submitted.stdout.strip().splitlines()[-1]
+
+    final = wait_for(lambda: job_state(root, job_id)["status"] in ("succeeded", "failed", "cancelled")
+                     and job_state(root, job_id), timeout=600, what="the cluster job to end", interval=2.0)
+    logs = jobs_cli("logs", job_id, "--root", str(root)).stdout
+    assert final["status"] == "succeeded", logs[-4000:]
+    assert "stage distill_prediction: completed" in logs
+    # the cluster shares this machine's filesystem, so its artifacts are in the run store here
+    state = final["stages"]
+    assert state["evaluate"]["status"] == "completed"
+    assert (Path(state["distill_prediction"]["output"]) / "student" / "config.json").exists()
+    assert (root / job_id / "report" / "report.md").exists()

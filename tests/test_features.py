@@ -1,0 +1,234 @@
+"""Features: QA windows against real SQuAD 2.0 dev examples, classification encodings, and pad_batch."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import pyarrow as pa
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from distill.features import (
+    CLASSIFICATION_FEATURE_SCHEMA,
+    LOGIT_PAD,
+    NOT_CONTEXT,
+    QA_FEATURE_SCHEMA,
+    FeaturesError,
+    classification_features,
+    pad_batch,
+    qa_features,
+)
+from jobs.spec import FeaturesSpec
+
+
+def squad_rows(path, limit: int) -> list[dict]:
+    """The first `limit` questions of a SQuAD 2.0 JSON file as squad_v2-layout rows (augment.schema.QA_SCHEMA)."""
+    rows = []
+    for article in json.loads(path.read_text(encoding="utf-8"))["data"]:
+        for paragraph in article["paragraphs"]:
+            for qa in paragraph["qas"]:
+                rows.append({"id": qa["id"], "source_id": qa["id"], "variant": 0, "title": article["title"],
+                             "context": paragraph["context"], "question": qa["question"],
+                             "answers": {"text": [a["text"] for a in qa["answers"]],
+                                         "answer_start": [a["answer_start"] for a in qa["answers"]]},
+                             "is_impossible": qa.get("is_impossible", False), "substitutions": []})
+                if len(rows) == limit:
+                    return rows
+    return rows
+
+
+@pytest.fixture(scope="module")
+def tokenizer(bert_tokenizer_dir):
+    return AutoTokenizer.from_pretrained(bert_tokenizer_dir)
+
+
+@pytest.fixture(scope="module")
+def dev_rows(squad_dev_path):
+    return squad_rows(squad_dev_path, 600)
+
+
+def _normal(text: str) -> str:
+    return " ".join(text.split())
+
+
+def test_schema_and_table_input(tokenizer, dev_rows):
+    spec = FeaturesSpec(max_seq_len=128, doc_stride=32, max_query_len=24)
+    from_dicts = qa_features(dev_rows[:40], tokenizer, spec)
+    from_table = qa_features(pa.Table.from_pylist(dev_rows[:40]), tokenizer, spec)
+    assert from_dicts.schema.equals(QA_FEATURE_SCHEMA)
+    assert from_dicts.equals(from_table)
+    rows = from_dicts.to_pylist()
+    assert all(len(r["input_ids"]) <= 128 for r in rows)
+    assert all(len(r["input_ids"]) == len(r["token_type_ids"]) == len(r["offset_start"]) == len(r["offset_end"])
+               for r in rows)
+    assert all(r["feature_id"] == f"{r['example_id']}/{r['window']}" for r in rows)
+    assert all(r["teacher_start_logits"] is None and r["teachers_end_logits"] is None for r in rows)
+    assert all(r["input_ids"][0] == tokenizer.cls_token_id and r["offset_start"][0] == NOT_CONTEXT for r in rows)
+
+
+def test_windows_cover_every_context_token(tokenizer, dev_rows):
+    """Every character that a token of the whole context covers is covered by some window; windows overlap."""
+    spec = FeaturesSpec(max_seq_len=64, doc_stride=16, max_query_len=16)
+    rows = qa_features(dev_rows, tokenizer, spec).to_pylist()
+    by_example: dict[str, list[dict]] = {}
+    for row in rows:
+        by_example.setdefault(row["example_id"], []).append(row)
+    assert len(by_example) == len(dev_rows)
+    multi_window = 0
+    for example in dev_rows:
+        windows = by_example[example["id"]]
+        assert [w["window"] for w in windows] == list(range(len(windows)))
+        multi_window += len(windows) > 1
+        covered = set()
+        for w in windows:
+            for start, end in zip(w["offset_start"], w["offset_end"]):
+                covered.update(range(start, end))
+        whole = tokenizer(example["context"], add_special_tokens=False, return_offsets_mapping=True)
+        expected = {c for start, end in whole["offset_mapping"] for c in range(start, end)}
+        assert covered == expected, example["id"]
+        assert not any(c for c in expected if example["context"][c].isspace())
+        # consecutive windows share exactly doc_stride context tokens
+        contexts = [[(s, e) for s, e in zip(w["offset_start"], w["offset_end"]) if s != NOT_CONTEXT]
+                    for w in windows]
+        for previous, current in itertools.pairwise(contexts):
+            assert previous[-spec.doc_stride:] == current[:spec.doc_stride]
+    assert multi_window > 100  # the test really exercises overflow
+
+
+def test_questions_truncated(tokenizer, dev_rows):
+    spec = FeaturesSpec(max_seq_len=64, doc_stride=16, max_query_len=5)
+    rows = qa_features(dev_rows[:50], tokenizer, spec).to_pylist()
+    for row in rows:
+        question_tokens = row["token_type_ids"].index(1) - 2   # [CLS] question [SEP]
+        assert 1 <= question_tokens <= 5
+
+
+def _holds_answer(row: dict, example: dict) -> tuple[bool, bool]:
+    """(the window's context holds the whole first answer, it holds part of it)."""
+    answer_start = example["answers"]["answer_start"][0]
+    answer_end = answer_start + len(example["answers"]["text"][0])
+    spans = [(s, e) for s, e in zip(row["offset_start"], row["offset_end"]) if s != NOT_CONTEXT]
+    return (spans[0][0] <= answer_start and spans[-1][1] >= answer_end,
+            spans[0][0] < answer_end and spans[-1][1] > answer_start)
+
+
+def test_gold_positions_on_squad_dev(tokenizer, dev_rows):
+    spec = FeaturesSpec(max_seq_len=384, doc_stride=128, max_query_len=64)
+    examples = {r["id"]: r for r in dev_rows}
+    rows = qa_features(dev_rows, tokenizer, spec).to_pylist()
+    equal = answered = 0
+    for row in rows:
+        example = examples[row["example_id"]]
+        start, end = row["start_position"], row["end_position"]
+        if example["is_impossible"] or not _holds_answer(row, example)[0]:
+            assert (start, end) == (0, 0)
+            continue
+        assert 0 < start <= end
+        answered += 1
+        span = example["context"][row["offset_start"][start]:row["offset_end"][end]]
+        answer = example["answers"]["text"][0]
+        # an answer that starts or ends inside a word gets the whole wordpiece: the span holds the answer
+        assert _normal(answer) in _normal(span)
+        equal += _normal(span) == _normal(answer)
+    assert answered > 250
+    assert equal >= 0.99 * answered
+
+
+def test_answer_cut_by_window_edge_is_cls(tokenizer, dev_rows):
+    spec = FeaturesSpec(max_seq_len=48, doc_stride=8, max_query_len=16)
+    examples = {r["id"]: r for r in dev_rows}
+    rows = qa_features(dev_rows, tokenizer, spec).to_pylist()
+    inside = cut = 0
+    for row in rows:
+        example = examples[row["example_id"]]
+        if example["is_impossible"]:
+            assert (row["start_position"], row["end_position"]) == (0, 0)
+            continue
+        holds_all, overlaps = _holds_answer(row, example)
+        if holds_all:
+            inside += 1
+            assert row["start_position"] > 0
+        elif overlaps:
+            cut += 1
+            assert (row["start_position"], row["end_position"]) == (0, 0), row["feature_id"]
+    assert inside > 100 and cut > 20
+
+
+def test_constructed_answer_across_window_edge(tokenizer):
+    context = " ".join(f"w{i}" for i in range(40))
+    words = context.split()
+    answer = " ".join(words[10:14])
+    example = {"id": "q1", "question": "which?", "context": context,
+               "answers": {"text": [answer], "answer_start": [context.index(answer)]}, "is_impossible": False}
+    spec = FeaturesSpec(max_seq_len=24, doc_stride=4, max_query_len=8)
+    rows = qa_features([example], tokenizer, spec).to_pylist()
+    assert len(rows) > 3
+    found = 0
+    for row in rows:
+        start, end = row["start_position"], row["end_position"]
+        if start:
+            found += 1
+            assert context[row["offset_start"][start]:row["offset_end"][end]] == answer
+        else:
+            # the window lacks some of the answer's characters
+            spans = [(s, e) for s, e in zip(row["offset_start"], row["offset_end"]) if s != NOT_CONTEXT]
+            assert not (spans[0][0] <= context.index(answer) and spans[-1][1] >= context.index(answer) + len(answer))
+    assert found >= 1
+
+
+def test_classification_features(tokenizer):
+    spec = FeaturesSpec(max_seq_len=16, doc_stride=4, max_query_len=8)
+    single = classification_features(
+        [{"id": "a", "text": "a fine movie", "label": 1}, {"id": "b", "text": "word " * 40, "label": 0}],
+        tokenizer, spec)
+    assert single.schema.equals(CLASSIFICATION_FEATURE_SCHEMA)
+    rows = single.to_pylist()
+    assert [r["feature_id"] for r in rows] == ["a/0", "b/0"]
+    assert rows[0]["input_ids"] == tokenizer("a fine movie")["input_ids"]
+    assert len(rows[1]["input_ids"]) == 16 and rows[1]["input_ids"][-1] == tokenizer.sep_token_id
+    assert [r["label"] for r in rows] == [1, 0] and rows[0]["teacher_logits"] is None
+    pairs = classification_features(pa.Table.from_pylist(
+        [{"id": "p", "text": "a man sleeps", "text_pair": "someone rests", "label": 2}]), tokenizer, spec)
+    row = pairs.to_pylist()[0]
+    assert row["token_type_ids"] == tokenizer("a man sleeps", "someone rests")["token_type_ids"]
+    with pytest.raises(FeaturesError, match="1 of 2 examples have a text_pair"):
+        classification_features([{"id": "x", "text": "a", "text_pair": "b"}, {"id": "y", "text": "c"}],
+                                tokenizer, spec)
+
+
+def test_pad_batch_qa():
+    rows = [
+        {"input_ids": [101, 5, 6, 102], "token_type_ids": [0, 0, 1, 1], "start_position": 2, "end_position": 2,
+         "teacher_start_logits": [0.0, 1.0, 2.0, 3.0], "teacher_end_logits": [1.0, 1.0, 1.0, 1.0],
+         "teachers_start_logits": [[0.0] * 4, [1.0] * 4], "teachers_end_logits": [[2.0] * 4, [3.0] * 4]},
+        {"input_ids": [101, 7, 102], "token_type_ids": [0, 1, 1], "start_position": 0, "end_position": 0,
+         "teacher_start_logits": [4.0, 5.0, 6.0], "teacher_end_logits": [1.0, 2.0, 3.0],
+         "teachers_start_logits": [[0.5] * 3, [1.5] * 3], "teachers_end_logits": [[2.5] * 3, [3.5] * 3]},
+    ]
+    batch = pad_batch(rows, pad_token_id=0)
+    assert batch["input_ids"].tolist() == [[101, 5, 6, 102], [101, 7, 102, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 1, 0]]
+    assert batch["token_type_ids"].tolist() == [[0, 0, 1, 1], [0, 1, 1, 0]]
+    assert batch["start_positions"].tolist() == [2, 0] and batch["end_positions"].dtype == torch.long
+    assert batch["teacher_start_logits"].tolist() == [[0.0, 1.0, 2.0, 3.0], [4.0, 5.0, 6.0, LOGIT_PAD]]
+    assert batch["teachers_end_logits"].shape == (2, 2, 4)
+    assert batch["teachers_end_logits"][1, :, 3].tolist() == [LOGIT_PAD, LOGIT_PAD]
+    # padded positions get no probability
+    assert torch.softmax(batch["teacher_start_logits"], -1)[1, 3] == 0
+    unlabelled = pad_batch([{k: v for k, v in rows[0].items() if "teacher" not in k}], pad_token_id=0)
+    assert set(unlabelled) == {"input_ids", "token_type_ids", "attention_mask", "start_positions", "end_positions"}
+    with pytest.raises(FeaturesError, match="1 of 2 rows have teacher_start_logits"):
+        pad_batch([rows[0], {**rows[1], "teacher_start_logits": None}], pad_token_id=0)
+
+
+def test_pad_batch_classification():
+    rows = [{"input_ids": [101, 9, 102], "token_type_ids": [0, 0, 0], "label": 1, "teacher_logits": [0.1, 0.9],
+             "teachers_logits": None},
+            {"input_ids": [101, 102], "token_type_ids": [0, 0], "label": 0, "teacher_logits": [2.0, -1.0],
+             "teachers_logits": None}]
+    batch = pad_batch(rows, pad_token_id=0)
+    assert batch["labels"].tolist() == [1, 0]
+    assert batch["teacher_logits"].shape == (2, 2) and "teachers_logits" not in batch
+    assert batch["input_ids"].tolist() == [[101, 9, 102], [101, 102, 0]]

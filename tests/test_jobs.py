@@ -1,0 +1,127 @@
+"""Real jobs through `python -m jobs` in subprocesses: every stage, the cache, SIGKILL and resume, cancel."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.jobutil import folder_bytes, job_state, jobs_cli, stored_state, tiny_qa_spec, wait_for, write_spec
+
+# what a stage has written once it is part-way through: a first shard, a first checkpoint
+PARTIAL_OUTPUT = {"label": "shards/*.parquet", "distill_intermediate": "checkpoints/*"}
+STAGES = ["prepare", "finetune_teachers", "augment", "label", "distill_intermediate", "distill_prediction",
+          "evaluate", "report"]
+
+
+def _last_line(text: str) -> str:
+    return text.strip().splitlines()[-1]
+
+
+def _student_weights(state: dict) -> dict[str, torch.Tensor]:
+    return load_file(Path(state["stages"]["distill_prediction"]["output"]) / "student" / "model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory):
+    """One uninterrupted job: the reference the other tests compare against."""
+    folder = tmp_path_factory.mktemp("baseline")
+    spec = write_spec(folder, tiny_qa_spec())
+    result = jobs_cli("submit", str(spec), "--root", str(folder / "runs"))
+    job_id = _last_line(result.stdout).split()[1].rstrip(":")
+    return {"root": folder / "runs", "job_id": job_id, "state": job_state(folder / "runs", job_id),
+            "spec": spec}
+
+
+def test_submit_runs_every_stage_and_writes_artifacts(baseline):
+    state = baseline["state"]
+    assert state["status"] == "succeeded"
+    assert [name for name, s in state["stages"].items() if s["status"] == "completed"] == STAGES
+    outputs = {name: Path(s["output"]) for name, s in state["stages"].items()}
+    assert list((outputs["augment"] / "shards").glob("*.parquet"))
+    assert list((outputs["label"] / "shards").glob("*.parquet"))
+    assert (outputs["distill_prediction"] / "student" / "config.json").exists()
+    assert (outputs["evaluate"] / "metrics.json").exists()
+    run_dir = baseline["root"] / baseline["job_id"]
+    assert (run_dir / "report" / "report.md").exists()
+    assert "stage report: completed" in (run_dir / "logs" / "job.log").read_text()
+
+
+def test_resubmission_reuses_every_stage_the_change_does_not_touch(baseline, tmp_path):
+    changed = tiny_qa_spec(**{"distill.prediction.temperature": 2.0})
+    result = jobs_cli("submit", str(write_spec(tmp_path, changed)), "--root", str(baseline["root"]))
+    job_id = _last_line(result.stdout).split()[1].rstrip(":")
+    stages = job_state(baseline["root"], job_id)["stages"]
+    for name in ["prepare", "finetune_teachers", "augment", "label", "distill_intermediate"]:
+        assert stages[name]["status"] == "cached", name
+        assert stages[name]["output"] == baseline["state"]["stages"][name]["output"]
+    assert stages["distill_prediction"]["status"] == "completed"
+    assert stages["distill_prediction"]["output"] != baseline["state"]["stages"]["distill_prediction"]["output"]
+
+
+@pytest.mark.parametrize("stage", ["label", "distill_intermediate"])
+def test_job_killed_mid_stage_resumes_to_identical_outputs(baseline, tmp_path, stage):
+    root = tmp_path / "runs"
+    spec = write_spec(tmp_path, tiny_qa_spec())
+    job_id = _last_line(jobs_cli("submit", str(spec), "--detach", "--root", str(root)).stdout)
+    pid = job_state(root, job_id)["pid"]
+
+    def stage_has_partial_output():
+        state = stored_state(root, job_id)
+        assert state["status"] in ("pending", "running"), state.get("error")
+        current = state["stages"][stage]
+        written = PARTIAL_OUTPUT[stage]
+        return current["status"] == "running" and current["output"] and any(Path(current["output"]).glob(written))
+
+    wait_for(stage_has_partial_output, timeout=300, what=f"stage {stage} to start writing", interval=0.02)
+    os.killpg(pid, signal.SIGKILL)
+    wait_for(lambda: job_state(root, job_id)["status"] == "interrupted", timeout=30, what="the kill to be seen")
+
+    jobs_cli("resume", job_id, "--root", str(root))
+    state = job_state(root, job_id)
+    assert state["status"] == "succeeded"
+    reference = baseline["state"]["stages"]
+    for name in ["augment", "label"]:
+        assert folder_bytes(Path(state["stages"][name]["output"])) == folder_bytes(Path(reference[name]["output"]))
+    resumed, uninterrupted = _student_weights(state), _student_weights(baseline["state"])
+    assert resumed.keys() == uninterrupted.keys()
+    for key in resumed:
+        torch.testing.assert_close(resumed[key], uninterrupted[key], rtol=0, atol=1e-6, msg=key)
+
+
+def test_cancel_stops_a_detached_job(tmp_path):
+    root = tmp_path / "runs"
+    spec = write_spec(tmp_path, tiny_qa_spec(**{"distill.prediction.epochs": 50}))
+    job_id = _last_line(jobs_cli("submit", str(spec), "--detach", "--root", str(root)).stdout)
+    wait_for(lambda: job_state(root, job_id)["stages"]["prepare"]["status"] == "completed", timeout=120,
+             what="the job to get going")
+    jobs_cli("cancel", job_id, "--root", str(root))
+    state = job_state(root, job_id)
+    assert state["status"] == "cancelled"
+    with pytest.raises(ProcessLookupError):
+        os.kill(state["pid"], 0)
+    assert jobs_cli("list", "--root", str(root)).stdout.count("cancelled") == 1
+
+
+def test_two_jobs_at_once_share_cached_stages_safely(tmp_path):
+    root = tmp_path / "runs"
+    spec = write_spec(tmp_path, tiny_qa_spec(**{"evaluate.enabled": False}))
+    first = _last_line(jobs_cli("submit", str(spec), "--detach", "--root", str(root)).stdout)
+    second = _last_line(jobs_cli("submit", str(spec), "--detach", "--root", str(root)).stdout)
+    for job_id in (first, second):
+        wait_for(lambda: job_state(root, job_id)["status"] not in ("pending", "running"), timeout=600,
+                 what=f"job {job_id} to end")
+    states = [job_state(root, job_id) for job_id in (first, second)]
+    assert [s["status"] for s in states] == ["succeeded", "succeeded"]
+    for name in ["prepare", "augment", "label", "distill_prediction"]:
+        # one job computed each stage, the other waited for it and reused it
+        assert {s["stages"][name]["status"] for s in states} == {"completed", "cached"}, name
+        assert states[0]["stages"][name]["output"] == states[1]["stages"][name]["output"]
+
+
+def test_unknown_job_exits_3(tmp_path):
+    assert jobs_cli("status", "nope", "--root", str(tmp_path), check=False).returncode == 3

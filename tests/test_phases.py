@@ -1,0 +1,350 @@
+"""The three phases on tiny models and real SQuAD 2.0 dev features: what each trains, reads and writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification, AutoTokenizer
+
+from augment.readers import read_examples
+from augment.writers import read_shards
+from distill.features import classification_features, pad_batch, qa_features
+from distill.label import TeacherEnsemble
+from distill.losses import HeadCountMismatch
+from distill.models import ModelCheckError, ModelRef
+from distill.phases import (_build_intermediate, _build_prediction, _IntermediateOptions, _PredictionOptions,
+                            distill_intermediate, distill_prediction, finetune_teacher)
+from distill.student import build_student
+from distill.trainer import COMPLETE_MARKER, Recipe, TrainingError, TrainPlan, Worker
+from jobs.spec import (DataSource, FeaturesSpec, FinetuneSpec, IntermediateSpec, LabelSpec, PredictionSpec,
+                       ResourcesSpec, StudentArchitecture, StudentSpec)
+
+REPO = Path(__file__).resolve().parents[1]
+CPU = torch.device("cpu")
+ONE_WORKER = ResourcesSpec(workers=1, gpus_per_worker=0)
+NARROW = StudentArchitecture(num_hidden_layers=2, hidden_size=16, num_attention_heads=2, intermediate_size=32)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models on a shared 2-core machine: more threads only spin against other processes."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def squad_table(tmp_path_factory, squad_dev_path, bert_tokenizer_dir):
+    """64 features (max_seq_len 128) of the first real SQuAD 2.0 dev questions, without teacher logits."""
+    root = tmp_path_factory.mktemp("squad")
+    read_examples(DataSource(path=str(squad_dev_path), limit=60), "qa", None, root / "examples")
+    tokenizer = AutoTokenizer.from_pretrained(bert_tokenizer_dir)
+    table = qa_features(read_shards(root / "examples"), tokenizer,
+                        FeaturesSpec(max_seq_len=128, doc_stride=48, max_query_len=32))
+    assert table.num_rows >= 64
+    return table.slice(0, 64)
+
+
+def _write_features(table, folder: Path) -> Path:
+    (folder / "shards").mkdir(parents=True)
+    pq.write_table(table, folder / "shards" / "part-00000.parquet")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def teachers(tiny_model_factory):
+    """Two 4-layer teachers (hidden 32, 2 heads) with different weights."""
+    return [ModelRef(str(tiny_model_factory("qa", layers=4, hidden=32, heads_count=2, seed=seed)), weight=w)
+            for seed, w in ((0, 1.0), (1, 3.0))]
+
+
+@pytest.fixture(scope="module")
+def plain_features(squad_table, tmp_path_factory):
+    return _write_features(squad_table, tmp_path_factory.mktemp("plain"))
+
+
+@pytest.fixture(scope="module")
+def labelled(squad_table, teachers, tmp_path_factory):
+    """The same features labelled by the label stage with both teachers (probs ensemble, weights 1 and 3)."""
+    ensemble = TeacherEnsemble(teachers, "qa", None, LabelSpec(ensemble="probs"), CPU, pad_token_id=0)
+    table = ensemble.label(squad_table)
+    return table, _write_features(table, tmp_path_factory.mktemp("labelled"))
+
+
+def _metrics(out_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+# -- phase 1 ------------------------------------------------------------------------------------------------------
+
+
+def test_phase1_teacher_stays_frozen_and_projections_train(teachers, plain_features, tmp_path):
+    config = IntermediateSpec(batch_size=8, epochs=1)
+    plan = TrainPlan("intermediate", _build_intermediate, _IntermediateOptions(StudentSpec(architecture=NARROW),
+                     teachers[0], None), "qa", plain_features, config, ONE_WORKER, 0, tmp_path, progress=False)
+    recipe = Recipe(plan, Worker())
+    recipe.setup()
+    try:
+        objective = recipe.objective
+        terms = objective(recipe.collate(np.arange(8)))
+        assert set(terms) == {"embeddings", "hidden", "attention"}
+        sum(terms.values()).backward()
+
+        teacher = objective.teacher
+        assert not teacher.training and objective.student.training
+        assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
+        projections = [objective.embeddings_loss.projection, objective.hidden_loss.projection]
+        in_optimizer = {id(p) for group in recipe.optimizer.param_groups for p in group["params"]}
+        for projection in projections:
+            assert projection.weight.shape == (32, 16)
+            assert projection.weight.grad.abs().sum() > 0
+            assert id(projection.weight) in in_optimizer and id(projection.bias) in in_optimizer
+        assert not any(id(p) in in_optimizer for p in teacher.parameters())
+
+        recipe.save_checkpoint(elapsed=0.0)
+        saved = (tmp_path / "checkpoints" / "step-00000000")
+        assert (saved / COMPLETE_MARKER).exists()
+        with safe_open(saved / "trainable.safetensors", "pt") as handle:
+            keys = set(handle.keys())
+        assert {"embeddings_loss.projection.weight", "hidden_loss.projection.weight"} <= keys
+        assert not any(key.startswith(("teacher", "_teacher")) for key in keys)
+    finally:
+        recipe.cleanup()
+
+
+def test_phase1_loss_goes_down_and_outputs_are_self_describing(teachers, plain_features, tmp_path):
+    config = IntermediateSpec(batch_size=8, epochs=3, learning_rate=2e-3, warmup_ratio=0.0, log_every=4,
+                              checkpoint_every=10)
+    result = distill_intermediate(StudentSpec(architecture=NARROW), teachers[0], "qa", plain_features, config,
+                                  ONE_WORKER, 0, tmp_path, progress=False)
+    lines = _metrics(tmp_path)
+    assert [line["step"] for line in lines] == list(range(4, 25, 4))
+    assert lines[-1]["loss"] < 0.8 * lines[0]["loss"]
+    for key in ("step", "epoch", "lr", "loss", "loss/embeddings", "loss/hidden", "loss/attention",
+                "examples_per_s", "elapsed"):
+        assert key in lines[0]
+    assert result.steps == 24 and result.epochs == 3.0 and result.loss == lines[-1]["loss"]
+    json.dumps(asdict(result))
+
+    student = AutoModelForQuestionAnswering.from_pretrained(result.model_dir)
+    assert student.config.hidden_size == 16 and student.config.num_hidden_layers == 2
+    AutoTokenizer.from_pretrained(result.model_dir)
+    projections = load_file(result.projections)
+    assert projections["hidden.weight"].shape == (32, 16)
+
+    recorded = json.loads(Path(result.train_config).read_text())
+    assert recorded["config"]["learning_rate"] == 2e-3 and recorded["schedule"]["total_steps"] == 24
+    assert recorded["objective"]["layer_map"]["teacher_layer_per_student_layer"] == [1, 3]
+    assert set(recorded["objective"]["losses"]) == {"embeddings", "hidden", "attention"}
+    assert len(list((tmp_path / "checkpoints").glob("step-*"))) == 2  # KEEP_CHECKPOINTS
+
+
+def test_phase1_refuses_attention_with_different_head_counts(teachers, plain_features, tmp_path):
+    four_heads = StudentArchitecture(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, intermediate_size=64)
+    with pytest.raises(HeadCountMismatch, match="4 heads and the teacher 2"):
+        distill_intermediate(StudentSpec(architecture=four_heads), teachers[0], "qa", plain_features,
+                             IntermediateSpec(), ONE_WORKER, 0, tmp_path, progress=False)
+    assert not (tmp_path / "metrics.jsonl").exists()
+    # without the attention term the same student is fine
+    result = distill_intermediate(StudentSpec(architecture=four_heads), teachers[0], "qa", plain_features,
+                                  IntermediateSpec(losses=["hidden"], epochs=0.25, batch_size=16), ONE_WORKER, 0,
+                                  tmp_path / "hidden-only", progress=False)
+    assert result.steps == 1 and result.projections is None
+
+
+# -- phase 2 ------------------------------------------------------------------------------------------------------
+
+
+def _prediction_objective(source: str, teachers, features_dir: Path, student_dir: Path, tmp_path: Path):
+    config = PredictionSpec(temperature=2.0, distill_weight=0.7, teacher_logits=source)
+    options = _PredictionOptions(StudentSpec(model=str(student_dir)), None, tuple(teachers), "probs", None, "student")
+    torch.manual_seed(0)  # the student's fresh QA head
+    return _build_prediction(TrainPlan("prediction", _build_prediction, options, "qa", features_dir, config,
+                                       ONE_WORKER, 0, tmp_path), CPU)
+
+
+def test_phase2_cached_logits_equal_an_online_teacher(teachers, labelled, tiny_model_factory, tmp_path):
+    table, features_dir = labelled
+    student_dir = tiny_model_factory("qa", layers=2, hidden=32, heads_count=2, seed=5)
+    batch = pad_batch(table.slice(0, 8).to_pylist(), pad_token_id=0)
+    results = {}
+    for source in ("labelled", "online"):
+        objective = _prediction_objective(source, teachers, features_dir, student_dir, tmp_path)
+        assert objective.columns == (("input_ids", "token_type_ids", "start_position", "end_position")
+                                     + (("teacher_start_logits", "teacher_end_logits") if source == "labelled" else ()))
+        assert len(objective.teachers) == (2 if source == "online" else 0)
+        terms = objective(batch)
+        (0.7 * terms["kl"] + 0.3 * terms["hard"]).backward()
+        grads = torch.cat([p.grad.flatten() for p in objective.student.parameters()])
+        results[source] = (terms["kl"].item(), terms["hard"].item(), grads)
+    (kl_cached, hard_cached, grads_cached), (kl_online, hard_online, grads_online) = results.values()
+    assert hard_cached == hard_online
+    # the only difference: the label stage stores logits as float16
+    assert kl_cached == pytest.approx(kl_online, rel=2e-3)
+    assert ((grads_cached - grads_online).norm() / grads_online.norm()).item() < 2e-3
+
+
+def test_phase2_labelled_without_teacher_logits_is_refused(plain_features, tiny_model_factory, tmp_path):
+    student = StudentSpec(model=str(tiny_model_factory("qa", layers=2, hidden=32)))
+    with pytest.raises(TrainingError, match="64 of 64 features have no teacher_start_logits.*label stage"):
+        distill_prediction(student, [], "qa", plain_features, PredictionSpec(), "probs", ONE_WORKER, 0, tmp_path,
+                           progress=False)
+
+
+def test_phase2_with_weight_zero_needs_no_teacher(plain_features, tiny_model_factory, tmp_path):
+    student = StudentSpec(model=str(tiny_model_factory("qa", layers=2, hidden=32)))
+    result = distill_prediction(student, [], "qa", plain_features,
+                                PredictionSpec(distill_weight=0.0, epochs=0.25, batch_size=16, log_every=1),
+                                "probs", ONE_WORKER, 0, tmp_path, progress=False)
+    assert result.steps == 1
+    assert set(_metrics(tmp_path)[0]) >= {"loss", "loss/hard"} and "loss/kl" not in _metrics(tmp_path)[0]
+    assert json.loads(Path(result.train_config).read_text())["objective"]["losses"]["kl"]["weight"] == 0.0
+
+
+def test_phase2_loss_goes_down_from_a_phase1_student(teachers, labelled, tmp_path):
+    _, features_dir = labelled
+    phase1 = distill_intermediate(StudentSpec(architecture=NARROW), teachers[0], "qa", features_dir,
+                                  IntermediateSpec(epochs=0.5, batch_size=16), ONE_WORKER, 0, tmp_path / "p1",
+                                  progress=False)
+    config = PredictionSpec(batch_size=8, epochs=4, learning_rate=3e-3, warmup_ratio=0.0, log_every=8,
+                            temperature=2.0, distill_weight=0.5)
+    result = distill_prediction(Path(phase1.model_dir), teachers, "qa", features_dir, config, "probs", ONE_WORKER,
+                                0, tmp_path / "p2", progress=False)
+    lines = _metrics(tmp_path / "p2")
+    assert result.steps == 32 and len(lines) == 4
+    assert lines[-1]["loss/hard"] < 0.8 * lines[0]["loss/hard"]
+    assert lines[-1]["loss"] < lines[0]["loss"]
+    recorded = json.loads(Path(result.train_config).read_text())["objective"]["losses"]["kl"]
+    assert recorded["temperature"] == 2.0 and recorded["weight"] == 0.5 and recorded["teacher_logits"] == "labelled"
+    AutoModelForQuestionAnswering.from_pretrained(result.model_dir)
+    AutoTokenizer.from_pretrained(result.model_dir)
+
+
+def test_classification_runs_both_phases_on_sst2(sst2_dir, bert_tokenizer_dir, tiny_model_factory, tmp_path):
+    lines = (sst2_dir / "train.tsv").read_text(encoding="utf-8").splitlines()[1:49]
+    examples = [{"id": str(i), "text": text, "label": int(label)}
+                for i, (text, label) in enumerate(line.rsplit("\t", 1) for line in lines)]
+    table = classification_features(examples, AutoTokenizer.from_pretrained(bert_tokenizer_dir),
+                                     FeaturesSpec(max_seq_len=64, max_query_len=16, doc_stride=16))
+    teacher = ModelRef(str(tiny_model_factory("classification", layers=4, hidden=32, num_labels=2)))
+    table = TeacherEnsemble([teacher], "classification", 2, LabelSpec(), CPU, pad_token_id=0).label(table)
+    features = _write_features(table, tmp_path / "features")
+    phase1 = distill_intermediate(StudentSpec(architecture=NARROW), teacher, "classification", features,
+                                  IntermediateSpec(epochs=1, batch_size=16), ONE_WORKER, 0, tmp_path / "p1", 2,
+                                  progress=False)
+    config = PredictionSpec(epochs=3, batch_size=8, learning_rate=3e-3, log_every=6, distill_weight=0.5)
+    phase2 = distill_prediction(Path(phase1.model_dir), [teacher], "classification", features, config, "probs",
+                                ONE_WORKER, 0, tmp_path / "p2", 2, progress=False)
+    metrics = _metrics(tmp_path / "p2")
+    assert phase2.steps == 18 and {"loss/kl", "loss/hard"} <= set(metrics[0])
+    assert metrics[-1]["loss"] < metrics[0]["loss"]
+    assert AutoModelForSequenceClassification.from_pretrained(phase2.model_dir).config.num_labels == 2
+
+
+# -- kill and resume ---------------------------------------------------------------------------------------------
+
+RUNNER = """
+import json, sys
+from pathlib import Path
+import torch
+torch.set_num_threads(1)
+from distill.models import ModelRef
+from distill.phases import distill_intermediate
+from jobs.spec import IntermediateSpec, ResourcesSpec, StudentArchitecture, StudentSpec
+args = json.loads(sys.argv[1])
+distill_intermediate(StudentSpec(architecture=StudentArchitecture(**args["architecture"])), ModelRef(args["teacher"]),
+                     "qa", Path(args["features"]), IntermediateSpec(**args["config"]),
+                     ResourcesSpec(workers=1, gpus_per_worker=0), 0, Path(args["out"]), progress=False)
+"""
+
+
+def test_sigkilled_phase_resumes_to_the_same_weights(plain_features, tiny_model_factory, tmp_path):
+    """Phase 1 (projections, dropout on) killed after its first checkpoint, resumed, equals an unbroken run."""
+    architecture = dict(num_hidden_layers=2, hidden_size=16, num_attention_heads=2, intermediate_size=32)
+    config = dict(batch_size=4, epochs=4, learning_rate=1e-3, log_every=2, checkpoint_every=4)
+    teacher = str(tiny_model_factory("qa", layers=4, hidden=32, heads_count=2))
+    args = {"architecture": architecture, "config": config, "teacher": teacher, "features": str(plain_features),
+            "out": str(tmp_path / "killed")}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    process = subprocess.Popen([sys.executable, "-c", RUNNER, json.dumps(args)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not list((tmp_path / "killed" / "checkpoints").glob("step-*/COMPLETE")):
+            assert process.poll() is None, process.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "no checkpoint within 60 s"
+            time.sleep(0.01)
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.wait()
+    assert process.returncode == -signal.SIGKILL
+    assert not (tmp_path / "killed" / "student").exists(), "the run finished before it was killed"
+
+    spec = StudentSpec(architecture=StudentArchitecture(**architecture))
+    resumed = distill_intermediate(spec, ModelRef(teacher), "qa", plain_features, IntermediateSpec(**config),
+                                   ONE_WORKER, 0, tmp_path / "killed", progress=False)
+    unbroken = distill_intermediate(spec, ModelRef(teacher), "qa", plain_features, IntermediateSpec(**config),
+                                    ONE_WORKER, 0, tmp_path / "unbroken", progress=False)
+    assert resumed.steps == unbroken.steps == 64
+    for name in ("student/model.safetensors", "projections.safetensors"):
+        a, b = load_file(tmp_path / "killed" / name), load_file(tmp_path / "unbroken" / name)
+        assert a.keys() == b.keys()
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=f"{name}: {key}")
+    # the metric lines the killed run wrote past its checkpoint were dropped and written again, once
+    assert [line["step"] for line in _metrics(tmp_path / "killed")] == list(range(2, 65, 2))
+    losses = {run: [line["loss"] for line in _metrics(tmp_path / run)] for run in ("killed", "unbroken")}
+    assert losses["killed"] == pytest.approx(losses["unbroken"], abs=1e-6)
+
+
+
+# -- teacher fine-tuning and students ---------------------------------------------------------------------------
+
+
+def test_finetune_teacher_adds_a_task_head_to_a_base_model(plain_features, tiny_model_factory, tmp_path):
+    base = ModelRef(str(tiny_model_factory("mlm", layers=2, hidden=32)))
+    result = finetune_teacher(base, "qa", plain_features, FinetuneSpec(epochs=0.25, batch_size=16), ONE_WORKER, 0,
+                              tmp_path, progress=False)
+    assert result.model_dir == str(tmp_path / "model") and result.steps == 1
+    assert AutoModelForQuestionAnswering.from_pretrained(result.model_dir).config.architectures == [
+        "BertForQuestionAnswering"]
+    AutoTokenizer.from_pretrained(result.model_dir)
+
+
+def test_build_student_from_each_source(teachers):
+    teacher = AutoModelForQuestionAnswering.from_pretrained(teachers[0].name_or_path)
+    fresh = build_student(StudentSpec(architecture=NARROW), teachers[0], "qa", None)
+    assert (fresh.config.hidden_size, fresh.config.num_hidden_layers, fresh.config.vocab_size) == (
+        16, 2, teacher.config.vocab_size)
+
+    copied = build_student(StudentSpec(init_from_teacher_layers=[1, 3]), teachers[0], "qa", None)
+    assert copied.config.num_hidden_layers == 2 and copied.training
+    teacher_state, student_state = teacher.state_dict(), copied.state_dict()
+    assert torch.equal(student_state["bert.embeddings.word_embeddings.weight"],
+                       teacher_state["bert.embeddings.word_embeddings.weight"])
+    for student_layer, teacher_layer in ((0, 1), (1, 3)):
+        key = "bert.encoder.layer.{}.attention.self.query.weight"
+        assert torch.equal(student_state[key.format(student_layer)], teacher_state[key.format(teacher_layer)])
+
+    with pytest.raises(ModelCheckError, match=r"layers \[4\].*0\.\.3"):
+        build_student(StudentSpec(init_from_teacher_layers=[0, 4]), teachers[0], "qa", None)
+    with pytest.raises(ModelCheckError, match="built from a teacher"):
+        build_student(StudentSpec(architecture=NARROW), None, "qa", None)
+
+    by_path = build_student(StudentSpec(model=teachers[0].name_or_path), None, "qa", None)
+    assert torch.equal(by_path.state_dict()["qa_outputs.weight"], teacher_state["qa_outputs.weight"])

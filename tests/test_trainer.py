@@ -1,0 +1,127 @@
+"""The shared loop: data order, checkpoints that are never half-read, and 2 Ray Train workers against 1.
+
+Kill-and-resume with real processes is in test_phases.py (it runs a whole phase)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+
+from augment.readers import read_examples
+from augment.writers import read_shards
+from distill.features import qa_features
+from distill.models import ModelRef
+from distill.phases import distill_prediction
+from distill.trainer import TrainingError, epoch_order, epoch_steps, worker_slice
+from jobs.spec import DataSource, FeaturesSpec, PredictionSpec, ResourcesSpec, StudentSpec
+
+ONE_WORKER = ResourcesSpec(workers=1, gpus_per_worker=0)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models on a shared 2-core machine: more threads only spin against other processes."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def features_dir(tmp_path_factory, squad_dev_path, bert_tokenizer_dir) -> Path:
+    """64 features (max_seq_len 128) of the first real SQuAD 2.0 dev questions, without teacher logits."""
+    root = tmp_path_factory.mktemp("squad")
+    read_examples(DataSource(path=str(squad_dev_path), limit=60), "qa", None, root / "examples")
+    table = qa_features(read_shards(root / "examples"), AutoTokenizer.from_pretrained(bert_tokenizer_dir),
+                        FeaturesSpec(max_seq_len=128, doc_stride=48, max_query_len=32))
+    (root / "features" / "shards").mkdir(parents=True)
+    pq.write_table(table.slice(0, 64), root / "features" / "shards" / "part-00000.parquet")
+    return root / "features"
+
+
+def _without_dropout(folder: Path, dest: Path) -> Path:
+    """A copy of a tiny model with dropout off, so that workers' dropout streams cannot make runs differ."""
+    model = AutoModelForQuestionAnswering.from_pretrained(folder)
+    model.config.hidden_dropout_prob = model.config.attention_probs_dropout_prob = 0.0
+    model.save_pretrained(dest)
+    AutoTokenizer.from_pretrained(folder).save_pretrained(dest)
+    return dest
+
+
+def _losses(out_dir: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+# -- data order ---------------------------------------------------------------------------------------------------
+
+
+def test_epoch_order_depends_on_seed_and_epoch_only():
+    assert np.array_equal(epoch_order(50, 7, 2), epoch_order(50, 7, 2))
+    assert not np.array_equal(epoch_order(50, 7, 2), epoch_order(50, 7, 3))
+    assert not np.array_equal(epoch_order(50, 7, 2), epoch_order(50, 8, 2))
+    assert sorted(epoch_order(50, 7, 2)) == list(range(50))
+
+
+def test_steps_and_worker_slices_cover_each_feature_once():
+    steps = epoch_steps(np.arange(23), batch_size=5, accum=2)
+    assert [[len(m) for m in step] for step in steps] == [[5, 5], [5, 5], [3]]
+    micro = np.arange(7)
+    slices = [worker_slice(micro, rank, 3) for rank in range(3)]
+    assert [len(s) for s in slices] == [3, 2, 2]
+    assert np.array_equal(np.concatenate(slices), micro)
+
+
+# -- checkpoints --------------------------------------------------------------------------------------------------
+
+
+def test_incomplete_checkpoints_are_never_read_and_other_runs_are_refused(features_dir, tiny_model_factory,
+                                                                          tmp_path):
+    student = StudentSpec(model=str(tiny_model_factory("qa", layers=2, hidden=32)))
+    config = PredictionSpec(distill_weight=0.0, batch_size=16, epochs=1, checkpoint_every=2)
+    first = distill_prediction(student, [], "qa", features_dir, config, "probs", ONE_WORKER, 0, tmp_path,
+                               progress=False)
+    assert first.steps == 4
+    # a later checkpoint without its completion marker (a writer killed mid-way) holds garbage
+    torn = tmp_path / "checkpoints" / "step-00000099"
+    torn.mkdir()
+    (torn / "state.json").write_text("{not json")
+    again = distill_prediction(student, [], "qa", features_dir, config, "probs", ONE_WORKER, 0, tmp_path,
+                               progress=False)
+    assert again.steps == 4 and again.loss == first.loss
+    with pytest.raises(TrainingError, match="different run.*config"):
+        distill_prediction(student, [], "qa", features_dir, config.model_copy(update={"learning_rate": 1e-3}),
+                           "probs", ONE_WORKER, 0, tmp_path, progress=False)
+
+
+# -- Ray Train ----------------------------------------------------------------------------------------------------
+
+
+def test_two_ray_workers_follow_the_one_worker_loss_curve(ray_session, features_dir, tiny_model_factory, tmp_path):
+    teacher = _without_dropout(tiny_model_factory("qa", layers=4, hidden=32), tmp_path / "teacher")
+    student = StudentSpec(model=str(_without_dropout(tiny_model_factory("qa", layers=2, hidden=32, seed=3),
+                                                     tmp_path / "student")))
+    # 7 features per micro-batch: workers get 4 and 3, so unequal slices must be weighted right
+    config = PredictionSpec(batch_size=7, grad_accum_steps=2, epochs=1, learning_rate=1e-3, log_every=1,
+                            temperature=2.0, distill_weight=0.5, teacher_logits="online")
+    runs = {}
+    for workers in (1, 2):
+        resources = ResourcesSpec(workers=workers, cpus_per_worker=0.5, gpus_per_worker=0)
+        runs[workers] = distill_prediction(student, [ModelRef(str(teacher))], "qa", features_dir, config, "probs",
+                                           resources, 0, tmp_path / f"workers-{workers}", progress=False)
+    assert runs[1].steps == runs[2].steps == 5
+    one, two = _losses(tmp_path / "workers-1"), _losses(tmp_path / "workers-2")
+    assert len(one) == 5 and two == pytest.approx(one, rel=1e-3)
+    a = load_file(tmp_path / "workers-1" / "student" / "model.safetensors")
+    b = load_file(tmp_path / "workers-2" / "student" / "model.safetensors")
+    # A softmax over positions ignores a shift of all logits, so the QA bias and the last LayerNorm bias (which
+    # only feeds the QA head) have exactly zero gradient in theory; Adam turns their float noise into +-lr steps.
+    shift_invariant = {"qa_outputs.bias", "bert.encoder.layer.1.output.LayerNorm.bias"}
+    for key in a.keys() - shift_invariant:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-3, atol=1e-5, msg=key)
