@@ -52,8 +52,10 @@ import pyarrow.parquet as pq
 import torch
 
 from augment.writers import SHARD_GLOB, atomic_output, shard_paths, write_json
+from distill.ensemble import mix_teacher_logits
 from distill.features import TEACHER_COLUMNS, build_features
 from distill.models import (
+    RANDOM_INIT_SEED,
     ModelCheckError,
     ModelRef,
     autocast,
@@ -80,9 +82,6 @@ _PARQUET_OPTIONS: dict[str, Any] = {
 }
 _EXAMPLE_COLUMNS = {"qa": ["id", "question", "context", "answers", "is_impossible"],
                     "classification": ["id", "text", "text_pair", "label"]}
-# Teachers built with init="random" get this seed (plus their index) in every actor, so all actors hold the
-# same weights.
-_RANDOM_INIT_SEED = 0
 
 
 class LabelError(RuntimeError):
@@ -125,24 +124,6 @@ class _Block:
 # Teacher inference: plain functions and one class, usable without Ray
 
 
-def _mix(logits: list[torch.Tensor], weights: torch.Tensor, mode: str, mask: torch.Tensor | None) -> torch.Tensor:
-    """The ensemble of K teachers' logits, each (B, N), over the last dim; `mask` (B, N) marks real positions.
-
-    probs: log(sum_k w_k softmax(z_k)), computed as logsumexp_k(log w_k + log_softmax(z_k)) for stability.
-    logits: sum_k w_k z_k. Positions outside `mask` come back as garbage the caller drops.
-    """
-    stacked = torch.stack(logits)                                        # (K, B, N)
-    if mode == "logits":
-        return torch.einsum("k,kbn->bn", weights, stacked)
-    if mask is not None:
-        stacked = stacked.masked_fill(~mask[None], float("-inf"))
-    log_probs = torch.log_softmax(stacked, dim=-1)
-    mixed = torch.logsumexp(torch.log(weights)[:, None, None] + log_probs, dim=0)   # (B, N)
-    if mask is not None:
-        mixed = mixed.masked_fill(~mask, 0.0)
-    return mixed
-
-
 def _list_column(flat: np.ndarray, lengths: np.ndarray) -> pa.Array:
     offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
     np.cumsum(lengths, out=offsets[1:])
@@ -183,7 +164,7 @@ class TeacherEnsemble:
         self.models = []
         for index, ref in enumerate(teachers):
             if ref.init == "random":
-                torch.manual_seed(_RANDOM_INIT_SEED + index)
+                torch.manual_seed(RANDOM_INIT_SEED + index)
             self.models.append(load_model(ref, task, num_labels).to(device).eval())
         # token_type_ids go only to models whose forward takes them (not DistilBERT, for one)
         self.takes_types = ["token_type_ids" in inspect.signature(m.forward).parameters for m in self.models]
@@ -235,7 +216,8 @@ class TeacherEnsemble:
                 for h in heads:
                     outputs[h].append(getattr(output, h).float())                     # (B, T) or (B, C)
             for h in heads:
-                batch_mixed = _mix(outputs[h], weights, self.config.ensemble, mask_t if qa else None).cpu().numpy()
+                batch_mixed = mix_teacher_logits(outputs[h], weights, self.config.ensemble,
+                                                 mask_t if qa else None).cpu().numpy()
                 if qa:
                     mixed[h][gather] = batch_mixed[mask]
                 else:

@@ -18,6 +18,9 @@ from transformers import (
 )
 
 Task = Literal["qa", "classification"]
+# Models built with init="random" are seeded with this (plus their index among the teachers) wherever they are
+# built, so every Ray actor and the online teacher of phase 2 hold the same weights.
+RANDOM_INIT_SEED = 0
 _HEADS = {"qa": AutoModelForQuestionAnswering, "classification": AutoModelForSequenceClassification}
 
 

@@ -24,7 +24,8 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 # the label stage's ensemble and random-teacher seed: online teachers must match what it wrote to the features
-from distill.label import _RANDOM_INIT_SEED, _mix
+from distill.ensemble import mix_teacher_logits
+from distill.models import RANDOM_INIT_SEED
 from distill.layer_map import LayerMap, resolve_layer_map
 from distill.losses import AttentionMSE, HardLabelCE, HiddenStateMSE, SoftTargetKL
 from distill.models import (ModelCheckError, ModelRef, Task, check_same_vocabulary, load_model, load_tokenizer)
@@ -140,7 +141,7 @@ def _load_teacher(ref: ModelRef, index: int, task: Task, num_labels: int | None,
     """
     with torch.random.fork_rng(devices=[]):
         if ref.init == "random":
-            torch.manual_seed(_RANDOM_INIT_SEED + index)
+            torch.manual_seed(RANDOM_INIT_SEED + index)
         teacher = load_model(ref, task, num_labels, output_attentions=output_attentions).to(device)
     teacher.requires_grad_(False)
     return teacher.eval()
@@ -359,7 +360,7 @@ class PredictionObjective(nn.Module):
         mask = None if mask is None else mask.bool()
         weights = torch.tensor(self.teacher_weights, device=each[0].device)
         weights = weights / weights.sum()
-        return torch.stack([_mix([t[:, g].float() for t in each], weights, self.ensemble, mask)
+        return torch.stack([mix_teacher_logits([t[:, g].float() for t in each], weights, self.ensemble, mask)
                             for g in range(each[0].shape[1])], 1)  # (B, G, N)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -53,14 +53,16 @@ def ray_head(tmp_path, monkeypatch):
         assert head.poll() is None, (tmp_path / "ray-head.log").read_text()[-3000:]
         return probe.returncode == 0
 
-    wait_for(jobs_api_up, timeout=240, what="the Ray head's Jobs API", interval=2.0)
-    yield address
-    os.killpg(head.pid, signal.SIGTERM)
     try:
-        head.wait(60)
-    except subprocess.TimeoutExpired:
-        os.killpg(head.pid, signal.SIGKILL)
-    log.close()
+        wait_for(jobs_api_up, timeout=240, what="the Ray head's Jobs API", interval=2.0)
+        yield address
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+        log.close()
 
 
 def test_job_submitted_to_a_ray_cluster_succeeds_with_logs_and_artifacts(ray_head, tmp_path):

@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 from tests.jobutil import folder_bytes, job_state, jobs_cli, stored_state, tiny_qa_spec, wait_for, write_spec
 
 # what a stage has written once it is part-way through: a first shard, a first checkpoint
-PARTIAL_OUTPUT = {"label": "shards/*.parquet", "distill_intermediate": "checkpoints/*"}
+PARTIAL_OUTPUT = {"augment": "shards/*.parquet", "label": "shards/*.parquet",
+                  "distill_intermediate": "checkpoints/step-*", "distill_prediction": "checkpoints/step-*"}
 STAGES = ["prepare", "finetune_teachers", "augment", "label", "distill_intermediate", "distill_prediction",
           "evaluate", "report"]
 
@@ -63,7 +64,7 @@ def test_resubmission_reuses_every_stage_the_change_does_not_touch(baseline, tmp
     assert stages["distill_prediction"]["output"] != baseline["state"]["stages"]["distill_prediction"]["output"]
 
 
-@pytest.mark.parametrize("stage", ["label", "distill_intermediate"])
+@pytest.mark.parametrize("stage", list(PARTIAL_OUTPUT))
 def test_job_killed_mid_stage_resumes_to_identical_outputs(baseline, tmp_path, stage):
     root = tmp_path / "runs"
     spec = write_spec(tmp_path, tiny_qa_spec())
