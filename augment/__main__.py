@@ -59,6 +59,7 @@ def add_run(subparsers: argparse._SubParsersAction) -> None:
         ("--replace-prob", augment["replace_prob"], float), ("--mlm-model", augment["mlm_model"], str),
         ("--mlm-init", augment["mlm_init"], str), ("--mlm-mode", augment["mlm_mode"], str),
         ("--mlm-window", augment["mlm_window"], int), ("--mlm-batch-size", augment["mlm_batch_size"], int),
+        ("--examples-per-shard", augment["examples_per_shard"], int),
         ("--workers", resources["workers"], int), ("--cpus-per-worker", resources["cpus_per_worker"], float),
         ("--gpus-per-worker", resources["gpus_per_worker"], float),
     ]
@@ -74,7 +75,6 @@ def add_run(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--augment-questions", action="store_true", help=augment["augment_questions"].description)
     parser.add_argument("--augment-answers", action="store_true", help=augment["augment_answers"].description)
     parser.add_argument("--drop-original", action="store_true", help="write variants only, not the originals")
-    parser.add_argument("--block-rows", type=int, help="examples per block, one output shard each (default 256)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(handler=_run_augment)
 
@@ -87,12 +87,12 @@ def _run_augment(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from augment.candidates import CandidateError
-    from augment.pipeline import BLOCK_ROWS, AugmentInputError, augment_examples
+    from augment.pipeline import AugmentInputError, augment_examples
     from jobs.spec import AugmentSpec, ResourcesSpec
 
     given = {name: value for name, value in vars(args).items() if value is not None}
     augment = {k: given[k] for k in ("factor", "top_k", "replace_prob", "mlm_init", "mlm_mode", "mlm_window",
-                                     "mlm_batch_size") if k in given}
+                                     "mlm_batch_size", "examples_per_shard") if k in given}
     if "mlm_model" in given:
         augment["mlm_model"] = None if given["mlm_model"].lower() == "none" else given["mlm_model"]
     vectors = {k: given[f"vectors{s}"] for k, s in (("path", ""), ("format", "_format")) if f"vectors{s}" in given}
@@ -109,7 +109,7 @@ def _run_augment(args: argparse.Namespace) -> int:
                 raise AugmentInputError(f"{meta} is missing, so the task is unknown; pass --task")
             task = json.loads(meta.read_text(encoding="utf-8"))["task"]
         result = augment_examples(args.input, task, config, resources, args.seed, args.out,
-                                  progress=not args.quiet, block_rows=args.block_rows or BLOCK_ROWS)
+                                  progress=not args.quiet)
     except (ValidationError, AugmentInputError, CandidateError) as err:
         print(f"python -m augment run: error: {err}", file=sys.stderr)
         return 2

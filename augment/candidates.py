@@ -12,16 +12,18 @@ nearest neighbours by cosine similarity of word vectors.
   pass over the full context), batched over the masked copies of a text; `fast` masks several words at least
   `FAST_MASK_GAP` tokens apart in one pass over a bounded window, batched across texts; `reference` is the
   naive loop the popular tools run (one forward per word, LM head on every position), kept for tests and the
-  benchmark. All three apply the same candidate rules (`candidate_ids`), so they differ only in context.
+  benchmark. All three apply the same candidate rules (`candidate_words`), so they differ only in context.
 
-Candidates never depend on which other texts share a call: passes and windows are planned per text, and every
-caller batches a fixed set of texts (one block of the pipeline) in a fixed order.
+Which words share a pass is decided per text, never by the batch; and the pipeline always hands the same
+texts (one block) in the same order, so batch shapes and hence candidates are the same bit for bit on every run,
+whichever worker computes them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,14 +36,14 @@ from augment.words import MIN_WORD_LENGTH, Word, eligible_words
 
 log = logging.getLogger(__name__)
 
-VectorFormat = Literal["glove", "word2vec", "word2vec_binary", "fasttext", "keyedvectors"]
-VECTOR_FORMATS: tuple[str, ...] = ("glove", "word2vec", "word2vec_binary", "fasttext", "keyedvectors")
+VECTOR_FORMATS = ("glove", "word2vec", "word2vec_binary", "fasttext", "keyedvectors")  # VectorsSpec.format
 _SUFFIX_FORMATS = {".kv": "keyedvectors", ".vec": "fasttext", ".bin": "word2vec_binary", ".txt": None}
 
 # Fast mode masks words at least this many tokens apart in one pass: 2 = never two neighbouring words at once.
-# About 2 in 5 wordpieces of prose are maskable words, so a SQuAD paragraph (~50 such words) takes 2-3 passes
-# instead of one per word. benchmarks/augment_bench.py measures the trade-off with a small trained masked LM:
-# gap 2 is ~25x faster than exact mode with 0.96 of its top-20 kept; gap 3 ~17x with 0.975; gap 4 0.98.
+# About 2 in 5 wordpieces of prose are maskable words, so a SQuAD paragraph (~55 such words) takes 2-3 passes
+# instead of one per word. benchmarks/augment_bench.py measures the trade-off (recall: share of exact mode's
+# top-20 that fast mode keeps, with a small masked LM trained for 2 minutes): gap 2 was 22-26x faster than
+# exact mode with recall 0.96-0.98; gap 3 about 17x with 0.975-0.99; gap 4 0.98-0.99.
 FAST_MASK_GAP = 2
 # A batch of masked-LM rows holds rows at least this share as long as its longest: at most 1/0.8 - 1 = 25% of
 # its tokens are padding (fast mode's rows range from a few words to a whole paragraph).
@@ -145,8 +147,6 @@ def save_vectors(vectors, path: str | Path) -> Path:
 
     Written under temporary names and moved into place, the `.npy` first: a `.kv` file that exists is whole.
     """
-    import os
-
     path = Path(path)
     temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     vectors.save(str(temp), separately=["vectors"])
@@ -177,7 +177,7 @@ def nearest_neighbours(vectors, words: Iterable[str], top_k: int, query_chunk: i
             and its case variants, lower-cased, without duplicates; ties go to the more frequent (earlier) word.
         query_chunk, vocab_chunk: rows per matrix product, bounding memory at about
             query_chunk * vocab_chunk * 4 bytes; the vocabulary matrix is read chunk by chunk, never normalised
-            as a whole, so a memory-mapped `.kv` stays shared.
+            as a whole, so a memory-mapped `.kv` is never copied into memory.
 
     Returns:
         word -> neighbours, best first.
@@ -317,7 +317,7 @@ class MaskedLMProposer:
         maskable = {(w.start, w.end): by_span[(w.start, w.end)] for w in words if (w.start, w.end) in by_span}
         return Encoded(list(encoding["input_ids"]), maskable)
 
-    def candidate_ids(self, logits, original_ids: Sequence[int], top_k: int) -> list[tuple[str, ...]]:
+    def candidate_words(self, logits, original_ids: Sequence[int], top_k: int) -> list[tuple[str, ...]]:
         """Turn LM scores at masked positions into candidate words.
 
         Args:
@@ -399,10 +399,10 @@ class MaskedLMProposer:
                     cols.append(len(self._prefix) + m)
                     originals.append(sequences[i][m])
             ids[rows, cols] = self.tokenizer.mask_token_id
-            rows_t, cols_t = torch.tensor(rows), torch.tensor(cols)
+            rows_t, cols_t = torch.tensor(rows, device=self.device), torch.tensor(cols, device=self.device)
             with torch.inference_mode(), self._head_only_at(rows_t, cols_t):
                 logits = self.model(input_ids=ids.to(self.device), attention_mask=attention.to(self.device)).logits[0]
-            found = iter(self.candidate_ids(logits, originals, top_k))  # (M, V) -> M tuples
+            found = iter(self.candidate_words(logits, originals, top_k))  # (M, V) -> M tuples
             for r, i in enumerate(batch):
                 results[i] = [next(found) for _ in masks[i]]
         return results
@@ -488,7 +488,7 @@ class MaskedLMProposer:
             row[col] = self.tokenizer.mask_token_id
             with torch.inference_mode():
                 logits = self.model(input_ids=torch.tensor([row], device=self.device)).logits  # (1, T, V)
-            result[span] = self.candidate_ids(logits[0, col:col + 1], [encoded.ids[position]], top_k)[0]
+            result[span] = self.candidate_words(logits[0, col:col + 1], [encoded.ids[position]], top_k)[0]
         return result
 
 

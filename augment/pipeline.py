@@ -20,8 +20,9 @@ It writes::
 
 How it runs:
 
-1. The driver reads the input and cuts it into blocks of about `block_rows` examples, in input order, never
-   splitting a paragraph (QA rows sharing a context): candidates are computed once per paragraph.
+1. The driver reads the input and cuts it into blocks of about `examples_per_shard` examples, in input order,
+   never splitting a paragraph (QA rows sharing a context): candidates are computed once per paragraph. At the
+   default 256 a block is ~5k rows out at factor 20 and tens of seconds of work with a bert-base masked LM.
 2. The driver loads (or trains, once, into vectors.kv) the word vectors and computes the nearest neighbours of
    every distinct word needing them in one batched pass. Each block carries only its own words' neighbours, so
    no worker ever holds the vectors (nothing to share or copy).
@@ -67,9 +68,6 @@ from jobs.spec import AugmentSpec, ResourcesSpec
 
 log = logging.getLogger(__name__)
 
-# Examples per block: about 5k rows out at factor 20, a shard of a few MB, and a unit of resumable work of
-# tens of seconds with a bert-base masked LM in fast mode. Smaller: finer resume and balance, more files.
-BLOCK_ROWS = 256
 VECTORS_FILE = "vectors.kv"
 
 
@@ -109,7 +107,7 @@ class AugmentResult:
 
 def augment_examples(examples_dir: Path, task: Literal["qa", "classification"], config: AugmentSpec,
                      resources: ResourcesSpec, seed: int, out_dir: Path, progress: bool = True, *,
-                     block_rows: int = BLOCK_ROWS) -> AugmentResult:
+                     block_rows: int | None = None) -> AugmentResult:
     """Augment the examples of `examples_dir` into `out_dir` (see the module doc), resuming an interrupted run.
 
     Args:
@@ -120,7 +118,8 @@ def augment_examples(examples_dir: Path, task: Literal["qa", "classification"], 
         seed: the job seed; with the same seed, settings and input the output is byte-identical.
         out_dir: the output folder; created, or resumed when it holds an unfinished run of the same settings.
         progress: show a progress bar of finished blocks.
-        block_rows: examples per block (one shard each); part of the run's identity, so keep it on resume.
+        block_rows: examples per block (one shard each); default `config.examples_per_shard`. Part of the
+            run's identity: keep it when resuming.
 
     Raises:
         AugmentInputError: the input is missing or of the wrong task, or `out_dir` holds another run's output.
@@ -130,6 +129,7 @@ def augment_examples(examples_dir: Path, task: Literal["qa", "classification"], 
     if not config.enabled:
         raise AugmentInputError("augment.enabled is false: this stage has nothing to do; skip it, or set "
                                 "enabled: true")
+    block_rows = config.examples_per_shard if block_rows is None else block_rows
     if block_rows <= 0:
         raise AugmentInputError(f"block_rows must be > 0, got {block_rows}")
     table, meta, fingerprint = _read_input(examples_dir, task)
@@ -145,8 +145,10 @@ def augment_examples(examples_dir: Path, task: Literal["qa", "classification"], 
         log.info("augmenting %d of %d block(s) (%d finished earlier)", len(todo), len(blocks),
                  len(blocks) - len(todo))
         rows = table.to_pylist()
-        words = {i: _block_words(rows, blocks[i], _fields(task, config)) for i in todo}
-        neighbours, vectors_path = _neighbours_for(words.values(), rows, task, config, seed, out_dir)
+        # every block's words, finished or not: the neighbour search then sees the same queries on a resumed
+        # run as on an uninterrupted one, so even its floating-point ties break the same way
+        words = [_block_words(rows, block, _fields(task, config)) for block in blocks]
+        neighbours, vectors_path = _neighbours_for(words, rows, task, config, seed, out_dir)
         items = [_work_item(i, table.take(blocks[i]), words[i], neighbours) for i in todo]
         del rows, words
         run_info = _run_blocks(items, task, config, resources, seed, out_dir, progress)
@@ -315,16 +317,16 @@ def _fields(task: str, config: AugmentSpec) -> list[str]:
 def _block_words(rows: list[dict[str, Any]], members: list[int], fields: list[str]) -> dict[str, set[str]]:
     """The eligible words of a block's texts: lower-case word -> the forms it takes there ("Paris", "PARIS")."""
     words: dict[str, set[str]] = {}
-    for r in members:
-        for text in dict.fromkeys(rows[r][f] for f in fields if rows[r][f] is not None):  # a context once
-            for w in eligible_words(text):
-                words.setdefault(w.word.lower(), set()).add(w.word)
+    texts = dict.fromkeys(rows[r][f] for r in members for f in fields if rows[r][f] is not None)  # a context once
+    for text in texts:
+        for w in eligible_words(text):
+            words.setdefault(w.word.lower(), set()).add(w.word)
     return words
 
 
 def _neighbours_for(block_words: Iterable[dict[str, set[str]]], rows: list[dict[str, Any]], task: str,
                     config: AugmentSpec, seed: int, out_dir: Path) -> tuple[dict[str, tuple[str, ...]], Path | None]:
-    """Embedding candidates of every word of the blocks to do that needs them, and the trained vectors' path.
+    """Embedding candidates of every word of the blocks that needs them, and the trained vectors' path.
 
     With a masked LM only words that are not one wordpiece need them; they are all looked up in one batched
     pass (`nearest_neighbours`), once per distinct word.

@@ -7,11 +7,11 @@ stays at `context[start:start + len(text)]` whatever was replaced before or insi
 
 Example::
 
-    words = eligible_words("The Eiffel Tower is in Paris.", protected=[(23, 28)])
-    # [Word(4, 10, 'Eiffel'), Word(11, 16, 'Tower')]    ("The", "is", "in": stopwords; "Paris": an answer)
-    result = apply_substitutions("The Eiffel Tower is in Paris.", "context",
-                                 [Substitution(11, 16, "tower", "mlm")] , answers=[(23, "Paris")])
-    # result.text == "The Eiffel Building is in Paris."  ...  if the candidate were "building"
+    text = "The Eiffel Tower is in Paris."
+    eligible_words(text, protected=[(23, 28)])      # "Paris" is an answer; "The", "is", "in" are stopwords
+    # [Word(start=4, end=10, word='Eiffel'), Word(start=11, end=16, word='Tower')]
+    result = apply_substitutions(text, "context", [Substitution(11, 16, "Building", "mlm")], answers=[(23, "Paris")])
+    # result.text == "The Eiffel Building is in Paris."; result.answers == [(26, "Paris")]
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Benchmark of the augmentation engine on SQuAD 2.0 dev paragraphs, all measurements in one run.
 
-    python benchmarks/augment_bench.py --out benchmarks/results/augment.json          # full size, <= 15 min
-    python benchmarks/augment_bench.py --slow-paragraphs 1 --paragraphs 8 --recall-paragraphs 30 \\
-        --train-seconds 40 --pipeline-paragraphs 8                                    # a quick check
+    python benchmarks/augment_bench.py --out benchmarks/results/augment.json   # full: ~12 min on 2 idle cores
+    python benchmarks/augment_bench.py --slow-paragraphs 1 --paragraphs 12 --recall-paragraphs 40 \\
+        --train-seconds 120 --pipeline-paragraphs 40                           # reduced: ~5 min
 
 Measures, with a bert-base-sized masked LM (BertConfig defaults, random weights: timing only) and the real
 uncased vocabulary, top_k 20:
@@ -14,9 +14,13 @@ uncased vocabulary, top_k 20:
 3. fast mode on `--paragraphs` paragraphs;
    paragraphs/second of each, hence fast_vs_exact_speedup (target >= 20) and exact_vs_naive_speedup (>= 1.2);
 4. candidate_recall: share of exact mode's top-k that fast mode also proposes (target >= 0.8), with a small
-   masked LM trained here for `--train-seconds` on the dev contexts (random weights would say nothing);
+   masked LM (ConvBERT 2x128) trained here for `--train-seconds` on the dev contexts (random weights would say
+   nothing), also for other mask gaps; `exact_topk_overlap_between_words` checks that the model uses context
+   at all (1.0: every word gets the same candidates, and recall would be meaningless);
 5. two_worker_speedup: wall time of the full Ray pipeline (factor 20) with 1 worker over 2 workers, one CPU
    and one torch thread each (target >= 1.7 on 2 cores), and whether both outputs are byte-identical;
+   worker_busy_seconds (time spent on blocks, summed over workers) should be about equal in both runs: when
+   the 2-worker figure is much larger, the two cores were not free (another process was running);
 6. peak_rss_mb_per_worker, and whether any worker loaded word vectors (they should not: neighbours are computed
    once in the driver and shipped per block).
 
@@ -52,10 +56,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--slow-paragraphs", type=int, default=2,
                         help="naive and exact paragraphs; the naive loop is ~1-2 min each (default %(default)s)")
     parser.add_argument("--recall-paragraphs", type=int, default=120, help="paragraphs for candidate_recall")
-    parser.add_argument("--train-seconds", type=float, default=240, help="training budget of the small masked LM")
-    parser.add_argument("--pipeline-paragraphs", type=int, default=120,
-                        help="paragraphs for each Ray pipeline run; enough that actor start-up (~10 s) is small "
-                             "next to the work (default %(default)s)")
+    parser.add_argument("--train-seconds", type=float, default=180,
+                        help="training budget of the small masked LM (default %(default)s)")
+    parser.add_argument("--pipeline-paragraphs", type=int, default=200,
+                        help="paragraphs for each Ray pipeline run: enough work (~2 min for one worker) that the "
+                             "fixed ~10 s of reading, vectors and actor start-up matter little (default %(default)s)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for measurements 1-4")
     parser.add_argument("--workdir", type=Path, help="scratch folder (default: a temp folder, removed after)")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
@@ -278,7 +283,7 @@ def pipeline(args, workdir: Path, paragraphs: list[dict]) -> dict:
     examples = workdir / "examples"
     read_examples(DataSource(path=str(squad)), "qa", None, examples)
     config = AugmentSpec(factor=FACTOR, top_k=TOP_K, mlm_model=str(bert_base_folder(workdir)), mlm_init="random",
-                         mlm_mode="fast")
+                         mlm_mode="fast", examples_per_shard=40)  # ~4 paragraphs a block: many blocks to share
     if not ray.is_initialized():
         ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
                  configure_logging=False)  # "local": never join a cluster someone else started
@@ -288,7 +293,7 @@ def pipeline(args, workdir: Path, paragraphs: list[dict]) -> dict:
         print(f"pipeline: {len(chosen)} paragraphs, factor {FACTOR}, {workers} worker(s)", flush=True)
         result, seconds = timed(lambda: augment_examples(
             examples, "qa", config, ResourcesSpec(workers=workers, cpus_per_worker=1.0), seed=0,
-            out_dir=workdir / f"augmented-{workers}", progress=False, block_rows=10))
+            out_dir=workdir / f"augmented-{workers}", progress=False))
         runs[workers] = (result, seconds)
         print(f"  {seconds:.1f} s ({result.stats['worker_busy_seconds']:.1f} s busy in workers), "
               f"{result.examples_out} rows, peak RSS/worker {result.stats['peak_rss_mb_per_worker']} MB", flush=True)
@@ -341,7 +346,7 @@ def main(argv=None) -> int:
     for key, target in targets:
         print(f"{key:<28}{results[key]!s:>12}  {target}")
     rates = results["paragraphs_per_second"]
-    print(f"{'paragraphs/s naive|exact|fast':<28}{rates['naive']:.4f} | {rates['exact']:.4f} | {rates['fast']:.3f}")
+    print(f"paragraphs/s naive | exact | fast: {rates['naive']:.4f} | {rates['exact']:.4f} | {rates['fast']:.3f}")
     print(f"paragraphs measured: {results['paragraphs']}; total {results['total_seconds']} s")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -396,7 +396,8 @@ def _ensure_ray() -> None:
     import ray
 
     if not ray.is_initialized():
-        ray.init(include_dashboard=False)
+        # inside a Ray Job RAY_ADDRESS names the cluster; otherwise a private instance, never a stray `ray start`
+        ray.init(address=os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False)
 
 
 def _check_capacity(resources: ResourcesSpec, gpus: float) -> None:

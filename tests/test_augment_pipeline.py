@@ -19,8 +19,6 @@ from augment.words import load_stopwords, segment, undo_substitutions
 from augment.writers import read_shards
 from jobs.spec import AugmentSpec, DataSource, ResourcesSpec
 
-BLOCK_ROWS = 10  # about one paragraph per block: several blocks from a few dev paragraphs
-
 
 @pytest.fixture(scope="module")
 def qa_examples(tmp_path_factory, squad_dev_path) -> Path:
@@ -31,13 +29,14 @@ def qa_examples(tmp_path_factory, squad_dev_path) -> Path:
 
 @pytest.fixture(scope="module")
 def config(tiny_model_factory) -> AugmentSpec:
+    # 10 examples per shard: about one paragraph per block, so a few dev paragraphs make several blocks
     return AugmentSpec(factor=3, top_k=5, mlm_model=str(tiny_model_factory(task="mlm")), mlm_window=16,
-                       mlm_batch_size=8, augment_questions=True)
+                       mlm_batch_size=8, augment_questions=True, examples_per_shard=10)
 
 
 def run(examples: Path, config: AugmentSpec, workers: int, out: Path, task="qa"):
     return augment_examples(examples, task, config, ResourcesSpec(workers=workers, cpus_per_worker=0.5), seed=7,
-                            out_dir=out, progress=False, block_rows=BLOCK_ROWS)
+                            out_dir=out, progress=False)
 
 
 def shard_bytes(folder: Path) -> dict[str, bytes]:
@@ -131,7 +130,7 @@ def test_classification_from_the_command_line_with_glove_vectors_only(ray_sessio
                      encoding="utf-8")
     status = main(["run", "--input", str(examples), "--out", str(tmp_path / "out"), "--factor", "3",
                    "--mlm-model", "none", "--vectors", str(glove), "--top-k", "5", "--workers", "1",
-                   "--cpus-per-worker", "0.5", "--block-rows", "8", "--quiet"])
+                   "--cpus-per-worker", "0.5", "--examples-per-shard", "8", "--quiet"])
     assert status == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["examples_in"] == 20 and printed["blocks"] == 3 and printed["vectors_path"] is None

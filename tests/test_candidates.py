@@ -145,6 +145,11 @@ def test_fast_candidates_do_not_depend_on_the_other_texts(proposer):
     assert set(alone[0]) == set(proposer.encode(PARAGRAPH, eligible_words(PARAGRAPH)).maskable)
 
 
+def test_batches_hold_rows_of_similar_length(proposer):
+    assert proposer._batches([10, 10, 9, 7, 3]) == [[0, 1, 2], [3], [4]]  # 7 < 0.8 * 10: a new batch
+    assert proposer._batches([5] * 9) == [[0, 1, 2, 3], [4, 5, 6, 7], [8]]  # batch_size 4
+
+
 def test_random_init_is_the_same_model_in_every_worker(tiny_model_factory):
     import torch
 
