@@ -53,19 +53,13 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def squad_rows(path: Path, limit: int) -> list[dict]:
-    rows = []
-    for article in json.loads(path.read_text(encoding="utf-8"))["data"]:
-        for paragraph in article["paragraphs"]:
-            for qa in paragraph["qas"]:
-                rows.append({"id": qa["id"], "source_id": qa["id"], "variant": 0, "title": article["title"],
-                             "context": paragraph["context"], "question": qa["question"],
-                             "answers": {"text": [a["text"] for a in qa["answers"]],
-                                         "answer_start": [a["answer_start"] for a in qa["answers"]]},
-                             "is_impossible": qa.get("is_impossible", False), "substitutions": []})
-                if len(rows) == limit:
-                    return rows
-    return rows
+def squad_examples(path: Path, limit: int, out_dir: Path) -> Path:
+    """The first `limit` questions of a SQuAD file as an examples folder, read by the label stage's own reader."""
+    from augment.readers import read_examples
+    from jobs.spec import DataSource
+
+    read_examples(DataSource(path=str(path), limit=limit), "qa", None, out_dir)
+    return out_dir
 
 
 def bare_forward_seconds(model, tables, batch_size: int, pad_token_id: int, device) -> float:
@@ -107,13 +101,11 @@ def bare_forward_seconds(model, tables, batch_size: int, pad_token_id: int, devi
 
 def main() -> int:
     args = parse_args()
-    import pyarrow as pa
-    import pyarrow.parquet as pq
     import ray
     import torch
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer, BertConfig
 
-    from augment.schema import QA_SCHEMA
+    from augment.writers import read_shards
     from distill.features import qa_features
     from distill.label import label_examples
     from distill.models import ModelRef
@@ -137,10 +129,8 @@ def main() -> int:
         model = AutoModelForQuestionAnswering.from_config(bert).eval()
         model.save_pretrained(tmp / "teacher")
         tokenizer.save_pretrained(tmp / "teacher")
-        rows = squad_rows(Path(args.squad), args.examples)
-        (tmp / "examples" / "shards").mkdir(parents=True)
-        pq.write_table(pa.Table.from_pylist(rows, schema=QA_SCHEMA), tmp / "examples/shards/part-00000.parquet")
-        (tmp / "examples" / "meta.json").write_text(json.dumps({"task": "qa", "label_names": None}))
+        examples = squad_examples(Path(args.squad), args.examples, tmp / "examples")
+        rows = read_shards(examples).to_pylist()
 
         # bare forward: same features, same blocks and batches, this process, the actors' thread count
         device = torch.device("cuda" if gpu else "cpu")
@@ -156,7 +146,7 @@ def main() -> int:
         ray.data.DataContext.get_current().enable_progress_bars = False
         ray_init = time.perf_counter() - began
         ref = ModelRef(str(tmp / "teacher"))
-        result = label_examples(tmp / "examples", "qa", [ref], ref, features, config, resources, tmp / "label",
+        result = label_examples(examples, "qa", [ref], ref, features, config, resources, tmp / "label",
                                 progress=False, examples_per_shard=args.examples_per_shard)
         ray.shutdown()
         bare_after = bare_forward_seconds(model, tables, args.batch_size, tokenizer.pad_token_id, device)

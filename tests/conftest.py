@@ -31,6 +31,21 @@ def squad_dev_path() -> Path:
 
 
 @pytest.fixture(scope="session")
+def squad_rows(squad_dev_path, tmp_path_factory):
+    """The first `limit` dev questions as augment.schema.QA_SCHEMA rows, read by the project's own reader."""
+    from augment.readers import read_examples
+    from augment.writers import read_shards
+    from jobs.spec import DataSource
+
+    def read(limit: int) -> list[dict]:
+        folder = tmp_path_factory.mktemp(f"squad-{limit}")
+        read_examples(DataSource(path=str(squad_dev_path), limit=limit), "qa", None, folder)
+        return read_shards(folder).to_pylist()
+
+    return read
+
+
+@pytest.fixture(scope="session")
 def sst2_dir() -> Path:
     return _shared("data/sst2")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import json
 
 import pyarrow as pa
 import pytest
@@ -23,30 +22,14 @@ from distill.features import (
 from jobs.spec import FeaturesSpec
 
 
-def squad_rows(path, limit: int) -> list[dict]:
-    """The first `limit` questions of a SQuAD 2.0 JSON file as squad_v2-layout rows (augment.schema.QA_SCHEMA)."""
-    rows = []
-    for article in json.loads(path.read_text(encoding="utf-8"))["data"]:
-        for paragraph in article["paragraphs"]:
-            for qa in paragraph["qas"]:
-                rows.append({"id": qa["id"], "source_id": qa["id"], "variant": 0, "title": article["title"],
-                             "context": paragraph["context"], "question": qa["question"],
-                             "answers": {"text": [a["text"] for a in qa["answers"]],
-                                         "answer_start": [a["answer_start"] for a in qa["answers"]]},
-                             "is_impossible": qa.get("is_impossible", False), "substitutions": []})
-                if len(rows) == limit:
-                    return rows
-    return rows
-
-
 @pytest.fixture(scope="module")
 def tokenizer(bert_tokenizer_dir):
     return AutoTokenizer.from_pretrained(bert_tokenizer_dir)
 
 
 @pytest.fixture(scope="module")
-def dev_rows(squad_dev_path):
-    return squad_rows(squad_dev_path, 600)
+def dev_rows(squad_rows):
+    return squad_rows(600)
 
 
 def _normal(text: str) -> str:

@@ -36,22 +36,6 @@ ONE_WORKER = ResourcesSpec(workers=1, cpus_per_worker=0.5, gpus_per_worker=0)
 TWO_WORKERS = ResourcesSpec(workers=2, cpus_per_worker=0.5, gpus_per_worker=0)
 
 
-def squad_rows(path: Path, limit: int) -> list[dict]:
-    """The first `limit` questions of a SQuAD 2.0 JSON file as augment.schema.QA_SCHEMA rows."""
-    rows = []
-    for article in json.loads(path.read_text(encoding="utf-8"))["data"]:
-        for paragraph in article["paragraphs"]:
-            for qa in paragraph["qas"]:
-                rows.append({"id": qa["id"], "source_id": qa["id"], "variant": 0, "title": article["title"],
-                             "context": paragraph["context"], "question": qa["question"],
-                             "answers": {"text": [a["text"] for a in qa["answers"]],
-                                         "answer_start": [a["answer_start"] for a in qa["answers"]]},
-                             "is_impossible": qa.get("is_impossible", False), "substitutions": []})
-                if len(rows) == limit:
-                    return rows
-    return rows
-
-
 def write_examples(folder: Path, rows: list[dict], schema: pa.Schema, task: str, per_shard: int,
                    label_names: list[str] | None = None) -> Path:
     """An examples folder as the prepare/augment stages write it: shards/part-*.parquet + meta.json."""
@@ -76,9 +60,9 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def qa_examples(tmp_path_factory, squad_dev_path) -> Path:
+def qa_examples(tmp_path_factory, squad_rows) -> Path:
     # two input shards of unequal length, so blocks restart at an input boundary (the last block of each is short)
-    return write_examples(tmp_path_factory.mktemp("qa-examples"), squad_rows(squad_dev_path, N_EXAMPLES),
+    return write_examples(tmp_path_factory.mktemp("qa-examples"), squad_rows(N_EXAMPLES),
                           QA_SCHEMA, "qa", per_shard=195)
 
 
@@ -142,8 +126,8 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
 # Arithmetic, without Ray
 
 @pytest.mark.parametrize("mode", ["probs", "logits"])
-def test_qa_ensemble_matches_hand_computation(mode, qa_teachers, tokenizer, squad_dev_path):
-    features = qa_features(squad_rows(squad_dev_path, 3), tokenizer, FEATURES)
+def test_qa_ensemble_matches_hand_computation(mode, qa_teachers, tokenizer, squad_rows):
+    features = qa_features(squad_rows(3), tokenizer, FEATURES)
     refs = [ModelRef(str(qa_teachers[0]), weight=1.0), ModelRef(str(qa_teachers[1]), weight=3.0)]
     ensemble = TeacherEnsemble(refs, "qa", None, LabelSpec(batch_size=5, ensemble=mode, keep_teacher_logits=True),
                                torch.device("cpu"), tokenizer.pad_token_id)
@@ -165,8 +149,8 @@ def test_qa_ensemble_matches_hand_computation(mode, qa_teachers, tokenizer, squa
                 assert abs(mixture.sum() - 1) < 1e-2
 
 
-def test_single_teacher_stores_log_probabilities(qa_teachers, tokenizer, squad_dev_path):
-    features = qa_features(squad_rows(squad_dev_path, 4), tokenizer, FEATURES)
+def test_single_teacher_stores_log_probabilities(qa_teachers, tokenizer, squad_rows):
+    features = qa_features(squad_rows(4), tokenizer, FEATURES)
     ensemble = TeacherEnsemble([ModelRef(str(qa_teachers[0]))], "qa", None, LabelSpec(batch_size=3),
                                torch.device("cpu"), tokenizer.pad_token_id)
     for row in ensemble.label(features).to_pylist():

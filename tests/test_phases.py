@@ -38,15 +38,6 @@ ONE_WORKER = ResourcesSpec(workers=1, gpus_per_worker=0)
 NARROW = StudentArchitecture(num_hidden_layers=2, hidden_size=16, num_attention_heads=2, intermediate_size=32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared 2-core machine: more threads only spin against other processes."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def squad_table(tmp_path_factory, squad_dev_path, bert_tokenizer_dir):
     """64 features (max_seq_len 128) of the first real SQuAD 2.0 dev questions, without teacher logits."""
