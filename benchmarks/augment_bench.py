@@ -1,6 +1,6 @@
 """Benchmark of the augmentation engine on SQuAD 2.0 dev paragraphs, all measurements in one run.
 
-    python benchmarks/augment_bench.py --out benchmarks/results/augment.json   # full: ~12 min on 2 idle cores
+    python benchmarks/augment_bench.py --out benchmarks/results/augment.json   # full: ~10 min on 2 idle cores
     python benchmarks/augment_bench.py --slow-paragraphs 1 --paragraphs 12 --recall-paragraphs 40 \\
         --train-seconds 120 --pipeline-paragraphs 40                           # reduced: ~5 min
 
