@@ -244,6 +244,25 @@ class Encoded:
     maskable: dict[tuple[int, int], int]  # word (start, end) -> index of its one token in `ids`
 
 
+@contextmanager
+def lm_head_only_at(model, rows, cols):
+    """Within the block, a HF masked LM's head sees only the hidden states at (rows, cols).
+
+    A forward hook on the base model replaces its (B, T, H) output by the (1, M, H) rows picked, so the head
+    (transform + vocabulary projection, whatever the architecture) runs on M rows instead of B * T and the
+    model's logits come out (1, M, V): at T = 384 the head is about a fifth of BERT-base's compute.
+    """
+    def gather(module, args, output):
+        output.last_hidden_state = output.last_hidden_state[rows, cols].unsqueeze(0)
+        return output
+
+    handle = model.base_model.register_forward_hook(gather)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 class MaskedLMProposer:
     """Top-k replacement candidates from a HF masked LM, for words that are exactly one wordpiece.
 
@@ -344,24 +363,6 @@ class MaskedLMProposer:
             result.append(tuple(chosen))
         return result
 
-    @contextmanager
-    def _head_only_at(self, rows, cols):
-        """Within the block, the model's LM head sees only the hidden states at (rows, cols).
-
-        A forward hook on the base model replaces its (B, T, H) output by the (1, M, H) masked rows, so the
-        head (transform + vocabulary projection, whatever the architecture) runs on M rows instead of B * T:
-        at T = 384 the head is about a fifth of BERT-base's compute.
-        """
-        def gather(module, args, output):
-            output.last_hidden_state = output.last_hidden_state[rows, cols].unsqueeze(0)
-            return output
-
-        handle = self.model.base_model.register_forward_hook(gather)
-        try:
-            yield
-        finally:
-            handle.remove()
-
     def _batches(self, lengths: Sequence[int]) -> list[list[int]]:
         """Consecutive runs of at most `batch_size` sequences; a run also ends before a sequence shorter than
         MIN_FILL of the run's first, so that callers passing sequences longest first pad little."""
@@ -400,7 +401,7 @@ class MaskedLMProposer:
                     originals.append(sequences[i][m])
             ids[rows, cols] = self.tokenizer.mask_token_id
             rows_t, cols_t = torch.tensor(rows, device=self.device), torch.tensor(cols, device=self.device)
-            with torch.inference_mode(), self._head_only_at(rows_t, cols_t):
+            with torch.inference_mode(), lm_head_only_at(self.model, rows_t, cols_t):
                 logits = self.model(input_ids=ids.to(self.device), attention_mask=attention.to(self.device)).logits[0]
             found = iter(self.candidate_words(logits, originals, top_k))  # (M, V) -> M tuples
             for r, i in enumerate(batch):

@@ -13,7 +13,9 @@ It writes::
       shards/part-00000.parquet ...   one shard per block, same schema as the input: each original (when
                                       keep_original) followed by its variants
       blocks/part-00000.json ...      the counts of each finished block (its shard is complete when this exists)
-      vectors.kv (+ .vectors.npy)     word2vec vectors trained on the corpus, when vectors.path is unset
+      vectors.kv (+ .vectors.npy)     word2vec vectors trained on the input's texts (and `corpus`'s), when
+                                      vectors.path is unset
+      corpus/                         `config.corpus` read and checked (shards, rejects.jsonl), when given
       stats.json                      examples_in, examples_out, variants_per_example, eligible_words,
                                       substituted_words, substitution_rate, substitutions_by_source, seconds, ...
       meta.json                       the input's meta.json (task, label_names, source, ...) with our shard list
@@ -63,7 +65,7 @@ from augment.candidates import (MaskedLMProposer, load_vectors, nearest_neighbou
 from augment.sampling import Tally, augment_classification, augment_qa
 from augment.schema import schema_for
 from augment.words import eligible_words, segment
-from augment.writers import SHARD_GLOB, write_json, write_shard
+from augment.writers import SHARD_GLOB, read_shards, write_json, write_shard
 from jobs.spec import AugmentSpec, ResourcesSpec
 
 log = logging.getLogger(__name__)
@@ -356,7 +358,7 @@ def _neighbours_for(block_words: Iterable[dict[str, set[str]]], rows: list[dict[
         if vectors_path.exists():  # trained by an earlier, interrupted run: training is deterministic
             vectors = load_vectors(vectors_path)
         else:
-            corpus = _corpus(rows, task)
+            corpus = _corpus(rows + _corpus_rows(config, task, out_dir), task)
             log.info("training word2vec (dim %d, %d epochs) on %d texts", config.vectors.dim,
                      config.vectors.epochs, len(corpus))
             trained = train_vectors(corpus, config.vectors.dim, config.vectors.epochs, config.vectors.min_count,
@@ -365,6 +367,16 @@ def _neighbours_for(block_words: Iterable[dict[str, set[str]]], rows: list[dict[
             vectors = load_vectors(vectors_path)
     log.info("nearest neighbours of %d words among %d vectors", len(wanted), len(vectors.index_to_key))
     return nearest_neighbours(vectors, wanted, config.top_k), vectors_path
+
+
+def _corpus_rows(config: AugmentSpec, task: str, out_dir: Path) -> list[dict[str, Any]]:
+    """The rows of `config.corpus` (read and checked like training data, rejects beside them), or none."""
+    if config.corpus is None:
+        return []
+    from augment.readers import read_examples
+
+    read_examples(config.corpus, task, None, out_dir / "corpus")
+    return read_shards(out_dir / "corpus").to_pylist()
 
 
 def _corpus(rows: list[dict[str, Any]], task: str) -> list[list[str]]:

@@ -1,5 +1,7 @@
-"""The three training stages the job runner calls: fine-tune a teacher, then the two TinyBERT distillation phases.
+"""The training stages the job runner calls: fine-tune a teacher, the two TinyBERT distillation phases, and
+masked-LM training of the augmentation's candidate model.
 
+    pretrain_masked_lm    BERT's masked-LM objective on unlabelled text    -> out_dir/model/
     finetune_teacher      hard labels on the original data                 -> out_dir/model/
     distill_intermediate  MSE on embeddings, hidden states, attentions      -> out_dir/student/, projections
     distill_prediction    w * KL(teacher || student) * T^2 + (1 - w) * CE   -> out_dir/student/
@@ -28,10 +30,12 @@ from distill.ensemble import mix_teacher_logits
 from distill.models import RANDOM_INIT_SEED
 from distill.layer_map import LayerMap, resolve_layer_map
 from distill.losses import AttentionMSE, HardLabelCE, HiddenStateMSE, SoftTargetKL
-from distill.models import (ModelCheckError, ModelRef, Task, check_same_vocabulary, load_model, load_tokenizer)
+from distill.models import (ModelCheckError, ModelRef, Task, check_same_vocabulary, load_config, load_model,
+                            load_tokenizer)
 from distill.student import build_student, load_for_training, tokenizer_source
 from distill.trainer import PhaseResult, TrainingError, TrainPlan, require_filled, run_plan
-from jobs.spec import FinetuneSpec, IntermediateSpec, PhaseSpec, PredictionSpec, ResourcesSpec, StudentSpec
+from jobs.spec import (FinetuneSpec, IntermediateSpec, MaskedLMTrainingSpec, PhaseSpec, PredictionSpec,
+                       ResourcesSpec, StudentSpec)
 
 Ensemble = Literal["probs", "logits"]
 
@@ -45,14 +49,27 @@ _TEACHER_COLUMNS = {"qa": ("teacher_start_logits", "teacher_end_logits"), "class
 # Entry points
 
 
+def pretrain_masked_lm(base: ModelRef, task: Task, features_dir: Path, config: MaskedLMTrainingSpec,
+                       resources: ResourcesSpec, out_dir: Path, progress: bool = True) -> PhaseResult:
+    """Train `base` (a masked LM, or its config with init="random") on the inputs of `features_dir` with BERT's
+    masked-LM objective; the model and its tokenizer go to out_dir/model/. Seeded by `config.seed`.
+
+    Loop settings MaskedLMTrainingSpec does not name take PhaseSpec's defaults, as in `finetune_teacher`.
+    """
+    phase_config = PhaseSpec(**config.model_dump(exclude={"mask_prob", "seed"}))
+    options = _MaskedLMOptions(base=base, mask_prob=config.mask_prob)
+    return run_plan(TrainPlan("masked_lm", _build_masked_lm, options, task, Path(features_dir), phase_config,
+                              resources, config.seed, Path(out_dir), progress))
+
+
 def finetune_teacher(base: ModelRef, task: Task, features_dir: Path, config: FinetuneSpec, resources: ResourcesSpec,
                      seed: int, out_dir: Path, num_labels: int | None = None, progress: bool = True) -> PhaseResult:
     """Fine-tune `base` (a base model, or one with the task's head) on hard labels; the model goes to out_dir/model/.
 
     The loop settings FinetuneSpec does not name (weight decay, clipping, logging, checkpoints) take PhaseSpec's
-    defaults; train_config.json records them.
+    defaults; train_config.json records them. `config.train` is the caller's business (it built the features).
     """
-    phase_config = PhaseSpec(**config.model_dump())
+    phase_config = PhaseSpec(**config.model_dump(exclude={"train"}))
     options = _PredictionOptions(student=None, base=base, teachers=(), ensemble="logits", num_labels=num_labels,
                                  output="model")
     return run_plan(TrainPlan("finetune", _build_prediction, options, task, Path(features_dir), phase_config,
@@ -425,3 +442,80 @@ def _build_prediction(plan: TrainPlan, device: torch.device) -> PredictionObject
                                     source, teachers, [t.weight for t in options.teachers] if online else [],
                                     options.ensemble, options.output, spec)
     return objective.to(device)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Masked-LM training (the augmentation's candidate model, for users without a pretrained one)
+
+
+@dataclass(frozen=True)
+class _MaskedLMOptions:
+    base: ModelRef
+    mask_prob: float
+
+
+class MaskedLMObjective(nn.Module):
+    """BERT's masked-LM objective: forward returns `mlm`, the cross-entropy at the masked positions.
+
+    Each real, non-special wordpiece is chosen with probability `mask_prob` (at least one per batch); a chosen
+    piece becomes the mask token 80% of the time, a random token 10%, and stays 10%. Masks come from the torch
+    RNG, which checkpoints restore, so a resumed run masks as an uninterrupted one. The LM head runs only at the
+    chosen positions (`augment.candidates.lm_head_only_at`), not over the whole vocabulary at every token.
+    """
+
+    find_unused_parameters = False
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, mask_prob: float,
+                 spec: dict[str, Any]):
+        super().__init__()
+        if tokenizer.mask_token_id is None:
+            raise ModelCheckError(f"the tokenizer of {spec['model']} has no mask token; give a masked LM's folder")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.pad_token_id = tokenizer.pad_token_id
+        self.mask_prob = mask_prob
+        self.columns = _INPUT_COLUMNS
+        self.term_weights = {"mlm": 1.0}
+        self.register_buffer("special_ids", torch.tensor(sorted(tokenizer.all_special_ids)), persistent=False)
+        self._spec = spec
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        from augment.candidates import lm_head_only_at
+
+        ids, real = batch["input_ids"], batch["attention_mask"].bool()  # (B, T)
+        maskable = real & ~torch.isin(ids, self.special_ids)
+        chosen = (torch.rand(ids.shape, device=ids.device) < self.mask_prob) & maskable
+        if not chosen.any():  # a batch of very short texts: mask its first maskable piece
+            chosen.view(-1)[maskable.view(-1).nonzero()[0]] = True
+        roll = torch.rand(ids.shape, device=ids.device)
+        random_ids = torch.randint(self.model.get_output_embeddings().weight.shape[0], ids.shape, device=ids.device)
+        inputs = torch.where(chosen & (roll < 0.8), self.tokenizer.mask_token_id, ids)
+        inputs = torch.where(chosen & (roll >= 0.8) & (roll < 0.9), random_ids, inputs)
+        rows, cols = chosen.nonzero(as_tuple=True)
+        with lm_head_only_at(self.model, rows, cols):
+            logits = self.model(**model_inputs({**batch, "input_ids": inputs}, takes_token_types(self.model))).logits
+        return {"mlm": nn.functional.cross_entropy(logits[0].float(), ids[rows, cols])}
+
+    def check_features(self, table: pa.Table) -> None:
+        pass  # inputs only: the schema has them on every row
+
+    def settings(self) -> dict[str, Any]:
+        return {**self._spec, "losses": {"mlm": {"weight": 1.0, "mask_prob": self.mask_prob,
+                                                 "replacement": "80% mask token, 10% random token, 10% kept",
+                                                 "reduction": "mean over masked positions"}}}
+
+    def save_outputs(self, out_dir: Path) -> dict[str, str | None]:
+        return {"model_dir": _save_model(self.model, self.tokenizer, out_dir / "model"), "projections": None}
+
+
+def _build_masked_lm(plan: TrainPlan, device: torch.device) -> MaskedLMObjective:
+    from transformers import AutoModelForMaskedLM
+
+    options: _MaskedLMOptions = plan.options
+    base = options.base
+    if base.init == "random":
+        model = AutoModelForMaskedLM.from_config(load_config(base), trust_remote_code=base.trust_remote_code)
+    else:
+        model = AutoModelForMaskedLM.from_pretrained(base.name_or_path, trust_remote_code=base.trust_remote_code)
+    spec = {"model": base.name_or_path, "init": base.init}
+    return MaskedLMObjective(model.train(), load_tokenizer(base), options.mask_prob, spec).to(device)

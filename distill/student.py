@@ -3,7 +3,7 @@
 Three ways in, one per `StudentSpec` source:
 
 - `model`: a pretrained model by name or folder (a general TinyBERT, or a folder saved by a previous phase); a
-  fresh task head is added when it has none;
+  fresh task head is added when it has none; with `init: random`, the model's config with fresh weights;
 - `architecture`: the first teacher's config with smaller sizes, fresh weights;
 - `init_from_teacher_layers`: the teacher's config with fewer layers, its embeddings and the chosen layers copied
   (the task head starts fresh).
@@ -55,8 +55,8 @@ def build_student(spec: StudentSpec, teacher: ModelRef | None, task: Task, num_l
     seed it first for a reproducible student.
     """
     if spec.model is not None:
-        return load_for_training(ModelRef(spec.model, trust_remote_code=spec.trust_remote_code), task,
-                                 num_labels).train()
+        return load_for_training(ModelRef(spec.model, trust_remote_code=spec.trust_remote_code, init=spec.init),
+                                 task, num_labels).train()
     if teacher is None:
         raise ModelCheckError("student.architecture and student.init_from_teacher_layers are built from a teacher; "
                               "give one (teachers) or name a student model (student.model)")

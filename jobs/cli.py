@@ -60,8 +60,9 @@ def effective_state(run: Run) -> dict[str, Any]:
     return state
 
 
-def _load(path: str) -> JobSpec:
-    return load_spec(path)
+def _load(args: argparse.Namespace, check_paths: bool = True) -> JobSpec:
+    """The spec named on the command line, with its --set overrides applied."""
+    return load_spec(args.spec, check_paths=check_paths, overrides=args.set)
 
 
 def _report_spec_error(error: SpecError) -> int:
@@ -75,7 +76,7 @@ def _report_spec_error(error: SpecError) -> int:
 # Commands
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    spec = _load(args.spec)
+    spec = _load(args)
     stages = [stage.name for stage in STAGES if stage.enabled(spec)]
     print(f"ok: {args.spec} is a valid {spec.task} job '{spec.name}' "
           f"({len(spec.teachers)} teacher(s), stages: {', '.join(stages)})")
@@ -105,7 +106,7 @@ def _run_in_foreground(run: Run, store: RunStore) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    spec = load_spec(args.spec, check_paths=args.address is None)
+    spec = _load(args, check_paths=args.address is None)
     if args.name:
         spec = spec.model_copy(update={"name": args.name})
     store = _store(args, spec)
@@ -131,7 +132,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    spec = _load(args.spec)
+    spec = _load(args)
     store = _store(args, spec)
     if args.job_id and (store.root / args.job_id / "state.json").exists():
         run = store.get(args.job_id)
@@ -325,6 +326,14 @@ def _command(sub: Any, name: str, handler: Callable[[argparse.Namespace], int], 
     return parser
 
 
+def _spec_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("spec", help="YAML job spec")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                        help="override a spec field, value read as YAML; repeatable (e.g. --set seed=3 "
+                             "--set teachers.0.model=/models/teacher); relative paths are read from the spec's "
+                             "folder")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m jobs", description="Distillery jobs: augment, label, distill, evaluate.",
@@ -333,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(sub, "validate", cmd_validate, "check a job spec without running anything",
                  "python -m jobs validate configs/quickstart.yaml")
-    p.add_argument("spec")
+    _spec_arguments(p)
 
     p = _command(sub, "explain", cmd_explain, "list every spec field with its default and meaning",
                  "python -m jobs explain distill.prediction")
@@ -341,14 +350,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(sub, "submit", cmd_submit, "validate a spec and run it as a new job",
                  "python -m jobs submit configs/quickstart.yaml --detach")
-    p.add_argument("spec")
+    _spec_arguments(p)
     p.add_argument("--address", help="Ray Jobs address of a cluster (http://HEAD:8265); default: run here")
     p.add_argument("--detach", action="store_true", help="run in the background and print the job id last")
     p.add_argument("--name", help="job name (prefix of the job id); default: the spec's name")
 
     p = _command(sub, "run", cmd_run, "run a spec in this process (the entrypoint a cluster runs)",
                  "python -m jobs run spec.yaml --job-id quickstart-20260101-120000-abc123")
-    p.add_argument("spec")
+    _spec_arguments(p)
     p.add_argument("--job-id", help="continue this job if it exists, else create it under this id")
 
     p = _command(sub, "list", cmd_list, "list jobs in the run store", "python -m jobs list")

@@ -33,10 +33,9 @@ from matplotlib.figure import Figure
 
 from distill.export import CARD_METRICS, ModelCardInfo, export_student
 from jobs.spec import JobSpec, SpecError, parse_spec
+from jobs.stages import STAGE_NAMES
 
-STAGE_ORDER = ["prepare", "finetune_teachers", "augment", "label", "distill_intermediate", "distill_prediction",
-               "evaluate", "report"]
-TRAINING_STAGES = ["finetune_teachers", "distill_intermediate", "distill_prediction"]
+TRAINING_STAGES = ["finetune_teachers", "train_mlm", "distill_intermediate", "distill_prediction"]
 # Phase settings that say how the student was trained (logging and checkpoint cadence do not).
 _BOOKKEEPING = {"enabled", "log_every", "checkpoint_every"}
 _NONE = "—"
@@ -188,7 +187,7 @@ def _duration(stage: dict[str, Any]) -> str:
 def _student_source(spec: JobSpec) -> str:
     student = spec.student
     if student.model is not None:
-        return student.model
+        return student.model if student.init == "pretrained" else f"{student.model} (config only, fresh weights)"
     if student.architecture is not None:
         a = student.architecture
         return (f"fresh {a.num_hidden_layers}-layer, {a.hidden_size}-hidden, {a.num_attention_heads}-head model "
@@ -259,7 +258,7 @@ def _spec_section(run: _Run) -> str:
 
 def _stages_section(run: _Run) -> str:
     stages = run.state.get("stages") or {}
-    names = [n for n in STAGE_ORDER if n in stages] + [n for n in stages if n not in STAGE_ORDER]
+    names = [n for n in STAGE_NAMES if n in stages] + [n for n in stages if n not in STAGE_NAMES]
     if not names:
         return "## Stages\n\nNo stage information (state.json missing or empty)."
     rows = []
@@ -355,6 +354,9 @@ def _training_section(run: _Run, logs: dict[str, list[dict[str, Any]]], plots: d
     for stage in TRAINING_STAGES:
         if stage == "finetune_teachers":
             if run.spec is not None and not any(t.finetune for t in run.spec.teachers):
+                continue
+        elif stage == "train_mlm":
+            if run.spec is not None and not (run.spec.augment.enabled and run.spec.augment.mlm_training):
                 continue
         elif run.spec is not None and not getattr(run.spec.distill, stage.removeprefix("distill_")).enabled:
             lines += ["", f"### `{stage}`", "", "Disabled in the spec."]

@@ -11,6 +11,7 @@ field path.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import os
 from pathlib import Path
@@ -93,7 +94,10 @@ class DataSpec(StrictModel):
 
 
 class FinetuneSpec(StrictModel):
-    epochs: float = Field(2.0, gt=0, description="epochs of fine-tuning on the original training data")
+    train: DataSource | None = Field(
+        None, description="labelled data to fine-tune on; unset: data.train (give a larger set when data.train is "
+                          "a small transfer set)")
+    epochs: float = Field(2.0, gt=0, description="epochs of fine-tuning")
     batch_size: int = Field(32, gt=0)
     learning_rate: float = Field(3e-5, gt=0)
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
@@ -102,7 +106,8 @@ class FinetuneSpec(StrictModel):
 class TeacherSpec(StrictModel):
     model: Ref = Field(DEFAULT_TEACHER, description="hub name or local folder of a fine-tuned model")
     init: Literal["pretrained", "random"] = Field(
-        "pretrained", description="random: build from the config at `model` with fresh weights (demos, tests)")
+        "pretrained", description="random: build from the config at `model` with fresh weights (to train from "
+                                  "scratch with `finetune`, or for demos)")
     weight: float = Field(1.0, gt=0, description="weight of this teacher in the ensemble")
     finetune: FinetuneSpec | None = Field(
         None, description="fine-tune `model` (a base model) on the training data first")
@@ -127,6 +132,8 @@ class StudentSpec(StrictModel):
     """Exactly one of `model`, `architecture`, `init_from_teacher_layers`; with none, the TinyBERT default."""
 
     model: Ref | None = Field(None, description=f"hub name or local folder (default {DEFAULT_STUDENT})")
+    init: Literal["pretrained", "random"] = Field(
+        "pretrained", description="random: build `model` from its config with fresh weights (seeded by `seed`)")
     architecture: StudentArchitecture | None = Field(
         None, description="build a fresh student from the first teacher's config with these sizes")
     init_from_teacher_layers: list[Annotated[int, Field(ge=0)]] | None = Field(
@@ -140,6 +147,9 @@ class StudentSpec(StrictModel):
             raise ValueError(f"give one of model, architecture, init_from_teacher_layers; got {', '.join(given)}")
         if not given:
             object.__setattr__(self, "model", DEFAULT_STUDENT)
+        if self.init == "random" and self.model is None:
+            raise ValueError("init: random builds `model` from its config; architecture and "
+                             "init_from_teacher_layers are always built fresh, so leave init out")
         return self
 
 
@@ -153,6 +163,16 @@ class VectorsSpec(StrictModel):
     min_count: int = Field(2, gt=0, description="ignore words rarer than this when training vectors")
 
 
+class MaskedLMTrainingSpec(StrictModel):
+    epochs: float = Field(1.0, gt=0, description="passes over the texts")
+    batch_size: int = Field(64, gt=0)
+    learning_rate: float = Field(5e-4, gt=0)
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    mask_prob: float = Field(0.15, gt=0, lt=1, description="share of wordpieces masked (BERT's 80/10/10 rule)")
+    seed: int = Field(0, description="fixed, not the job seed: jobs that differ only in `seed` share one trained "
+                                     "masked LM")
+
+
 class AugmentSpec(StrictModel):
     enabled: bool = True
     factor: int = Field(20, ge=1, description="augmented variants generated per example")
@@ -162,7 +182,14 @@ class AugmentSpec(StrictModel):
     mlm_model: Ref | None = Field(
         DEFAULT_MLM, description="masked LM proposing candidates for single-wordpiece words; null: vectors only")
     mlm_init: Literal["pretrained", "random"] = Field(
-        "pretrained", description="random: build the masked LM from its config with fresh weights (demos, tests)")
+        "pretrained", description="random: build the masked LM from its config with fresh weights (to train with "
+                                  "mlm_training, or for demos)")
+    mlm_training: MaskedLMTrainingSpec | None = Field(
+        None, description="train the masked LM (mlm_model, from mlm_init weights) first, on `corpus` or else the "
+                          "training texts, in windows of features.max_seq_len: no hub needed")
+    corpus: DataSource | None = Field(
+        None, description="texts (labels unused) that a trained masked LM learns from instead of the training "
+                          "data, and trained word vectors learn from besides it")
     mlm_mode: Literal["fast", "exact"] = Field(
         "fast", description="fast: several separated words masked per pass in a bounded window; "
                             "exact: TinyBERT semantics, one masked word per pass over the full context")
@@ -173,6 +200,13 @@ class AugmentSpec(StrictModel):
         256, gt=0, description="input examples per output shard; a crash loses at most one shard's work")
     augment_questions: bool = Field(False, description="QA: also substitute words in questions")
     augment_answers: bool = Field(False, description="QA: also substitute words inside answer spans")
+
+    @model_validator(mode="after")
+    def _training_needs_a_model(self) -> AugmentSpec:
+        if self.mlm_training is not None and self.mlm_model is None:
+            raise ValueError("mlm_training: trains mlm_model, which is null; name a masked LM (its config and "
+                             "tokenizer are enough with mlm_init: random)")
+        return self
 
 
 class FeaturesSpec(StrictModel):
@@ -288,8 +322,12 @@ class JobSpec(StrictModel):
                             f"{student_layers} layers")
         if self.task == "qa":
             problems += self._window_problems()
-        if self.task == "qa" and self.data.train.format not in ("squad", "hf", "jsonl"):
-            problems.append(f"data.train.format: qa reads squad, hf or jsonl data, got {self.data.train.format}")
+        if self.task == "qa":
+            sources = [("data.train", self.data.train)] + [
+                (f"teachers.{i}.finetune.train", t.finetune.train) for i, t in enumerate(self.teachers)
+                if t.finetune is not None and t.finetune.train is not None]
+            problems += [f"{field}.format: qa reads squad, hf or jsonl data, got {source.format}"
+                         for field, source in sources if source.format not in ("squad", "hf", "jsonl")]
         if not (self.distill.intermediate.enabled or self.distill.prediction.enabled):
             problems.append("distill: both phases are disabled; enable at least one")
         if problems:
@@ -382,16 +420,55 @@ def missing_references(spec: JobSpec) -> list[str]:
         ("data.eval.path", spec.data.eval.path),
         ("student.model", spec.student.model),
         ("augment.vectors.path", spec.augment.vectors.path),
+        ("augment.corpus.path", spec.augment.corpus.path if spec.augment.corpus else None),
     ]
     if spec.augment.enabled and spec.augment.mlm_model is not None:
         refs.append(("augment.mlm_model", spec.augment.mlm_model))
-    refs += [(f"teachers.{i}.model", t.model) for i, t in enumerate(spec.teachers)]
+    for i, teacher in enumerate(spec.teachers):
+        refs.append((f"teachers.{i}.model", teacher.model))
+        if teacher.finetune is not None and teacher.finetune.train is not None:
+            refs.append((f"teachers.{i}.finetune.train.path", teacher.finetune.train.path))
     return [f"{field}: no such file or folder: {value}"
             for field, value in refs if value is not None and Path(value).is_absolute() and not Path(value).exists()]
 
 
-def load_spec(path: str | Path, check_paths: bool = True) -> JobSpec:
-    """Read, validate and resolve a YAML job spec; raise SpecError with every problem."""
+def apply_overrides(document: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """`document` with `key.path=value` settings applied, as `python -m jobs submit --set` takes them.
+
+    The path is dotted, with list indices as numbers (`teachers.0.model`); the value is read as YAML, so
+    `seed=3`, `augment.enabled=false` and `data.label_names=[neg, pos]` mean what they say. Missing mappings on
+    the way are created; validation then catches a misspelt key like any other.
+    """
+    document = copy.deepcopy(document)
+    problems = []
+    for override in overrides:
+        path, sep, raw = override.partition("=")
+        keys = path.strip().split(".")
+        if not sep or not all(keys):
+            problems.append(f"--set {override}: expected KEY.PATH=VALUE, e.g. seed=3 or teachers.0.model=./teacher")
+            continue
+        node: Any = document
+        try:
+            for key, following in zip(keys, keys[1:]):
+                if isinstance(node, list):
+                    node = node[int(key)]
+                else:
+                    node = node.setdefault(key, [] if following.isdigit() else {})
+            value = yaml.safe_load(raw)
+            if isinstance(node, list):
+                node[int(keys[-1])] = value
+            else:
+                node[keys[-1]] = value
+        except (ValueError, IndexError, TypeError, AttributeError, yaml.YAMLError) as exc:
+            problems.append(f"--set {override}: cannot set {path} here ({type(exc).__name__}: {exc})")
+    if problems:
+        raise SpecError(problems, "--set")
+    return document
+
+
+def load_spec(path: str | Path, check_paths: bool = True, overrides: list[str] | tuple[str, ...] = ()) -> JobSpec:
+    """Read, validate and resolve a YAML job spec, with `overrides` (see `apply_overrides`) applied; raise
+    SpecError with every problem."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -404,7 +481,8 @@ def load_spec(path: str | Path, check_paths: bool = True) -> JobSpec:
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
         problem = getattr(exc, "problem", None) or str(exc)
         raise SpecError([f"(yaml): syntax error at {where}: {problem}"], str(path)) from None
-    spec = parse_spec(document if document is not None else {}, path.resolve().parent, str(path))
+    document = apply_overrides(document if document is not None else {}, overrides)
+    spec = parse_spec(document, path.resolve().parent, str(path))
     if check_paths:
         problems = missing_references(spec)
         if problems:

@@ -1,7 +1,7 @@
 """The pipeline's stages, in order, and how the spec maps onto each stage module's one entry point.
 
-    prepare -> finetune_teachers -> augment -> label -> distill_intermediate -> distill_prediction
-            -> evaluate -> report
+    prepare -> finetune_teachers -> train_mlm -> augment -> label -> distill_intermediate
+            -> distill_prediction -> evaluate -> report
 
 A stage declares which upstream outputs it reads and which part of the spec decides its output; the runner
 hashes both into the stage's cache key. Stages never call each other: each gets the folders of its inputs.
@@ -97,6 +97,7 @@ def _prepare(ctx: StageContext) -> dict[str, Any]:
 
 
 def _finetune_teachers(ctx: StageContext) -> dict[str, Any]:
+    from augment.readers import read_examples
     from distill.label import label_examples
     from distill.phases import finetune_teacher
 
@@ -106,9 +107,14 @@ def _finetune_teachers(ctx: StageContext) -> dict[str, Any]:
         if teacher.finetune is None:
             continue
         base = ModelRef(teacher.model, teacher.weight, teacher.trust_remote_code, teacher.init)
+        examples_dir = ctx.inputs["prepare"] / "train"
+        if teacher.finetune.train is not None:
+            # the teacher's own labelled data, read with the training data's label ids
+            examples_dir = ctx.out_dir / f"teacher_{i}" / "examples"
+            read_examples(teacher.finetune.train, spec.task, label_names(ctx), examples_dir)
         features_dir = ctx.out_dir / f"teacher_{i}" / "features"
         # hard labels only: the features are built without any teacher
-        label_examples(ctx.inputs["prepare"] / "train", spec.task, [], base, spec.features, spec.label,
+        label_examples(examples_dir, spec.task, [], base, spec.features, spec.label,
                        spec.resources, features_dir, num_labels(ctx), ctx.progress,
                        examples_per_shard=spec.label.examples_per_shard)
         result = finetune_teacher(base, spec.task, features_dir, teacher.finetune, spec.resources, spec.seed,
@@ -117,12 +123,35 @@ def _finetune_teachers(ctx: StageContext) -> dict[str, Any]:
     return results
 
 
+def _train_mlm(ctx: StageContext) -> dict[str, Any]:
+    from augment.readers import read_examples
+    from distill.label import label_examples
+    from distill.phases import pretrain_masked_lm
+
+    spec, config = ctx.spec, ctx.spec.augment
+    examples_dir = ctx.inputs["prepare"] / "train"
+    if config.corpus is not None:
+        examples_dir = ctx.out_dir / "corpus"
+        read_examples(config.corpus, spec.task, None, examples_dir)
+    base = ModelRef(config.mlm_model, init=config.mlm_init)
+    features_dir = ctx.out_dir / "features"
+    label_examples(examples_dir, spec.task, [], base, spec.features, spec.label, spec.resources, features_dir,
+                   progress=ctx.progress, examples_per_shard=spec.label.examples_per_shard)
+    result = pretrain_masked_lm(base, spec.task, features_dir, config.mlm_training, spec.resources, ctx.out_dir,
+                                ctx.progress)
+    return _summary(result)
+
+
 def _augment(ctx: StageContext) -> dict[str, Any]:
     from augment.pipeline import augment_examples
 
     spec = ctx.spec
-    result = augment_examples(ctx.inputs["prepare"] / "train", spec.task, spec.augment, spec.resources, spec.seed,
-                              ctx.out_dir, ctx.progress, block_rows=spec.augment.examples_per_shard)
+    config = spec.augment
+    if "train_mlm" in ctx.inputs:  # candidates from the masked LM trained by the previous stage
+        config = config.model_copy(update={"mlm_model": str(ctx.inputs["train_mlm"] / "model"),
+                                           "mlm_init": "pretrained", "mlm_training": None})
+    result = augment_examples(ctx.inputs["prepare"] / "train", spec.task, config, spec.resources, spec.seed,
+                              ctx.out_dir, ctx.progress, block_rows=config.examples_per_shard)
     return _summary(result)
 
 
@@ -190,13 +219,20 @@ STAGES: tuple[Stage, ...] = (
           inputs=(),
           enabled=lambda s: True,
           config=lambda s: {"task": s.task, "data": s.data}, run=_prepare),
-    Stage("finetune_teachers", "fine-tune base teachers on the original training data",
+    Stage("finetune_teachers", "fine-tune base teachers on the original training data (or their own)",
           inputs=("prepare",),
           enabled=lambda s: any(t.finetune is not None for t in s.teachers),
           config=lambda s: {"task": s.task, "teachers": s.teachers, "features": s.features, "seed": s.seed},
           run=_finetune_teachers, uses_ray=True),
-    Stage("augment", "expand the training set by word substitution",
+    Stage("train_mlm", "train the masked LM that proposes substitutions, on the corpus or training texts",
           inputs=("prepare",),
+          enabled=lambda s: s.augment.enabled and s.augment.mlm_training is not None,
+          config=lambda s: {"task": s.task, "mlm_model": s.augment.mlm_model, "mlm_init": s.augment.mlm_init,
+                            "mlm_training": s.augment.mlm_training, "corpus": s.augment.corpus,
+                            "features": s.features},
+          run=_train_mlm, uses_ray=True),
+    Stage("augment", "expand the training set by word substitution",
+          inputs=("prepare", "train_mlm"),
           enabled=lambda s: s.augment.enabled,
           config=lambda s: {"task": s.task, "augment": s.augment, "seed": s.seed}, run=_augment, uses_ray=True),
     Stage("label", "tokenize into features and store the teachers' soft logits",

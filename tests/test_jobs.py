@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from pathlib import Path
@@ -10,7 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.jobutil import folder_bytes, job_state, jobs_cli, stored_state, tiny_qa_spec, wait_for, write_spec
+from tests.jobutil import (QUICKSTART, folder_bytes, job_state, jobs_cli, stored_state, tiny_qa_spec, wait_for,
+                           write_spec)
 
 # what a stage has written once it is part-way through: a first shard, a first checkpoint
 PARTIAL_OUTPUT = {"augment": "shards/*.parquet", "label": "shards/*.parquet",
@@ -42,7 +44,7 @@ def test_submit_runs_every_stage_and_writes_artifacts(baseline):
     state = baseline["state"]
     assert state["status"] == "succeeded"
     assert [name for name, s in state["stages"].items() if s["status"] == "completed"] == STAGES
-    outputs = {name: Path(s["output"]) for name, s in state["stages"].items()}
+    outputs = {name: Path(s["output"]) for name, s in state["stages"].items() if s["output"] is not None}
     assert list((outputs["augment"] / "shards").glob("*.parquet"))
     assert list((outputs["label"] / "shards").glob("*.parquet"))
     assert (outputs["distill_prediction"] / "student" / "config.json").exists()
@@ -122,6 +124,41 @@ def test_two_jobs_at_once_share_cached_stages_safely(tmp_path):
         # one job computed each stage, the other waited for it and reused it
         assert {s["stages"][name]["status"] for s in states} == {"completed", "cached"}, name
         assert states[0]["stages"][name]["output"] == states[1]["stages"][name]["output"]
+
+
+def test_masked_lm_trained_on_a_corpus_is_shared_by_jobs_of_other_seeds(tmp_path):
+    """A user without a hub: the augmentation's masked LM is trained on a corpus by its own stage, once; the
+    teacher is fine-tuned on its own, larger labelled set; `--set seed=N` runs the same spec for another seed."""
+    root = tmp_path / "runs"
+    sample = str(QUICKSTART / "sample-train.json")
+    spec = tiny_qa_spec(**{
+        "augment.mlm_training": {"epochs": 1, "batch_size": 16},
+        "augment.corpus": {"path": sample},
+        "teachers": [{"model": str(QUICKSTART / "tiny-bert"), "init": "random",
+                      "finetune": {"train": {"path": sample, "limit": 80}, "epochs": 0.5, "batch_size": 16}}],
+        "distill.intermediate.enabled": False, "evaluate.measure_speed": False, "evaluate.export": False})
+    path = write_spec(tmp_path, spec)
+    states = []
+    for seed in (1, 2):
+        job_id = _last_line(jobs_cli("submit", str(path), "--set", f"seed={seed}", "--root", str(root)).stdout)
+        states.append(job_state(root, job_id.split()[1].rstrip(":")))
+    first, second = ({name: s for name, s in state["stages"].items()} for state in states)
+    assert [state["status"] for state in states] == ["succeeded", "succeeded"]
+    assert (first["train_mlm"]["status"], second["train_mlm"]["status"]) == ("completed", "cached")
+    assert first["train_mlm"]["output"] == second["train_mlm"]["output"]
+    trained = Path(first["train_mlm"]["output"])
+    corpus = json.loads((trained / "corpus" / "meta.json").read_text())["counts"]["written"]
+    assert corpus == 178  # the whole corpus, not the 40 training questions
+    for stages in (first, second):
+        # both seeds' augmentations drew candidates from that model, and differ by their sampling
+        plan = json.loads((Path(stages["augment"]["output"]) / "augment.json").read_text())
+        assert plan["augment"]["mlm_model"] == str(trained / "model")
+    assert first["augment"]["output"] != second["augment"]["output"]
+    # the teacher learnt from its own 80 questions, the student's data is 40
+    teacher_examples = Path(first["finetune_teachers"]["output"]) / "teacher_0" / "examples" / "meta.json"
+    assert json.loads(teacher_examples.read_text())["counts"]["written"] == 80
+    student_examples = Path(first["prepare"]["output"]) / "train" / "meta.json"
+    assert json.loads(student_examples.read_text())["counts"]["written"] == 40
 
 
 def test_unknown_job_exits_3(tmp_path):

@@ -1,4 +1,4 @@
-"""The three phases on tiny models and real SQuAD 2.0 dev features: what each trains, reads and writes."""
+"""The training phases on tiny models and real SQuAD 2.0 dev features: what each trains, reads and writes."""
 
 from __future__ import annotations
 
@@ -26,11 +26,11 @@ from distill.label import TeacherEnsemble
 from distill.losses import HeadCountMismatch
 from distill.models import ModelCheckError, ModelRef
 from distill.phases import (_build_intermediate, _build_prediction, _IntermediateOptions, _PredictionOptions,
-                            distill_intermediate, distill_prediction, finetune_teacher)
+                            distill_intermediate, distill_prediction, finetune_teacher, pretrain_masked_lm)
 from distill.student import build_student
 from distill.trainer import COMPLETE_MARKER, Recipe, TrainingError, TrainPlan, Worker
-from jobs.spec import (DataSource, FeaturesSpec, FinetuneSpec, IntermediateSpec, LabelSpec, PredictionSpec,
-                       ResourcesSpec, StudentArchitecture, StudentSpec)
+from jobs.spec import (DataSource, FeaturesSpec, FinetuneSpec, IntermediateSpec, LabelSpec, MaskedLMTrainingSpec,
+                       PredictionSpec, ResourcesSpec, StudentArchitecture, StudentSpec)
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -315,6 +315,43 @@ def test_finetune_teacher_adds_a_task_head_to_a_base_model(plain_features, tiny_
     assert AutoModelForQuestionAnswering.from_pretrained(result.model_dir).config.architectures == [
         "BertForQuestionAnswering"]
     AutoTokenizer.from_pretrained(result.model_dir)
+
+
+def test_masked_lm_training_learns_and_feeds_the_augmentation(plain_features, tiny_model_factory, tmp_path):
+    from transformers import AutoModelForMaskedLM
+
+    from augment.candidates import MaskedLMProposer
+    from augment.words import eligible_words
+
+    base = ModelRef(str(tiny_model_factory("mlm", layers=2, hidden=32)), init="random")
+    config = MaskedLMTrainingSpec(epochs=10, batch_size=16, learning_rate=3e-3, seed=5)
+    result = pretrain_masked_lm(base, "qa", plain_features, config, ONE_WORKER, tmp_path, progress=False)
+    assert result.model_dir == str(tmp_path / "model") and result.steps == 40
+    trained = AutoModelForMaskedLM.from_pretrained(result.model_dir).eval()
+    assert trained.config.architectures == ["BertForMaskedLM"]
+    torch.manual_seed(5)  # the weights it started from
+    untrained = AutoModelForMaskedLM.from_config(trained.config).eval()
+    # every 5th wordpiece of the training features masked: the untrained model is at about ln(vocabulary)
+    rows = pq.read_table(plain_features / "shards").slice(0, 16).to_pylist()
+    batch = pad_batch(rows, 0)
+    chosen = (torch.arange(batch["input_ids"].shape[1]) % 5 == 3) & batch["attention_mask"].bool()
+    inputs = batch["input_ids"].masked_fill(chosen, 103)  # [MASK]
+
+    def masked_loss(model):
+        with torch.no_grad():
+            logits = model(input_ids=inputs, attention_mask=batch["attention_mask"]).logits
+        return torch.nn.functional.cross_entropy(logits[chosen], batch["input_ids"][chosen]).item()
+
+    assert masked_loss(untrained) > np.log(30522) - 0.5
+    assert masked_loss(trained) < masked_loss(untrained) - 1.5
+    settings = json.loads((tmp_path / "train_config.json").read_text())
+    assert settings["seed"] == 5 and settings["objective"]["losses"]["mlm"]["mask_prob"] == 0.15
+    # the augmentation loads it like any masked LM from the hub
+    proposer = MaskedLMProposer(result.model_dir)
+    text = "The Normans were the people who gave their name to Normandy, a region in France."
+    encoded = proposer.encode(text, eligible_words(text))
+    candidates = proposer.exact(encoded, top_k=5)
+    assert candidates and all(len(words) == 5 for words in candidates.values())
 
 
 def test_build_student_from_each_source(teachers):

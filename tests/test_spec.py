@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +12,8 @@ from jobs.spec import JobSpec, SpecError, dump_spec, load_spec, parse_spec
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+BENCHMARK_SPECS = sorted((REPO / "benchmarks" / "specs").glob("*.yaml"))
+QUICKSTART_SPEC = REPO / "configs" / "quickstart.yaml"
 
 
 def test_defaults_reproduce_the_reference_recipe():
@@ -34,7 +34,7 @@ def test_reference_config_spells_out_exactly_the_defaults():
 
 
 def test_round_trip_through_the_resolved_yaml(tmp_path):
-    spec = load_spec(REPO / "configs" / "quickstart.yaml")
+    spec = load_spec(QUICKSTART_SPEC)
     saved = tmp_path / "spec.yaml"
     saved.write_text(dump_spec(spec))
     assert load_spec(saved) == spec
@@ -43,9 +43,15 @@ def test_round_trip_through_the_resolved_yaml(tmp_path):
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.name for c in CONFIGS])
-def test_every_shipped_config_is_valid(config):
-    assert subprocess.run([sys.executable, "-m", "jobs", "validate", str(config)], cwd=REPO,
-                          capture_output=True, text=True).returncode == 0
+def test_every_shipped_config_is_valid(config, capsys):
+    assert main(["validate", str(config)]) == 0, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("path", BENCHMARK_SPECS, ids=[p.name for p in BENCHMARK_SPECS])
+def test_benchmark_specs_are_valid(path):
+    # their model folders are written by benchmarks/quality_sst2.py before it submits them
+    spec = load_spec(path, check_paths=False)
+    assert spec.task == "classification" and Path(spec.data.train.path).name == "train.tsv"
 
 
 # each case: a change to a valid spec, and the field path the error must name
@@ -74,6 +80,14 @@ BAD_SPECS = [
      "student.architecture: hidden_size 100 is not a multiple"),
     ({"name": "../escape"}, "name: string should match pattern"),
     ({"label": {"ensemble": "vote"}}, "label.ensemble: input should be 'probs' or 'logits'"),
+    ({"student": {"architecture": {"num_hidden_layers": 2}, "init": "random"}},
+     "student: init: random builds `model` from its config"),
+    ({"augment": {"mlm_model": None, "mlm_training": {"epochs": 1}}}, "augment: mlm_training: trains mlm_model"),
+    ({"augment": {"corpus": {"path": "./no-corpus.tsv"}}}, "augment.corpus.path: no such file"),
+    ({"teachers": [{"model": "a/b", "finetune": {"train": {"path": "./no-teacher-data.json"}}}]},
+     "teachers.0.finetune.train.path: no such file"),
+    ({"teachers": [{"model": "a/b", "finetune": {"train": {"path": "./x.tsv"}}}]},
+     "teachers.0.finetune.train.format: qa reads squad, hf or jsonl data, got tsv"),
 ]
 
 
@@ -110,3 +124,27 @@ def test_spec_is_data_not_code(tmp_path, capsys):
 def test_trust_remote_code_is_off_unless_asked():
     spec = JobSpec()
     assert not spec.teachers[0].trust_remote_code and not spec.student.trust_remote_code
+
+
+def test_set_overrides_fields_by_dotted_path():
+    spec = load_spec(QUICKSTART_SPEC, overrides=["seed=7", "teachers.0.weight=2.5", "augment.enabled=false",
+                                                 "data.label_names=[neg, pos]", "distill.prediction.epochs=0.5"])
+    assert (spec.seed, spec.teachers[0].weight, spec.augment.enabled) == (7, 2.5, False)
+    assert spec.data.label_names == ["neg", "pos"] and spec.distill.prediction.epochs == 0.5
+    # everything else is the file's
+    plain = load_spec(QUICKSTART_SPEC)
+    assert spec.model_copy(update={"seed": plain.seed, "teachers": plain.teachers, "augment": plain.augment,
+                                   "data": plain.data, "distill": plain.distill}) == plain
+
+
+@pytest.mark.parametrize("override,expected", [
+    ("distill.predicton.epochs=1", "distill.predicton: unknown key; did you mean 'prediction'"),
+    ("seed", "--set seed: expected KEY.PATH=VALUE"),
+    ("teachers.5.model=x", "--set teachers.5.model=x: cannot set teachers.5.model here"),
+    ("seed=[1, 2", "--set seed=[1, 2: cannot set seed here"),
+])
+def test_set_is_checked_like_the_file_and_creates_nothing(tmp_path, capsys, override, expected):
+    root = tmp_path / "runs"
+    assert main(["submit", str(QUICKSTART_SPEC), "--set", override, "--root", str(root)]) == 2
+    assert expected in capsys.readouterr().err
+    assert not root.exists()

@@ -19,7 +19,7 @@ from augment.writers import read_shards
 from distill.features import qa_features
 from distill.models import ModelRef
 from distill.phases import distill_prediction
-from distill.trainer import TrainingError, epoch_order, epoch_steps, worker_slice
+from distill.trainer import LENGTH_GROUP_BATCHES, TrainingError, epoch_order, epoch_steps, worker_slice
 from jobs.spec import DataSource, FeaturesSpec, PredictionSpec, ResourcesSpec, StudentSpec
 
 ONE_WORKER = ResourcesSpec(workers=1, gpus_per_worker=0)
@@ -53,11 +53,26 @@ def _losses(out_dir: Path) -> list[float]:
 # -- data order ---------------------------------------------------------------------------------------------------
 
 
-def test_epoch_order_depends_on_seed_and_epoch_only():
-    assert np.array_equal(epoch_order(50, 7, 2), epoch_order(50, 7, 2))
-    assert not np.array_equal(epoch_order(50, 7, 2), epoch_order(50, 7, 3))
-    assert not np.array_equal(epoch_order(50, 7, 2), epoch_order(50, 8, 2))
-    assert sorted(epoch_order(50, 7, 2)) == list(range(50))
+def test_epoch_order_is_a_seeded_shuffle_grouped_by_length():
+    lengths = np.random.default_rng(0).integers(3, 60, size=1000)
+    order = epoch_order(lengths, seed=7, epoch=2, batch_size=4)
+    assert np.array_equal(order, epoch_order(lengths, 7, 2, 4))
+    assert not np.array_equal(order, epoch_order(lengths, 7, 3, 4))
+    assert not np.array_equal(order, epoch_order(lengths, 8, 2, 4))
+    assert sorted(order) == list(range(1000))
+    # within each group of LENGTH_GROUP_BATCHES batches, longest first; so batches pad far less than a plain
+    # shuffle's would
+    group = 4 * LENGTH_GROUP_BATCHES
+    for start in range(0, 1000, group):
+        assert np.all(np.diff(lengths[order[start:start + group]]) <= 0)
+
+    def padded_tokens(o):
+        return sum(lengths[o[i:i + 4]].max() * len(o[i:i + 4]) for i in range(0, len(o), 4))
+
+    plain = np.random.default_rng([7, 2]).permutation(1000)
+    assert padded_tokens(order) < 0.7 * padded_tokens(plain)
+    # a different batch size groups differently, the same seed still draws the same shuffle
+    assert set(epoch_order(lengths, 7, 2, 8)[:8 * LENGTH_GROUP_BATCHES]) == set(plain[:8 * LENGTH_GROUP_BATCHES])
 
 
 def test_steps_and_worker_slices_cover_each_feature_once():
