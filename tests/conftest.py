@@ -69,29 +69,38 @@ def ray_session():
 
 @pytest.fixture(scope="session")
 def tiny_model_factory(tmp_path_factory, bert_tokenizer_dir):
-    """Build a tiny BERT with a task head and the real uncased tokenizer, save it, and return its folder.
+    """Build a tiny BERT (or DistilBERT) with a task head and the real uncased tokenizer, save it, and return its
+    folder.
 
     Models are cached by their arguments for the session, so asking twice costs nothing.
     """
     import torch
     from transformers import (AutoModelForMaskedLM, AutoModelForQuestionAnswering,
-                              AutoModelForSequenceClassification, AutoTokenizer, BertConfig)
+                              AutoModelForSequenceClassification, AutoTokenizer, BertConfig, DistilBertConfig,
+                              DistilBertTokenizer)
 
     heads = {"qa": AutoModelForQuestionAnswering, "classification": AutoModelForSequenceClassification,
              "mlm": AutoModelForMaskedLM}
     built: dict[tuple, Path] = {}
 
     def make(task: str = "qa", layers: int = 2, hidden: int = 32, heads_count: int = 2, num_labels: int = 2,
-             seed: int = 0, max_positions: int = 512) -> Path:
-        key = (task, layers, hidden, heads_count, num_labels, seed, max_positions)
+             seed: int = 0, max_positions: int = 512, family: str = "bert") -> Path:
+        key = (task, layers, hidden, heads_count, num_labels, seed, max_positions, family)
         if key not in built:
-            tokenizer = AutoTokenizer.from_pretrained(bert_tokenizer_dir)
-            config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=hidden, num_hidden_layers=layers,
-                                num_attention_heads=heads_count, intermediate_size=hidden * 2,
-                                max_position_embeddings=max_positions, num_labels=num_labels)
+            if family == "bert":
+                tokenizer = AutoTokenizer.from_pretrained(bert_tokenizer_dir)
+                config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=hidden, num_hidden_layers=layers,
+                                    num_attention_heads=heads_count, intermediate_size=hidden * 2,
+                                    max_position_embeddings=max_positions, num_labels=num_labels)
+            else:
+                # DistilBERT's own tokenizer class: same vocabulary, but no token_type_ids among its model inputs
+                tokenizer = DistilBertTokenizer.from_pretrained(bert_tokenizer_dir)
+                config = DistilBertConfig(vocab_size=tokenizer.vocab_size, dim=hidden, n_layers=layers,
+                                          n_heads=heads_count, hidden_dim=hidden * 2,
+                                          max_position_embeddings=max_positions, num_labels=num_labels)
             torch.manual_seed(seed)
             model = heads[task].from_config(config)
-            folder = tmp_path_factory.mktemp(f"tiny-{task}-{layers}l-{hidden}h")
+            folder = tmp_path_factory.mktemp(f"tiny-{family}-{task}-{layers}l-{hidden}h")
             model.save_pretrained(folder)
             tokenizer.save_pretrained(folder)
             built[key] = folder

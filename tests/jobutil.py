@@ -75,3 +75,19 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: 
 
 def folder_bytes(folder: Path, pattern: str = "**/*.parquet") -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.glob(pattern))}
+
+
+def foreground_job_id(stdout: str) -> str:
+    """The job id from a foreground `submit`, whose last line is `job ID: STATUS (FOLDER)`."""
+    return stdout.strip().splitlines()[-1].split()[1].rstrip(":")
+
+
+def parquet_rows(folder: Path) -> int:
+    """Rows in every Parquet shard under `folder` (its shards/ folder), read from the footers only."""
+    import pyarrow.parquet as pq
+
+    return sum(pq.ParquetFile(path).metadata.num_rows for path in sorted(folder.glob("shards/*.parquet")))
+
+
+def jsonl_records(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
