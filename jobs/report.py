@@ -33,7 +33,7 @@ from matplotlib.figure import Figure
 
 from distill.export import CARD_METRICS, ModelCardInfo, export_student
 from jobs.spec import JobSpec, SpecError, parse_spec
-from jobs.stages import STAGE_NAMES
+from jobs.stages import STAGE_NAMES, STAGES
 
 TRAINING_STAGES = ["finetune_teachers", "train_mlm", "distill_intermediate", "distill_prediction"]
 # Phase settings that say how the student was trained (logging and checkpoint cadence do not).
@@ -351,15 +351,11 @@ def _loss_keys(records: list[dict[str, Any]]) -> list[str]:
 
 def _training_section(run: _Run, logs: dict[str, list[dict[str, Any]]], plots: dict[str, str]) -> str:
     lines = ["## Training"]
+    enabled = {stage.name: stage.enabled for stage in STAGES}
     for stage in TRAINING_STAGES:
-        if stage == "finetune_teachers":
-            if run.spec is not None and not any(t.finetune for t in run.spec.teachers):
-                continue
-        elif stage == "train_mlm":
-            if run.spec is not None and not (run.spec.augment.enabled and run.spec.augment.mlm_training):
-                continue
-        elif run.spec is not None and not getattr(run.spec.distill, stage.removeprefix("distill_")).enabled:
-            lines += ["", f"### `{stage}`", "", "Disabled in the spec."]
+        if run.spec is not None and not enabled[stage](run.spec):
+            if stage.startswith("distill_"):  # a phase turned off is worth saying; the others simply do not apply
+                lines += ["", f"### `{stage}`", "", "Disabled in the spec."]
             continue
         names = [name for name in logs if name == stage or (stage == "finetune_teachers"
                                                              and name.startswith("finetune_teacher_"))]
