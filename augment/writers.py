@@ -16,6 +16,7 @@ Example::
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import uuid
@@ -47,6 +48,19 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
         os.replace(temp, path)
     finally:
         temp.unlink(missing_ok=True)
+
+
+@contextmanager
+def file_lock(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (created if needed) for the block: other processes wait for it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def write_json(path: str | os.PathLike[str], value: Any) -> None:

@@ -124,7 +124,7 @@ def bare_loops(args, teacher_ref, student_spec, features: Path):
     from distill.student import build_student
 
     table = pq.read_table(features / "shards" / "part-00000.parquet")
-    batch = pad_batch(table.slice(0, args.batch).to_pylist(), pad_token_id=0)
+    batch = pad_batch(table.slice(0, args.batch), pad_token_id=0)
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
     mask = batch["attention_mask"]
     teacher = load_model(teacher_ref, "qa", output_attentions=True).requires_grad_(False)

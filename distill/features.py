@@ -7,7 +7,7 @@ token for token with what the student sees.
 QA windows follow the transformers question-answering example: the question first (cut to
 `features.max_query_len` tokens beforehand), then as much context as fits in `features.max_seq_len`; a long
 context overflows into further windows that overlap by `features.doc_stride` tokens. No padding is stored, only
-real tokens; `pad_batch` pads a batch to its longest row when it is collated.
+real tokens; `pad_batch` (or `FlatFeatures.batch`) pads a batch to its longest row when it is collated.
 
 The Parquet layout of a feature shard is `feature_schema(task)`; the label stage fills the teacher columns, a
 feature built here without a teacher has them null. Offsets are two flat lists rather than a list of pairs: the
@@ -17,7 +17,7 @@ same information with half the nesting, and `np.stack([start, end], 1)` gives th
 Example::
 
     table = qa_features(examples, tokenizer, spec.features)       # pa.Table, QA_FEATURE_SCHEMA
-    batch = pad_batch(table.slice(0, 32).to_pylist(), tokenizer.pad_token_id)
+    batch = pad_batch(table.slice(0, 32), tokenizer.pad_token_id)
     model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
           token_type_ids=batch["token_type_ids"])
 """
@@ -25,11 +25,13 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from itertools import chain
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 from transformers import PreTrainedTokenizerBase
 
@@ -272,24 +274,133 @@ def classification_features(examples: Sequence[Mapping[str, Any]] | pa.Table, to
     ], schema=CLASSIFICATION_FEATURE_SCHEMA)
 
 
-def _pad_2d(rows: Sequence[Sequence[float]], length: int, fill: float, dtype: torch.dtype) -> torch.Tensor:
-    out = torch.full((len(rows), length), fill, dtype=dtype)
-    for i, row in enumerate(rows):
-        out[i, :len(row)] = torch.as_tensor(row, dtype=dtype)
-    return out
+# Columns with one value per token, laid end to end like input_ids (they share its offsets).
+TOKEN_COLUMNS = ("input_ids", "token_type_ids", "offset_start", "offset_end", "teacher_start_logits",
+                 "teacher_end_logits")
+# Batch key of a per-feature column, where the model's argument name differs from the column's.
+_BATCH_KEYS = {"start_position": "start_positions", "end_position": "end_positions", "label": "labels"}
+# What a padded position holds, per token column; input_ids take the tokenizer's pad id.
+_TOKEN_FILL = {"token_type_ids": 0, "offset_start": NOT_CONTEXT, "offset_end": NOT_CONTEXT,
+               "teacher_start_logits": LOGIT_PAD, "teacher_end_logits": LOGIT_PAD}
 
 
-def _teacher_key(rows: Sequence[Mapping[str, Any]], key: str) -> bool:
-    """Whether the batch carries column `key`: all rows or none; a mixed batch is an error."""
-    present = sum(row.get(key) is not None for row in rows)
-    if 0 < present < len(rows):
-        raise FeaturesError(f"{present} of {len(rows)} rows have {key} and the others none; a batch must come from "
-                            "one labelled feature set")
-    return present > 0
+@dataclass(frozen=True)
+class FlatFeatures:
+    """Feature columns as flat NumPy arrays, in memory or memory-mapped: what every batch is cut from.
+
+    Token columns (`TOKEN_COLUMNS`) hold all rows' values end to end, row i at [offsets[i], offsets[i + 1]);
+    row columns hold one value per feature, (N,), or one fixed-size vector, (N, C) (classification
+    teacher_logits). A column that is null on some rows stays out of `columns` (it is never collated) and
+    `null_counts` says how many; a column null on every row is simply unlabelled.
+    """
+
+    offsets: np.ndarray                  # (N + 1,) int64
+    columns: dict[str, np.ndarray]       # token columns (total tokens,), row columns (N,) or (N, C)
+    null_counts: dict[str, int]          # every column asked for -> features without a value
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """(N,) int32 tokens per feature (computed straight into int32: it is held per training process)."""
+        out = np.empty(self.num_rows, dtype=np.int32)
+        return np.subtract(self.offsets[1:], self.offsets[:-1], out=out, casting="unsafe")
+
+    @classmethod
+    def from_table(cls, table: pa.Table | pa.RecordBatch, columns: Sequence[str] | None = None) -> FlatFeatures:
+        """The named columns (default: every column `pad_batch` collates) of a feature table, flattened."""
+        names = list(columns) if columns is not None else [n for n in COLLATED_COLUMNS if n in table.schema.names]
+        flat = flatten_features(table, names)
+        offsets = np.zeros(table.num_rows + 1, dtype=np.int64)
+        np.cumsum(flat.lengths, out=offsets[1:])
+        return cls(offsets, flat.values, flat.null_counts)
+
+    def batch(self, rows: np.ndarray, pad_token_id: int, pin_memory: bool = False) -> dict[str, torch.Tensor]:
+        """Features `rows` (indices, in batch order) padded to the longest of them; see `pad_batch` for the keys.
+
+        One gather per column, no per-row Python: the cost depends on the batch, not on N.
+        """
+        if len(rows) == 0:
+            raise FeaturesError("a batch needs at least one feature; got no rows")
+        starts = self.offsets[rows]                                   # (B,)
+        lengths = self.offsets[rows + 1] - starts                     # (B,)
+        width = int(lengths.max())
+        real = np.arange(width)[None, :] < lengths[:, None]           # (B, T)
+        # padded slots read the row's first token and are overwritten by the fill value
+        positions = np.where(real, starts[:, None] + np.arange(width)[None, :], starts[:, None])
+        arrays = {"attention_mask": real.astype(np.int64)}
+        for name, values in self.columns.items():
+            if name in TOKEN_COLUMNS:
+                fill = pad_token_id if name == "input_ids" else _TOKEN_FILL[name]
+                arrays[name] = np.where(real, values[positions], fill)
+            else:
+                arrays[_BATCH_KEYS.get(name, name)] = values[rows]
+        batch = {key: _as_tensor(value) for key, value in arrays.items()}
+        return {key: value.pin_memory() for key, value in batch.items()} if pin_memory else batch
 
 
-def pad_batch(rows: Sequence[Mapping[str, Any]], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """Collate feature rows (dicts in either feature schema, e.g. `table.to_pylist()`) into padded tensors.
+# The columns a batch carries; offsets and the per-teacher columns are not model or loss inputs.
+COLLATED_COLUMNS = ("input_ids", "token_type_ids", "start_position", "end_position", "label",
+                    "teacher_start_logits", "teacher_end_logits", "teacher_logits")
+
+
+def _as_tensor(value: np.ndarray) -> torch.Tensor:
+    """int64 for ids, labels and masks, float32 for logits (stored as float16)."""
+    dtype = torch.float32 if np.issubdtype(value.dtype, np.floating) else torch.long
+    return torch.from_numpy(np.ascontiguousarray(value)).to(dtype)
+
+
+@dataclass(frozen=True)
+class FlatBatch:
+    """One record batch's columns flattened by `flatten_features`."""
+
+    lengths: np.ndarray                  # (n,) tokens per feature
+    values: dict[str, np.ndarray]        # columns with a value on every row
+    null_counts: dict[str, int]
+
+
+def flatten_features(batch: pa.Table | pa.RecordBatch, columns: Sequence[str]) -> FlatBatch:
+    """The named columns of feature rows as flat arrays (see `FlatFeatures`), checked against input_ids.
+
+    Raises FeaturesError for a token column whose rows are not as long as their input_ids, a row vector column
+    of uneven length, or a column `FlatFeatures` cannot hold (the per-teacher list-of-lists columns).
+    """
+    ids = batch.column("input_ids")
+    lengths = pc.list_value_length(ids).to_numpy(zero_copy_only=False).astype(np.int64)
+    values: dict[str, np.ndarray] = {}
+    nulls: dict[str, int] = {}
+    for name in columns:
+        column = batch.column(name)
+        nulls[name] = column.null_count
+        if column.null_count and name.startswith("teacher") and column.null_count < len(column):
+            raise FeaturesError(f"{column.null_count} of {len(column)} features have no {name} and the others "
+                                "have; features must come from one labelled feature set")
+        if column.null_count:
+            continue  # collated only where every feature has a value; callers check null_counts
+        if pa.types.is_list(column.type) and pa.types.is_list(column.type.value_type):
+            raise FeaturesError(f"column {name} holds a list per teacher and is not collated; read it with pyarrow")
+        if not pa.types.is_list(column.type):
+            values[name] = column.to_numpy(zero_copy_only=False)
+            continue
+        flat = pc.list_flatten(column).to_numpy(zero_copy_only=False)
+        sizes = pc.list_value_length(column).to_numpy(zero_copy_only=False)
+        if name in TOKEN_COLUMNS:
+            if not np.array_equal(sizes, lengths):
+                bad = int(np.flatnonzero(sizes != lengths)[0])
+                raise FeaturesError(f"feature {bad}: {name} has {sizes[bad]} values for {lengths[bad]} tokens")
+            values[name] = flat
+        else:
+            if len(sizes) and not np.all(sizes == sizes[0]):
+                raise FeaturesError(f"column {name} has rows of {sorted(set(sizes.tolist()))[:5]} values; a "
+                                    "per-feature vector must have one size")
+            values[name] = flat.reshape(len(sizes), -1)
+    return FlatBatch(lengths, values, nulls)
+
+
+def pad_batch(table: pa.Table | pa.RecordBatch, pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Collate feature rows (a table in either feature schema) into padded tensors, rows in table order.
 
     Rows are padded to the longest row of the batch, B rows of at most T tokens:
 
@@ -297,43 +408,15 @@ def pad_batch(rows: Sequence[Mapping[str, Any]], pad_token_id: int) -> dict[str,
         QA:
         start_positions, end_positions              (B,) int64
         teacher_start_logits, teacher_end_logits    (B, T) float32, LOGIT_PAD past a row's end
-        teachers_start_logits, teachers_end_logits  (B, K, T) float32 for K teachers, LOGIT_PAD past a row's end
         classification:
-        labels                                      (B,) int64, only when every row has a label
+        labels                                      (B,) int64
         teacher_logits                              (B, C) float32
-        teachers_logits                             (B, K, C) float32
 
-    Teacher keys appear only when the rows carry them (null when labelled without a teacher). Use
-    `attention_mask` as the mask over teacher positions; pad positions get (numerically) zero teacher
-    probability anyway.
+    A column appears only when every row has a value (teacher columns are null when labelled without a
+    teacher; labels for unlabelled examples). Use `attention_mask` as the mask over teacher positions; pad
+    positions get (numerically) zero teacher probability anyway. The trainer cuts batches the same way from
+    its memory-mapped `distill.training_data` view.
     """
-    if not rows:
+    if table.num_rows == 0:
         raise FeaturesError("pad_batch got no rows; a batch needs at least one feature")
-    lengths = [len(row["input_ids"]) for row in rows]
-    length = max(lengths)
-    batch = {
-        "input_ids": _pad_2d([row["input_ids"] for row in rows], length, pad_token_id, torch.long),
-        "token_type_ids": _pad_2d([row["token_type_ids"] for row in rows], length, 0, torch.long),
-        "attention_mask": (torch.arange(length)[None, :] < torch.tensor(lengths)[:, None]).long(),
-    }
-    if "start_position" in rows[0]:  # QA
-        batch["start_positions"] = torch.tensor([row["start_position"] for row in rows], dtype=torch.long)
-        batch["end_positions"] = torch.tensor([row["end_position"] for row in rows], dtype=torch.long)
-        for key in ("teacher_start_logits", "teacher_end_logits"):
-            if _teacher_key(rows, key):
-                batch[key] = _pad_2d([row[key] for row in rows], length, LOGIT_PAD, torch.float32)
-        for key in ("teachers_start_logits", "teachers_end_logits"):
-            if _teacher_key(rows, key):
-                k = len(rows[0][key])
-                padded = torch.full((len(rows), k, length), LOGIT_PAD, dtype=torch.float32)
-                for i, row in enumerate(rows):
-                    padded[i, :, :lengths[i]] = torch.as_tensor(row[key], dtype=torch.float32)
-                batch[key] = padded
-        return batch
-    if all(row.get("label") is not None for row in rows):
-        batch["labels"] = torch.tensor([row["label"] for row in rows], dtype=torch.long)
-    if _teacher_key(rows, "teacher_logits"):
-        batch["teacher_logits"] = torch.tensor([row["teacher_logits"] for row in rows], dtype=torch.float32)
-    if _teacher_key(rows, "teachers_logits"):
-        batch["teachers_logits"] = torch.tensor([row["teachers_logits"] for row in rows], dtype=torch.float32)
-    return batch
+    return FlatFeatures.from_table(table).batch(np.arange(table.num_rows), pad_token_id)

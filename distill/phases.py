@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import pyarrow as pa
 import safetensors.torch
 import torch
 from torch import nn
@@ -27,6 +26,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 # the label stage's ensemble and random-teacher seed: online teachers must match what it wrote to the features
 from distill.ensemble import mix_teacher_logits
+from distill.features import FlatFeatures
 from distill.models import RANDOM_INIT_SEED
 from distill.layer_map import LayerMap, resolve_layer_map
 from distill.losses import AttentionMSE, HardLabelCE, HiddenStateMSE, SoftTargetKL
@@ -259,7 +259,7 @@ class IntermediateObjective(nn.Module):
                                      for s, t in self.layer_map.attention_pairs)
         return terms
 
-    def check_features(self, table: pa.Table) -> None:
+    def check_features(self, data: FlatFeatures) -> None:
         pass  # inputs only: the schema has them on every row
 
     def projections(self) -> dict[str, torch.Tensor]:
@@ -391,13 +391,13 @@ class PredictionObjective(nn.Module):
             terms["hard"] = self.hard(logits, gold_targets(batch, self.task), mask)
         return terms
 
-    def check_features(self, table: pa.Table) -> None:
+    def check_features(self, data: FlatFeatures) -> None:
         if "hard" in self.term_weights and self.task == "classification":
-            require_filled(table, "label", "hard labels are needed while distill_weight < 1; label the data or "
+            require_filled(data, "label", "hard labels are needed while distill_weight < 1; label the data or "
                                            "set distill_weight: 1")
         if "kl" in self.term_weights and self.source == "labelled":
             for column in _TEACHER_COLUMNS[self.task]:
-                require_filled(table, column, "run the label stage on these features, set "
+                require_filled(data, column, "run the label stage on these features, set "
                                               "distill.prediction.teacher_logits: online, or distill_weight: 0")
 
     def settings(self) -> dict[str, Any]:
@@ -496,7 +496,7 @@ class MaskedLMObjective(nn.Module):
             logits = self.model(**model_inputs({**batch, "input_ids": inputs}, takes_token_types(self.model))).logits
         return {"mlm": nn.functional.cross_entropy(logits[0].float(), ids[rows, cols])}
 
-    def check_features(self, table: pa.Table) -> None:
+    def check_features(self, data: FlatFeatures) -> None:
         pass  # inputs only: the schema has them on every row
 
     def settings(self) -> dict[str, Any]:

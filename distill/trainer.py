@@ -4,16 +4,19 @@ A phase describes itself as a `TrainPlan` (picklable, so Ray can ship it to work
 an `Objective`: the trained module (student, projections), which maps a padded batch to named loss terms. The
 `Recipe` runs it with the torchtune lifecycle `setup` -> `train` -> `save_checkpoint` -> `cleanup`:
 
-- data: feature shards read with pyarrow, a shuffled order per epoch drawn from (seed, epoch) and grouped by
-  length (`epoch_order`), micro-batches of `config.batch_size` features padded per batch
-  (`distill.features.pad_batch`), `grad_accum_steps` of them per optimizer step;
+- data: the features folder memory-mapped (`distill.training_data`), a shuffled order per epoch drawn from
+  (seed, epoch) and grouped by length (`epoch_order`), micro-batches of `config.batch_size` features padded
+  per batch (`FlatFeatures.batch`) and collated a few batches ahead in a background thread, `grad_accum_steps`
+  of them per optimizer step;
 - workers: every worker runs this same loop; each micro-batch is cut into `workers` disjoint contiguous slices
   and each worker takes its own (rank order); DDP averages gradients, and each slice's loss is weighted by its
   share of the step's features, so N workers take the same steps as one worker with the same global batch;
 - optimisation: AdamW (no weight decay on biases and LayerNorm weights, i.e. parameters with fewer than 2
   dimensions), linear warm-up then linear decay, gradient clipping, mixed precision on GPU;
 - outputs in `out_dir`: train_config.json (resolved config, every loss setting, code version), metrics.jsonl,
-  checkpoints/ (resumable; see `save_checkpoint`), and whatever the objective saves at the end.
+  checkpoints/ (resumable; see `save_checkpoint`; every `checkpoint_minutes` of training, every
+  `checkpoint_every` steps when set, at each epoch's end, the last KEEP_CHECKPOINTS kept), and whatever the
+  objective saves at the end.
 
 Run a plan with `run_plan(plan)`; `workers > 1` goes through Ray Train's `TorchTrainer`.
 """
@@ -27,24 +30,21 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import safetensors.torch
 import torch
 import torch.distributed as dist
 from torch import nn
 from transformers import get_linear_schedule_with_warmup
 
-from augment.writers import shard_paths
-from distill.features import pad_batch
+from distill.features import FlatFeatures
 from distill.models import Task, autocast, pick_device
+from distill.training_data import open_training_view, prefetch
 from jobs.spec import PhaseSpec, ResourcesSpec
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -63,9 +63,9 @@ class TrainingError(RuntimeError):
 class Objective(Protocol):
     """What a phase trains: an `nn.Module` holding every trained parameter, plus what the loop needs to know.
 
-    Calling it with a batch from `pad_batch` (on the device) returns one scalar per name in `term_weights`; the
-    loss is sum(weight * term). Teachers live outside its registered submodules, so they are never trained,
-    synchronised between workers, or checkpointed.
+    Calling it with a batch from `FlatFeatures.batch` (on the device) returns one scalar per name in
+    `term_weights`; the loss is sum(weight * term). Teachers live outside its registered submodules, so they are
+    never trained, synchronised between workers, or checkpointed.
     """
 
     term_weights: dict[str, float]        # loss term name -> weight in the loss
@@ -74,7 +74,7 @@ class Objective(Protocol):
     find_unused_parameters: bool          # DDP: some parameters (e.g. the task head in phase 1) get no gradient
 
     def __call__(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]: ...
-    def check_features(self, table: pa.Table) -> None: ...
+    def check_features(self, data: FlatFeatures) -> None: ...
     def settings(self) -> dict[str, Any]: ...
     def save_outputs(self, out_dir: Path) -> dict[str, str | None]: ...
 
@@ -194,27 +194,11 @@ def _run_on_ray(plan: TrainPlan) -> dict[str, Any]:
 # Data
 
 
-def read_features(features_dir: Path, columns: tuple[str, ...]) -> pa.Table:
-    """The named columns of every feature shard under `features_dir` (its shards/ folder), in shard order."""
-    try:
-        shards = shard_paths(features_dir)
-    except FileNotFoundError as err:
-        raise TrainingError(f"{err}; run the label stage (which writes the features) first") from None
-    missing = [c for c in columns if c not in pq.read_schema(shards[0]).names]
-    if missing:
-        raise TrainingError(f"{shards[0]} lacks column(s) {missing} that this phase reads; were the features built "
-                            "for another task?")
-    table = pq.read_table(shards, columns=list(columns))
-    if table.num_rows == 0:
-        raise TrainingError(f"the feature shards under {features_dir} hold no rows")
-    return table
-
-
-def require_filled(table: pa.Table, column: str, fix: str) -> None:
-    """Raise when any row of `column` is null, saying how many and how to fix it."""
-    nulls = table.column(column).null_count
+def require_filled(data: FlatFeatures, column: str, fix: str) -> None:
+    """Raise when any feature has no `column`, saying how many and how to fix it."""
+    nulls = data.null_counts[column]
     if nulls:
-        raise TrainingError(f"{nulls} of {table.num_rows} features have no {column}; {fix}")
+        raise TrainingError(f"{nulls} of {data.num_rows} features have no {column}; {fix}")
 
 
 def epoch_order(lengths: np.ndarray, seed: int, epoch: int, batch_size: int) -> np.ndarray:
@@ -224,17 +208,43 @@ def epoch_order(lengths: np.ndarray, seed: int, epoch: int, batch_size: int) -> 
     A fresh shuffle is cut into groups of LENGTH_GROUP_BATCHES batches, and each group is sorted longest first:
     consecutive batches then hold features of similar length and pad little (SST-2 sentences run from 3 to 60
     wordpieces, so random batches are mostly padding), while which features meet still changes every epoch.
+    int32 and sorted in place: every worker holds its own order, 4 bytes a feature (12 MB at 3M features).
     """
-    order = np.random.default_rng([seed % 2**32, epoch]).permutation(len(lengths))
+    order = np.arange(len(lengths), dtype=np.int32)
+    np.random.default_rng([seed % 2**32, epoch]).shuffle(order)  # the same draw as permutation(len(lengths))
     group = batch_size * LENGTH_GROUP_BATCHES
-    groups = [order[i:i + group] for i in range(0, len(order), group)]
-    return np.concatenate([g[np.argsort(-lengths[g], kind="stable")] for g in groups]) if groups else order
+    for start in range(0, len(order), group):
+        members = order[start:start + group]
+        members[:] = members[np.argsort(-lengths[members], kind="stable")]
+    return order
 
 
-def epoch_steps(order: np.ndarray, batch_size: int, accum: int) -> list[list[np.ndarray]]:
+@dataclass(frozen=True)
+class EpochSteps:
+    """An epoch's optimizer steps, each a list of up to `accum` micro-batches of up to `batch_size` features of
+    `order`, cut when asked for: an epoch of 100k steps holds no object per step."""
+
+    order: np.ndarray
+    batch_size: int
+    accum: int
+
+    def __len__(self) -> int:
+        return math.ceil(math.ceil(len(self.order) / self.batch_size) / self.accum)
+
+    def __getitem__(self, step: int) -> list[np.ndarray]:
+        if not 0 <= step < len(self):
+            raise IndexError(f"step {step} of an epoch of {len(self)}")
+        first, size = step * self.accum * self.batch_size, self.batch_size
+        end = min(first + self.accum * size, len(self.order))
+        return [self.order[i:i + size] for i in range(first, end, size)]
+
+    def __iter__(self) -> Iterator[list[np.ndarray]]:
+        return (self[step] for step in range(len(self)))
+
+
+def epoch_steps(order: np.ndarray, batch_size: int, accum: int) -> EpochSteps:
     """An epoch's optimizer steps, each a list of up to `accum` micro-batches of up to `batch_size` features."""
-    micro = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    return [micro[i:i + accum] for i in range(0, len(micro), accum)]
+    return EpochSteps(order, batch_size, accum)
 
 
 def worker_slice(micro_batch: np.ndarray, rank: int, world: int) -> np.ndarray:
@@ -277,12 +287,12 @@ class Recipe:
 
         torch.manual_seed(plan.seed)  # same fresh weights (student, projections) on every worker
         self.objective = plan.build(plan, where.device)
-        self.table = read_features(plan.features_dir, self.objective.columns)
-        self.objective.check_features(self.table)
-        self.lengths = pc.list_value_length(self.table.column("input_ids")).to_numpy()
+        self.data = open_training_view(plan.features_dir, self.objective.columns)
+        self.objective.check_features(self.data)
+        self.lengths = self.data.lengths
         self.term_names = list(self.objective.term_weights)
 
-        self.steps_per_epoch = math.ceil(math.ceil(self.table.num_rows / config.batch_size) / config.grad_accum_steps)
+        self.steps_per_epoch = math.ceil(math.ceil(self.data.num_rows / config.batch_size) / config.grad_accum_steps)
         self.total_steps = math.ceil(config.epochs * self.steps_per_epoch)
         self.warmup_steps = math.ceil(config.warmup_ratio * self.total_steps)
         module: nn.Module = self.objective  # type: ignore[assignment]
@@ -330,7 +340,7 @@ class Recipe:
             "task": plan.task,
             "seed": plan.seed,
             "features_dir": str(plan.features_dir),
-            "features": self.table.num_rows,
+            "features": self.data.num_rows,
             "config": plan.config.model_dump(mode="json"),
             "resources": plan.resources.model_dump(mode="json"),
             "schedule": {"steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps,
@@ -352,26 +362,36 @@ class Recipe:
         config, where = self.config, self.where
         started = time.perf_counter()
         self._window_started = started
+        self._last_checkpoint = started
         # a run resumed from its final checkpoint trains nothing and goes straight to saving its outputs
         while self.step < self.total_steps:
             steps = epoch_steps(epoch_order(self.lengths, self.plan.seed, self.epoch, config.batch_size),
                                 config.batch_size, config.grad_accum_steps)
-            for micro_batches in steps[self.step_in_epoch:]:
-                self._optimizer_step(micro_batches)
-                self.step += 1
-                self.step_in_epoch += 1
-                end_of_epoch = self.step_in_epoch == len(steps)
-                if end_of_epoch:
-                    self.epoch, self.step_in_epoch = self.epoch + 1, 0
-                elapsed = self.elapsed_before + time.perf_counter() - started
-                if self.step % config.log_every == 0 or self.step == self.total_steps:
-                    self._log(elapsed)
-                if self.step % config.checkpoint_every == 0 or end_of_epoch or self.step == self.total_steps:
-                    self.save_checkpoint(elapsed)
-                if self._progress is not None:
-                    self._progress.update(1)
-                if self.step == self.total_steps:
-                    break
+            pending = range(self.step_in_epoch, len(steps))
+            slices = (self._local_slice(micro, sum(len(m) for m in steps[s])) for s in pending for micro in steps[s])
+            batches = prefetch(slices, self._collate)
+            try:
+                for micro_batches in map(steps.__getitem__, pending):
+                    self._optimizer_step([next(batches) for _ in micro_batches], sum(len(m) for m in micro_batches))
+                    self.step += 1
+                    self.step_in_epoch += 1
+                    end_of_epoch = self.step_in_epoch == len(steps)
+                    if end_of_epoch:
+                        self.epoch, self.step_in_epoch = self.epoch + 1, 0
+                    elapsed = self.elapsed_before + time.perf_counter() - started
+                    log_step = self.step % config.log_every == 0
+                    if log_step or self.step == self.total_steps:
+                        self._log(elapsed)
+                    if (end_of_epoch or self.step == self.total_steps
+                            or (config.checkpoint_every is not None and self.step % config.checkpoint_every == 0)
+                            or (log_step and self._checkpoint_due())):
+                        self.save_checkpoint(elapsed)
+                    if self._progress is not None:
+                        self._progress.update(1)
+                    if self.step == self.total_steps:
+                        break
+            finally:
+                batches.close()
         outputs: dict[str, str | None] = {}
         if where.rank == 0:
             outputs = self.objective.save_outputs(self.out_dir)
@@ -383,22 +403,40 @@ class Recipe:
             "checkpoints": str(self.checkpoints), "train_config": str(self.out_dir / "train_config.json"),
         }
 
-    def _optimizer_step(self, micro_batches: list[np.ndarray]) -> None:
+    def _checkpoint_due(self) -> bool:
+        """Whether `checkpoint_minutes` have passed since the last checkpoint, by rank 0's clock (asked at log
+        steps only, so workers agree without a collective on every step)."""
+        if self.config.checkpoint_minutes is None:
+            return False
+        due = torch.tensor([time.perf_counter() - self._last_checkpoint >= 60 * self.config.checkpoint_minutes],
+                           dtype=torch.int32, device=self.where.device)
+        if self.where.world > 1:
+            dist.broadcast(due, src=0)
+        return bool(due.item())
+
+    def _local_slice(self, micro: np.ndarray, step_features: int) -> tuple[np.ndarray, float]:
+        """This worker's rows of a global micro-batch and the share of the step's loss they carry."""
+        local = worker_slice(micro, self.where.rank, self.where.world)
+        if len(local) == 0:  # fewer features than workers: join the gradient exchange with zero weight
+            return micro[:1], 0.0
+        return local, len(local) / step_features
+
+    def _collate(self, work: tuple[np.ndarray, float]) -> tuple[dict[str, torch.Tensor], float]:
+        """A micro-batch's padded tensors (pinned for an asynchronous copy to a GPU) and its loss share."""
+        rows, share = work
+        return self.data.batch(rows, self.objective.pad_token_id, pin_memory=self.where.device.type == "cuda"), share
+
+    def _optimizer_step(self, micro_batches: list[tuple[dict[str, torch.Tensor], float]], step_features: int) -> None:
         where, weights = self.where, self.objective.term_weights
-        step_features = sum(len(m) for m in micro_batches)
-        for index, micro in enumerate(micro_batches):
-            local = worker_slice(micro, where.rank, where.world)
-            # share of the step's loss this slice carries; DDP averages over workers, hence the * world below
-            share = len(local) / step_features
-            if len(local) == 0:  # fewer features than workers: join the gradient exchange with zero weight
-                local, share = micro[:1], 0.0
-            batch = self.collate(local)
+        for index, (host_batch, share) in enumerate(micro_batches):
+            batch = {key: value.to(where.device, non_blocking=True) for key, value in host_batch.items()}
             last = index == len(micro_batches) - 1
             no_sync = self.model.no_sync() if (where.world > 1 and not last) else contextlib.nullcontext()
             with no_sync:
                 with autocast(where.device):
                     terms = self.model(batch)
                     loss = sum(weight * terms[name] for name, weight in weights.items())
+                # DDP averages over workers, hence the * world
                 self.scaler.scale(loss * (share * where.world)).backward()
             self._window[0] += loss.detach().double() * share
             self._window[1:] += torch.stack([terms[name].detach().double() for name in self.term_names]) * share
@@ -410,11 +448,6 @@ class Recipe:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self._window_steps += 1
-
-    def collate(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
-        rows = self.table.take(pa.array(indices, pa.int64())).to_pylist()
-        batch = pad_batch(rows, self.objective.pad_token_id)
-        return {key: value.to(self.where.device, non_blocking=True) for key, value in batch.items()}
 
     # -- metrics ------------------------------------------------------------------------------------------------
 
@@ -503,10 +536,11 @@ class Recipe:
             for old in self._complete_checkpoints()[:-KEEP_CHECKPOINTS]:
                 shutil.rmtree(old)
         where.barrier()
+        self._last_checkpoint = time.perf_counter()
 
     def _identity(self) -> dict[str, Any]:
         """What a checkpoint must share with the run resuming it to continue the same run."""
-        return {"phase": self.plan.phase, "seed": self.plan.seed, "features": self.table.num_rows,
+        return {"phase": self.plan.phase, "seed": self.plan.seed, "features": self.data.num_rows,
                 "config": self.config.model_dump(mode="json"), "objective": self.objective.settings()}
 
     def _complete_checkpoints(self) -> list[Path]:

@@ -37,7 +37,7 @@ from jobs.stages import STAGE_NAMES, STAGES
 
 TRAINING_STAGES = ["finetune_teachers", "train_mlm", "distill_intermediate", "distill_prediction"]
 # Phase settings that say how the student was trained (logging and checkpoint cadence do not).
-_BOOKKEEPING = {"enabled", "log_every", "checkpoint_every"}
+_BOOKKEEPING = {"enabled", "log_every", "checkpoint_every", "checkpoint_minutes"}
 _NONE = "—"
 
 

@@ -234,7 +234,10 @@ class PhaseSpec(StrictModel):
     max_grad_norm: float = Field(1.0, gt=0)
     grad_accum_steps: int = Field(1, gt=0)
     log_every: int = Field(50, gt=0, description="steps between metric lines")
-    checkpoint_every: int = Field(500, gt=0, description="steps between resumable checkpoints")
+    checkpoint_minutes: float | None = Field(
+        30.0, gt=0, description="minutes of training between resumable checkpoints (also at each epoch's end; the "
+                                "last 2 are kept); null: none by time")
+    checkpoint_every: int | None = Field(None, gt=0, description="also checkpoint every this many steps; null: off")
 
 
 class IntermediateSpec(PhaseSpec):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 import torch
 from transformers import AutoTokenizer
@@ -15,7 +17,9 @@ from distill.features import (
     NOT_CONTEXT,
     QA_FEATURE_SCHEMA,
     FeaturesError,
+    FlatFeatures,
     classification_features,
+    feature_schema,
     pad_batch,
     qa_features,
 )
@@ -181,29 +185,38 @@ def test_classification_features(tokenizer):
                                 tokenizer, spec)
 
 
+def _feature_table(rows: list[dict], task: str) -> pa.Table:
+    schema = feature_schema(task)
+    return pa.Table.from_pylist(rows, schema=pa.schema([schema.field(name) for name in rows[0]]))
+
+
 def test_pad_batch_qa():
     rows = [
         {"input_ids": [101, 5, 6, 102], "token_type_ids": [0, 0, 1, 1], "start_position": 2, "end_position": 2,
          "teacher_start_logits": [0.0, 1.0, 2.0, 3.0], "teacher_end_logits": [1.0, 1.0, 1.0, 1.0],
-         "teachers_start_logits": [[0.0] * 4, [1.0] * 4], "teachers_end_logits": [[2.0] * 4, [3.0] * 4]},
+         "teachers_start_logits": [[0.0] * 4, [1.0] * 4]},
         {"input_ids": [101, 7, 102], "token_type_ids": [0, 1, 1], "start_position": 0, "end_position": 0,
          "teacher_start_logits": [4.0, 5.0, 6.0], "teacher_end_logits": [1.0, 2.0, 3.0],
-         "teachers_start_logits": [[0.5] * 3, [1.5] * 3], "teachers_end_logits": [[2.5] * 3, [3.5] * 3]},
+         "teachers_start_logits": [[0.5] * 3, [1.5] * 3]},
     ]
-    batch = pad_batch(rows, pad_token_id=0)
+    batch = pad_batch(_feature_table(rows, "qa"), pad_token_id=0)
     assert batch["input_ids"].tolist() == [[101, 5, 6, 102], [101, 7, 102, 0]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 1, 0]]
     assert batch["token_type_ids"].tolist() == [[0, 0, 1, 1], [0, 1, 1, 0]]
     assert batch["start_positions"].tolist() == [2, 0] and batch["end_positions"].dtype == torch.long
     assert batch["teacher_start_logits"].tolist() == [[0.0, 1.0, 2.0, 3.0], [4.0, 5.0, 6.0, LOGIT_PAD]]
-    assert batch["teachers_end_logits"].shape == (2, 2, 4)
-    assert batch["teachers_end_logits"][1, :, 3].tolist() == [LOGIT_PAD, LOGIT_PAD]
+    assert batch["input_ids"].dtype == batch["attention_mask"].dtype == torch.long
+    assert batch["teacher_end_logits"].dtype == torch.float32
+    # the per-teacher columns are for inspection, not model or loss inputs
+    assert not any(key.startswith("teachers_") for key in batch)
     # padded positions get no probability
     assert torch.softmax(batch["teacher_start_logits"], -1)[1, 3] == 0
-    unlabelled = pad_batch([{k: v for k, v in rows[0].items() if "teacher" not in k}], pad_token_id=0)
+    unlabelled = pad_batch(_feature_table([{k: v for k, v in rows[0].items() if "teacher" not in k}], "qa"), 0)
     assert set(unlabelled) == {"input_ids", "token_type_ids", "attention_mask", "start_positions", "end_positions"}
-    with pytest.raises(FeaturesError, match="1 of 2 rows have teacher_start_logits"):
-        pad_batch([rows[0], {**rows[1], "teacher_start_logits": None}], pad_token_id=0)
+    with pytest.raises(FeaturesError, match="1 of 2 features have no teacher_start_logits"):
+        pad_batch(_feature_table([rows[0], {**rows[1], "teacher_start_logits": None}], "qa"), pad_token_id=0)
+    with pytest.raises(FeaturesError, match="feature 1: teacher_end_logits has 2 values for 3 tokens"):
+        pad_batch(_feature_table([rows[0], {**rows[1], "teacher_end_logits": [1.0, 2.0]}], "qa"), 0)
 
 
 def test_pad_batch_classification():
@@ -211,7 +224,51 @@ def test_pad_batch_classification():
              "teachers_logits": None},
             {"input_ids": [101, 102], "token_type_ids": [0, 0], "label": 0, "teacher_logits": [2.0, -1.0],
              "teachers_logits": None}]
-    batch = pad_batch(rows, pad_token_id=0)
+    batch = pad_batch(_feature_table(rows, "classification"), pad_token_id=0)
     assert batch["labels"].tolist() == [1, 0]
     assert batch["teacher_logits"].shape == (2, 2) and "teachers_logits" not in batch
+    assert batch["teacher_logits"][0].tolist() == pytest.approx([0.1, 0.9], abs=1e-3)  # stored as float16
     assert batch["input_ids"].tolist() == [[101, 9, 102], [101, 102, 0]]
+    # labels only when every feature has one
+    assert "labels" not in pad_batch(_feature_table([rows[0], {**rows[1], "label": None}], "classification"), 0)
+
+
+def reference_pad(rows: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Row-by-row padding in plain Python: the collation the vectorised one replaced, kept as its reference."""
+    width = max(len(row["input_ids"]) for row in rows)
+
+    def pad(key: str, fill: float, dtype: torch.dtype) -> torch.Tensor:
+        return torch.tensor([list(row[key]) + [fill] * (width - len(row[key])) for row in rows], dtype=dtype)
+
+    batch = {"input_ids": pad("input_ids", pad_token_id, torch.long),
+             "token_type_ids": pad("token_type_ids", 0, torch.long),
+             "attention_mask": torch.tensor([[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"]))
+                                             for r in rows], dtype=torch.long)}
+    for column, key in (("start_position", "start_positions"), ("end_position", "end_positions"), ("label", "labels")):
+        if column in rows[0] and all(row[column] is not None for row in rows):
+            batch[key] = torch.tensor([row[column] for row in rows], dtype=torch.long)
+    for key in ("teacher_start_logits", "teacher_end_logits"):
+        if rows[0].get(key) is not None:
+            batch[key] = pad(key, LOGIT_PAD, torch.float32)
+    if rows[0].get("teacher_logits") is not None:
+        batch["teacher_logits"] = torch.tensor([row["teacher_logits"] for row in rows], dtype=torch.float32)
+    return batch
+
+
+def test_flat_features_cut_any_rows_as_the_row_by_row_reference(squad_rows, tokenizer):
+    """Batches cut by index from the flat columns equal plain per-row padding of the same rows, in that order."""
+    table = qa_features(squad_rows(40), tokenizer, FeaturesSpec(max_seq_len=96, doc_stride=32, max_query_len=24))
+    rng = np.random.default_rng(0)
+    lengths = pc.list_value_length(table["input_ids"]).to_pylist()
+    logits = [rng.normal(size=n).astype(np.float16).tolist() for n in lengths]
+    column = pa.array(logits, pa.list_(pa.float16()))
+    table = table.set_column(table.schema.get_field_index("teacher_start_logits"), "teacher_start_logits", column)
+    table = table.set_column(table.schema.get_field_index("teacher_end_logits"), "teacher_end_logits", column)
+    flat = FlatFeatures.from_table(table)
+    assert flat.num_rows == table.num_rows and flat.lengths.sum() == len(flat.columns["input_ids"])
+    for rows in (np.array([5, 0, table.num_rows - 1, 17, 5]), rng.permutation(table.num_rows)[:26]):
+        expected = reference_pad(table.take(rows).to_pylist(), tokenizer.pad_token_id)
+        got = flat.batch(rows, tokenizer.pad_token_id)
+        assert got.keys() == expected.keys()
+        for key in got:
+            assert got[key].dtype == expected[key].dtype and torch.equal(got[key], expected[key]), key

@@ -91,7 +91,7 @@ def test_phase1_teacher_stays_frozen_and_projections_train(teachers, plain_featu
     recipe.setup()
     try:
         objective = recipe.objective
-        terms = objective(recipe.collate(np.arange(8)))
+        terms = objective(recipe.data.batch(np.arange(8), objective.pad_token_id))
         assert set(terms) == {"embeddings", "hidden", "attention"}
         sum(terms.values()).backward()
 
@@ -171,7 +171,7 @@ def _prediction_objective(source: str, teachers, features_dir: Path, student_dir
 def test_phase2_cached_logits_equal_an_online_teacher(teachers, labelled, tiny_model_factory, tmp_path):
     table, features_dir = labelled
     student_dir = tiny_model_factory("qa", layers=2, hidden=32, heads_count=2, seed=5)
-    batch = pad_batch(table.slice(0, 8).to_pylist(), pad_token_id=0)
+    batch = pad_batch(table.slice(0, 8), pad_token_id=0)
     results = {}
     for source in ("labelled", "online"):
         objective = _prediction_objective(source, teachers, features_dir, student_dir, tmp_path)
@@ -332,8 +332,7 @@ def test_masked_lm_training_learns_and_feeds_the_augmentation(plain_features, ti
     torch.manual_seed(5)  # the weights it started from
     untrained = AutoModelForMaskedLM.from_config(trained.config).eval()
     # every 5th wordpiece of the training features masked: the untrained model is at about ln(vocabulary)
-    rows = pq.read_table(plain_features / "shards").slice(0, 16).to_pylist()
-    batch = pad_batch(rows, 0)
+    batch = pad_batch(pq.read_table(plain_features / "shards").slice(0, 16), 0)
     chosen = (torch.arange(batch["input_ids"].shape[1]) % 5 == 3) & batch["attention_mask"].bool()
     inputs = batch["input_ids"].masked_fill(chosen, 103)  # [MASK]
 

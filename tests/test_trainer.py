@@ -106,6 +106,22 @@ def test_incomplete_checkpoints_are_never_read_and_other_runs_are_refused(featur
                            "probs", ONE_WORKER, 0, tmp_path, progress=False)
 
 
+def test_checkpoints_by_wall_time_at_log_steps_and_at_the_end(features_dir, tiny_model_factory, tmp_path):
+    student = StudentSpec(model=str(tiny_model_factory("qa", layers=2, hidden=32)))
+    config = PredictionSpec(distill_weight=0.0, batch_size=8, epochs=1, log_every=3, checkpoint_minutes=None)
+
+    def kept(out_dir: Path, config: PredictionSpec) -> list[str]:
+        distill_prediction(student, [], "qa", features_dir, config, "probs", ONE_WORKER, 0, out_dir, progress=False)
+        return sorted(p.name for p in (out_dir / "checkpoints").glob("step-*"))
+
+    # 8 steps; no cadence by time or steps: only the epoch's (and the run's) end
+    assert kept(tmp_path / "untimed", config) == ["step-00000008"]
+    # a cadence shorter than a step: a checkpoint at each log step (3, 6) and the end, the last two kept
+    timed = config.model_copy(update={"checkpoint_minutes": 1e-6})
+    assert kept(tmp_path / "timed", timed) == ["step-00000006", "step-00000008"]
+    assert PredictionSpec().checkpoint_minutes == 30 and PredictionSpec().checkpoint_every is None
+
+
 # -- Ray Train ----------------------------------------------------------------------------------------------------
 
 
