@@ -14,6 +14,10 @@ teachers) it builds features with the shared `distill.features` functions, runs 
       <name>/predictions.json             QA: {qid: answer text, "" for no answer}; classification: {id: label}
       <name>/null_odds.json               QA only: {qid: null score - best span score}
 
+The examples stream through in chunks of EXAMPLES_PER_CHUNK, shard by shard: a chunk's features are built, run
+and post-processed together, and only each example's answer outlives the chunk, so memory does not grow with
+the eval set's features or logits.
+
 Example::
 
     result = evaluate_models({"student": ModelRef("runs/x/student"), "teacher_0": ModelRef("deepset/...")},
@@ -33,20 +37,29 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
-from augment.writers import read_shards, write_json
+from augment.writers import iter_shard_batches, shard_paths, write_json
 from distill import speed
 from distill.classification_metrics import classification_report
-from distill.features import CLS_INDEX, build_features, pad_batch
+from distill.features import CLS_INDEX, FlatFeatures, build_features
 from distill.models import (ModelRef, autocast, check_max_seq_len, load_model, load_tokenizer,
                             pick_device)
-from distill.postprocess import QAExample, QAWindow, postprocess_qa_predictions, write_null_odds, write_predictions
+from distill.postprocess import (QAExample, QAPrediction, QAWindow, postprocess_qa_predictions, write_null_odds,
+                                 write_predictions)
 from distill.squad_metric import squad_v2_scores
 from jobs.spec import EvaluateSpec, FeaturesSpec, ResourcesSpec
 
 Task = Literal["qa", "classification"]
+
+# Examples whose features are built, run and post-processed together. A chunk never splits an example, so all of a
+# QA example's windows meet in post-processing. 1,024 SQuAD questions make about 1,050 windows at max_seq_len 384
+# (more for long contexts): about 15 MB of token ids, offsets and logits, and enough rows to sort by length into
+# full batches. Outputs do not depend on it beyond float rounding of batches padded to a different longest row.
+EXAMPLES_PER_CHUNK = 1024
 
 
 class EvaluationError(ValueError):
@@ -124,18 +137,20 @@ def evaluate_models(models: dict[str, ModelRef], task: Task, examples_dir: Path,
     """
     if not models:
         raise EvaluationError("no models to evaluate; pass at least one {name: ModelRef}")
-    examples = read_shards(examples_dir)
-    if examples.num_rows == 0:
+    examples_dir = Path(examples_dir)
+    num_examples = _count_examples(examples_dir)
+    if num_examples == 0:
         raise EvaluationError(f"{examples_dir} holds no examples; check the eval data and its rejects.jsonl")
     if task == "classification":
-        label_names = label_names or _meta_label_names(Path(examples_dir))
+        label_names = label_names or _meta_label_names(examples_dir)
+        _check_labelled(examples_dir)
     else:
         _check_windows(features)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = pick_device(resources.gpus_per_worker)
     write_json(out_dir / "settings.json", {
-        "task": task, "examples_dir": str(examples_dir), "examples": examples.num_rows,
+        "task": task, "examples_dir": str(examples_dir), "examples": num_examples,
         "features": features.model_dump(mode="json"), "evaluate": config.model_dump(mode="json"),
         "models": {name: asdict(ref) for name, ref in models.items()}, "device": str(device),
         "label_names": label_names,
@@ -144,8 +159,8 @@ def evaluate_models(models: dict[str, ModelRef], task: Task, examples_dir: Path,
     evaluations: dict[str, ModelEvaluation] = {}
     speed_reports: dict[str, dict[str, speed.SpeedReport]] = {}
     for name, ref in models.items():
-        evaluations[name] = _evaluate_one(name, ref, task, examples, features, config, device, out_dir / name,
-                                          label_names, progress)
+        evaluations[name] = _evaluate_one(name, ref, task, examples_dir, num_examples, features, config, device,
+                                          out_dir / name, label_names, progress)
         if config.measure_speed:
             speed_reports[name] = _measure(ref, task, features, config, device)
             evaluations[name] = _with_speed(evaluations[name], speed_reports[name])
@@ -190,10 +205,32 @@ def _meta_label_names(examples_dir: Path) -> list[str]:
     return names
 
 
-def _evaluate_one(name: str, ref: ModelRef, task: Task, examples: pa.Table, features: FeaturesSpec,
-                  config: EvaluateSpec, device: torch.device, model_dir: Path, label_names: list[str] | None,
-                  progress: bool) -> ModelEvaluation:
-    """Features, inference and scores of one model; writes its predictions into `model_dir`."""
+def _count_examples(examples_dir: Path) -> int:
+    """Rows in all shards, from their Parquet footers; the shards must share one schema."""
+    paths = shard_paths(examples_dir)
+    schema = pq.read_schema(paths[0])
+    for path in paths[1:]:
+        if not pq.read_schema(path).equals(schema):
+            raise EvaluationError(f"{path} has a different schema from {paths[0]}:\n{pq.read_schema(path)}\n"
+                                  f"expected:\n{schema}\nrewrite the folder with augment.readers.read_examples")
+    return sum(pq.read_metadata(path).num_rows for path in paths)
+
+
+def _check_labelled(examples_dir: Path) -> None:
+    """Classification is scored against labels: refuse unlabelled examples before any model runs."""
+    labels = [batch.column("label") for batch in iter_shard_batches(examples_dir, columns=["label"])]
+    unlabelled = sum(column.null_count for column in labels)
+    if unlabelled:
+        total = sum(len(column) for column in labels)
+        raise EvaluationError(f"{unlabelled} of {total} evaluation examples have no label; evaluation "
+                              "needs labelled data (e.g. a dev split, not a test split)")
+
+
+def _evaluate_one(name: str, ref: ModelRef, task: Task, examples_dir: Path, num_examples: int,
+                  features: FeaturesSpec, config: EvaluateSpec, device: torch.device, model_dir: Path,
+                  label_names: list[str] | None, progress: bool) -> ModelEvaluation:
+    """Features, inference and scores of one model, EXAMPLES_PER_CHUNK examples at a time; writes its predictions
+    into `model_dir`."""
     started = time.perf_counter()
     num_labels = len(label_names) if task == "classification" and label_names else None
     tokenizer = load_tokenizer(ref)
@@ -202,9 +239,17 @@ def _evaluate_one(name: str, ref: ModelRef, task: Task, examples: pa.Table, feat
     if num_labels is not None and model.config.num_labels != num_labels:
         raise EvaluationError(f"{name}: classifies into {model.config.num_labels} labels, the data has "
                               f"{num_labels} ({', '.join(label_names)})")
-    table = build_features(examples, task, tokenizer, features)
-    outputs = _infer(model.to(device), table, tokenizer.pad_token_id, config.batch_size, device,
-                     f"evaluating {name}", progress)
+    model = model.to(device)
+    answers = _QAAnswers(config) if task == "qa" else _ClassAnswers(label_names)
+    examples_seen = features_seen = 0
+    with tqdm(total=num_examples, desc=f"evaluating {name}", unit=" examples", disable=not progress) as bar:
+        for chunk in iter_shard_batches(examples_dir, EXAMPLES_PER_CHUNK):
+            examples = pa.Table.from_batches([chunk])
+            table = build_features(examples, task, tokenizer, features)
+            answers.add(examples, table, _infer(model, table, tokenizer.pad_token_id, config.batch_size, device))
+            examples_seen += examples.num_rows
+            features_seen += table.num_rows
+            bar.update(examples.num_rows)
     del model
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -212,42 +257,40 @@ def _evaluate_one(name: str, ref: ModelRef, task: Task, examples: pa.Table, feat
     model_dir.mkdir(parents=True, exist_ok=True)
     predictions_path = model_dir / "predictions.json"
     null_odds_path = None
-    if task == "qa":
+    if isinstance(answers, _QAAnswers):
         null_odds_path = model_dir / "null_odds.json"
-        metrics = _score_qa(examples, table, outputs, config, predictions_path, null_odds_path)
+        metrics = answers.score(predictions_path, null_odds_path)
     else:
-        metrics = _score_classification(examples, outputs, label_names, model_num_labels=outputs.shape[1],
-                                        predictions_path=predictions_path)
+        metrics = answers.score(predictions_path)
     return ModelEvaluation(
-        name=name, model=ref.name_or_path, examples=examples.num_rows, features=table.num_rows,
+        name=name, model=ref.name_or_path, examples=examples_seen, features=features_seen,
         seconds=time.perf_counter() - started, metrics=metrics, speed=None, predictions_path=str(predictions_path),
         null_odds_path=str(null_odds_path) if null_odds_path else None)
 
 
-def _infer(model: torch.nn.Module, table: pa.Table, pad_token_id: int, batch_size: int, device: torch.device,
-           description: str, progress: bool) -> Any:
-    """Model outputs for every feature row, in row order.
+def _infer(model: torch.nn.Module, table: pa.Table, pad_token_id: int, batch_size: int,
+           device: torch.device) -> Any:
+    """Model outputs for every feature row of one chunk, in row order.
 
-    Rows are run longest first, so a batch holds rows of similar length and little padding.
+    Rows are run longest first within the chunk, so a batch holds rows of similar length and little padding.
 
     Returns:
         QA: a list of (start, end) float32 arrays of each row's own length (padding cut off);
         classification: (N, C) float32 logits.
     """
-    rows = table.select(["input_ids", "token_type_ids"]).to_pylist()
-    lengths = np.fromiter((len(row["input_ids"]) for row in rows), dtype=np.int64, count=len(rows))
+    inputs = FlatFeatures.from_table(table, ["input_ids", "token_type_ids"])
+    lengths = inputs.lengths  # (N,)
     order = np.argsort(-lengths, kind="stable")
     takes_token_types = "token_type_ids" in _forward_parameters(model)
-    results: list[Any] = [None] * len(rows)
-    batches = range(0, len(rows), batch_size)
+    results: list[Any] = [None] * table.num_rows
     with torch.inference_mode(), autocast(device):
-        for begin in tqdm(batches, desc=description, unit=" batches", disable=not progress):
+        for begin in range(0, table.num_rows, batch_size):
             indices = order[begin:begin + batch_size]
-            batch = pad_batch([rows[i] for i in indices], pad_token_id)  # (B, T) tensors
-            inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+            batch = inputs.batch(indices, pad_token_id)  # (B, T) tensors
+            model_inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
             if takes_token_types:
-                inputs["token_type_ids"] = batch["token_type_ids"]
-            output = model(**{key: value.to(device) for key, value in inputs.items()})
+                model_inputs["token_type_ids"] = batch["token_type_ids"]
+            output = model(**{key: value.to(device) for key, value in model_inputs.items()})
             if hasattr(output, "start_logits"):
                 starts = output.start_logits.float().cpu().numpy()  # (B, T)
                 ends = output.end_logits.float().cpu().numpy()
@@ -258,7 +301,7 @@ def _infer(model: torch.nn.Module, table: pa.Table, pad_token_id: int, batch_siz
                 logits = output.logits.float().cpu().numpy()  # (B, C)
                 for row, index in enumerate(indices):
                     results[index] = logits[row]
-    if rows and not isinstance(results[0], tuple):
+    if results and not isinstance(results[0], tuple):
         return np.stack(results)
     return results
 
@@ -267,55 +310,92 @@ def _forward_parameters(model: torch.nn.Module) -> set[str]:
     return set(inspect.signature(model.forward).parameters)
 
 
-def _score_qa(examples: pa.Table, table: pa.Table, outputs: list[tuple[np.ndarray, np.ndarray]],
-              config: EvaluateSpec, predictions_path: Path, null_odds_path: Path) -> dict[str, Any]:
-    """Post-process windows into answers, write the official files and score them with the SQuAD 2.0 metric."""
-    ids = examples.column("id").to_pylist()
-    contexts = examples.column("context").to_pylist()
-    windows: dict[str, list[QAWindow]] = {qid: [] for qid in ids}
-    feature_rows = table.select(["example_id", "offset_start", "offset_end"]).to_pylist()
-    for row, (start_logits, end_logits) in zip(feature_rows, outputs):
-        offsets = np.stack([row["offset_start"], row["offset_end"]], axis=1)  # (T, 2), -1 outside the context
-        windows[row["example_id"]].append(QAWindow(start_logits, end_logits, offsets, CLS_INDEX))
-    qa_examples = [QAExample(qid, context, tuple(windows[qid])) for qid, context in zip(ids, contexts)]
-    predictions = postprocess_qa_predictions(qa_examples, n_best_size=config.n_best,
-                                             max_answer_length=config.max_answer_len,
-                                             null_threshold=config.null_threshold)
-    write_predictions(predictions, predictions_path)
-    write_null_odds(predictions, null_odds_path)
-
-    # squad_metric marks an unanswerable question with an empty gold list (as load_squad_gold does); the
-    # official script's [""] is what it compares against internally.
-    gold = {qid: [] if impossible else list(answers["text"])
-            for qid, answers, impossible in zip(ids, examples.column("answers").to_pylist(),
-                                                examples.column("is_impossible").to_pylist())}
-    # The predictions already say "" where the null odds exceed null_threshold; scoring with the same threshold
-    # makes exact/f1 the scores of predictions.json exactly (best_* search their own threshold).
-    scores = squad_v2_scores(gold, {qid: p.text for qid, p in predictions.items()},
-                             na_probs={qid: p.null_odds for qid, p in predictions.items()},
-                             na_prob_thresh=config.null_threshold)
-    return {**scores, "na_prob_thresh": config.null_threshold}
+def _per_row(table: pa.Table, name: str) -> list[np.ndarray]:
+    """A list column of `table` as one NumPy array per row."""
+    column = table.column(name)
+    flat = pc.list_flatten(column).to_numpy()
+    ends = np.cumsum(pc.list_value_length(column).to_numpy())
+    return np.split(flat, ends[:-1])
 
 
-def _score_classification(examples: pa.Table, logits: np.ndarray, label_names: list[str] | None,
-                          model_num_labels: int, predictions_path: Path) -> dict[str, Any]:
-    """Argmax predictions, written as {id: label name}, and their accuracy, macro scores and per-class report."""
-    labels = examples.column("label").to_pylist()
-    unlabelled = sum(label is None for label in labels)
-    if unlabelled:
-        raise EvaluationError(f"{unlabelled} of {len(labels)} evaluation examples have no label; evaluation "
-                              "needs labelled data (e.g. a dev split, not a test split)")
-    names = label_names or [str(i) for i in range(model_num_labels)]
-    predicted = logits.argmax(axis=1)  # (N,)
-    ids = examples.column("id").to_pylist()
-    write_json(predictions_path, {example_id: names[int(p)] for example_id, p in zip(ids, predicted)})
-    report = classification_report(np.asarray(labels, dtype=np.int64), predicted, len(names), names)
-    return {
-        "accuracy": report.accuracy, "macro_f1": report.macro_f1, "macro_precision": report.macro_precision,
-        "macro_recall": report.macro_recall, "total": report.total,
-        "per_class": {c.name: {"precision": c.precision, "recall": c.recall, "f1": c.f1, "support": c.support}
-                      for c in report.per_class},
-    }
+class _QAAnswers:
+    """Each QA example's answer (text, null odds) and gold answers, gathered chunk by chunk.
+
+    A chunk's windows, logits and n-best lists are dropped once its examples are answered; what is kept is a few
+    strings and a float per example.
+    """
+
+    def __init__(self, config: EvaluateSpec) -> None:
+        self.config = config
+        self.predictions: dict[str, QAPrediction] = {}
+        # squad_metric marks an unanswerable question with an empty gold list (as load_squad_gold does); the
+        # official script's [""] is what it compares against internally.
+        self.gold: dict[str, list[str]] = {}
+
+    def add(self, examples: pa.Table, table: pa.Table, outputs: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        """Post-process one chunk: `table` holds the features of `examples` (all windows of each), `outputs` their
+        logits in row order."""
+        ids = examples.column("id").to_pylist()
+        windows: dict[str, list[QAWindow]] = {qid: [] for qid in ids}
+        rows = zip(table.column("example_id").to_pylist(), _per_row(table, "offset_start"),
+                   _per_row(table, "offset_end"), outputs)
+        for example_id, offset_start, offset_end, (start_logits, end_logits) in rows:
+            offsets = np.stack([offset_start, offset_end], axis=1)  # (T, 2), -1 outside the context
+            windows[example_id].append(QAWindow(start_logits, end_logits, offsets, CLS_INDEX))
+        qa_examples = [QAExample(qid, context, tuple(windows[qid]))
+                       for qid, context in zip(ids, examples.column("context").to_pylist())]
+        predictions = postprocess_qa_predictions(qa_examples, n_best_size=self.config.n_best,
+                                                 max_answer_length=self.config.max_answer_len,
+                                                 null_threshold=self.config.null_threshold)
+        for qid, prediction in predictions.items():
+            # postprocess_qa_predictions refuses a repeated id within a chunk; this is the check across chunks
+            if qid in self.predictions:
+                raise EvaluationError(f"question id {qid!r} appears in two examples; give each question one "
+                                      "example holding all of its windows")
+            self.predictions[qid] = replace(prediction, n_best=())
+        for qid, answers, impossible in zip(ids, examples.column("answers").to_pylist(),
+                                            examples.column("is_impossible").to_pylist()):
+            self.gold[qid] = [] if impossible else list(answers["text"])
+
+    def score(self, predictions_path: Path, null_odds_path: Path) -> dict[str, Any]:
+        """Write the official files and score them with the SQuAD 2.0 metric."""
+        write_predictions(self.predictions, predictions_path)
+        write_null_odds(self.predictions, null_odds_path)
+        # The predictions already say "" where the null odds exceed null_threshold; scoring with the same
+        # threshold makes exact/f1 the scores of predictions.json exactly (best_* search their own threshold).
+        scores = squad_v2_scores(self.gold, {qid: p.text for qid, p in self.predictions.items()},
+                                 na_probs={qid: p.null_odds for qid, p in self.predictions.items()},
+                                 na_prob_thresh=self.config.null_threshold)
+        return {**scores, "na_prob_thresh": self.config.null_threshold}
+
+
+class _ClassAnswers:
+    """Each classification example's id, gold label and argmax prediction, gathered chunk by chunk."""
+
+    def __init__(self, label_names: list[str]) -> None:
+        self.label_names = label_names
+        self.ids: list[str] = []
+        self.labels: list[np.ndarray] = []
+        self.predicted: list[np.ndarray] = []
+
+    def add(self, examples: pa.Table, table: pa.Table, logits: np.ndarray) -> None:
+        """One chunk: `logits` (N, C) of `examples`, one feature each (`table` is not needed)."""
+        self.ids.extend(examples.column("id").to_pylist())
+        self.labels.append(examples.column("label").to_numpy())  # no nulls: _check_labelled
+        self.predicted.append(logits.argmax(axis=1))  # (N,)
+
+    def score(self, predictions_path: Path) -> dict[str, Any]:
+        """Write {id: label name} and score accuracy, macro scores and the per-class report."""
+        names = self.label_names
+        predicted = np.concatenate(self.predicted)
+        write_json(predictions_path, {example_id: names[int(p)] for example_id, p in zip(self.ids, predicted)})
+        report = classification_report(np.concatenate(self.labels).astype(np.int64), predicted, len(names), names)
+        return {
+            "accuracy": report.accuracy, "macro_f1": report.macro_f1, "macro_precision": report.macro_precision,
+            "macro_recall": report.macro_recall, "total": report.total,
+            "per_class": {c.name: {"precision": c.precision, "recall": c.recall, "f1": c.f1, "support": c.support}
+                          for c in report.per_class},
+        }
 
 
 def _measure(ref: ModelRef, task: Task, features: FeaturesSpec, config: EvaluateSpec,

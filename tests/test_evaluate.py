@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+import shutil
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
 from augment.readers import read_examples
-from augment.writers import read_shards
+from augment.writers import read_shards, write_shard
+from distill import evaluate
 from distill.evaluate import EvaluationError, evaluate_models
-from distill.models import ModelCheckError, ModelRef
+from distill.features import build_features
+from distill.models import ModelCheckError, ModelRef, load_tokenizer
 from distill.squad_metric import load_squad_gold, squad_v2_scores
 from jobs.spec import DataSource, EvaluateSpec, FeaturesSpec, ResourcesSpec
 
@@ -97,6 +103,73 @@ def test_qa_windows_without_room_are_refused(qa_examples, tiny_model_factory, tm
                         CPU, tmp_path, progress=False)
 
 
+def _record_chunks(monkeypatch) -> list[tuple[list[str], list[str]]]:
+    """Record (example ids, feature example ids) of every chunk whose features evaluation builds."""
+    chunks = []
+
+    def recording(examples, *args):
+        table = build_features(examples, *args)
+        chunks.append((examples.column("id").to_pylist(), table.column("example_id").to_pylist()))
+        return table
+
+    monkeypatch.setattr(evaluate, "build_features", recording)
+    return chunks
+
+
+def _write_examples(folder: Path, *shards: pa.Table) -> Path:
+    """An examples folder holding `shards` in order."""
+    (folder / "shards").mkdir(parents=True)
+    for index, shard in enumerate(shards):
+        write_shard(folder / "shards" / f"part-{index:05d}.parquet", shard.to_pylist(), shard.schema)
+    return folder
+
+
+def _outputs(out: Path, name: str = "student") -> dict[str, bytes]:
+    files = [out / "metrics.json", *sorted((out / name).iterdir())]
+    return {file.name: file.read_bytes() for file in files}
+
+
+def test_qa_chunks_hold_whole_examples_and_score_like_one_chunk(qa_examples, tiny_model_factory, tmp_path,
+                                                                monkeypatch):
+    model = ModelRef(str(tiny_model_factory(task="qa", layers=1, hidden=32)))
+    ids = read_shards(qa_examples).column("id").to_pylist()
+    windows = Counter(build_features(read_shards(qa_examples), "qa", load_tokenizer(model), FEATURES)
+                      .column("example_id").to_pylist())
+    # chunks cut right after a context of several windows, so that its windows end the first chunk
+    edge = next(i for i, qid in enumerate(ids) if i > 0 and windows[qid] > 1)
+    # batch_size 1 pads each window to its own length only, so its logits do not depend on the chunking to the
+    # bit; larger batches differ by float rounding where a window shares a batch with a different longest one
+    config = EvaluateSpec(batch_size=1, measure_speed=False)
+    monkeypatch.setattr(evaluate, "EXAMPLES_PER_CHUNK", len(ids))
+    whole = evaluate_models({"student": model}, "qa", qa_examples, FEATURES, config, CPU, tmp_path / "whole",
+                            progress=False)
+
+    chunks = _record_chunks(monkeypatch)
+    monkeypatch.setattr(evaluate, "EXAMPLES_PER_CHUNK", edge + 1)
+    chunked = evaluate_models({"student": model}, "qa", qa_examples, FEATURES, config, CPU, tmp_path / "chunked",
+                              progress=False)
+
+    assert len(chunks) == math.ceil(len(ids) / (edge + 1))
+    assert [qid for chunk_ids, _ in chunks for qid in chunk_ids] == ids
+    for chunk_ids, feature_ids in chunks:
+        assert len(chunk_ids) <= edge + 1
+        assert Counter(feature_ids) == {qid: windows[qid] for qid in chunk_ids}  # every window, no other
+    assert chunks[0][1][-windows[ids[edge]]:] == [ids[edge]] * windows[ids[edge]]
+    assert _outputs(tmp_path / "chunked") == _outputs(tmp_path / "whole")
+    assert chunked.models["student"].features == whole.models["student"].features == sum(windows.values())
+    assert chunked.models["student"].examples == len(ids)
+
+
+def test_qa_id_repeated_in_a_later_chunk_is_refused(qa_examples, tiny_model_factory, tmp_path, monkeypatch):
+    examples = read_shards(qa_examples)
+    folder = _write_examples(tmp_path / "examples", examples, examples.slice(0, 1))
+    model = ModelRef(str(tiny_model_factory(task="qa", layers=1, hidden=32)))
+    monkeypatch.setattr(evaluate, "EXAMPLES_PER_CHUNK", 16)
+    with pytest.raises(EvaluationError, match="appears in two examples"):
+        evaluate_models({"student": model}, "qa", folder, FEATURES, EvaluateSpec(measure_speed=False), CPU,
+                        tmp_path / "out", progress=False)
+
+
 @pytest.fixture(scope="module")
 def sst2_examples(sst2_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("sst2-eval") / "examples"
@@ -120,6 +193,31 @@ def test_classification_accuracy_equals_a_hand_count(sst2_examples, tiny_model_f
     assert sum(c["support"] for c in metrics["per_class"].values()) == 24
     assert set(metrics["per_class"]) == set(names) and 0 <= metrics["macro_f1"] <= 1
     assert result.models["student"].null_odds_path is None and result.models["student"].speed is None
+
+
+def test_classification_chunks_score_like_one_chunk(sst2_examples, tiny_model_factory, tmp_path, monkeypatch):
+    model = ModelRef(str(tiny_model_factory(task="classification", layers=1, hidden=32, seed=3)))
+    config = EvaluateSpec(batch_size=1, measure_speed=False)
+    chunks = _record_chunks(monkeypatch)
+    for size, out in ((24, "whole"), (5, "chunked")):
+        monkeypatch.setattr(evaluate, "EXAMPLES_PER_CHUNK", size)
+        evaluate_models({"student": model}, "classification", sst2_examples, FEATURES, config, CPU, tmp_path / out,
+                        progress=False)
+    assert [len(chunk_ids) for chunk_ids, _ in chunks] == [24, 5, 5, 5, 5, 4]
+    assert _outputs(tmp_path / "chunked") == _outputs(tmp_path / "whole")
+
+
+def test_classification_unlabelled_examples_are_refused_before_any_model_loads(sst2_examples, tmp_path):
+    examples = read_shards(sst2_examples)
+    labels = examples.column("label").to_pylist()
+    labels[3] = None
+    folder = _write_examples(tmp_path / "examples", examples.set_column(
+        examples.schema.get_field_index("label"), examples.schema.field("label"), pa.array(labels, pa.int64())))
+    shutil.copy(sst2_examples / "meta.json", folder / "meta.json")
+    # a model folder that does not exist: the data check must come first
+    with pytest.raises(EvaluationError, match="1 of 24 evaluation examples have no label"):
+        evaluate_models({"student": ModelRef(str(tmp_path / "no-model"))}, "classification", folder, FEATURES,
+                        EvaluateSpec(measure_speed=False), CPU, tmp_path / "out", progress=False)
 
 
 def test_classification_label_count_must_match_the_model(sst2_examples, tiny_model_factory, tmp_path):
