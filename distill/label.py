@@ -2,10 +2,11 @@
 
 One entry point, `label_examples`. The examples are cut into blocks of `examples_per_shard` consecutive rows
 (blocks never span two input shards); block k becomes `out_dir/shards/part-{k:05d}.parquet`. A Ray Data pool of
-`resources.workers` actors (`map_batches` with a callable class) takes blocks one at a time: each actor loads
-the tokenizer and every teacher once, then per block reads the rows, tokenizes them in one batch, runs every
-teacher on every feature (sorted by length and cut into batches of `label.batch_size` features, so little
-padding is computed), mixes the teachers and writes the shard atomically (temp file, then `os.replace`).
+`resources.workers` actors (`map_batches` with a callable class) takes the blocks: each actor loads the
+tokenizer and every teacher once, then per block reads the rows, tokenizes them in one batch, runs every teacher
+on every feature (sorted by length and cut into batches of `label.batch_size` features, so little padding is
+computed), mixes the teachers and writes the shard atomically (temp file, then `os.replace`). Each actor holds
+two blocks at once, so the next block is read and tokenized (CPU) while the teachers run on the previous one.
 
 Why blocks, and why Ray Data carries only their descriptors: a shard's bytes must depend on nothing but its
 examples and the settings, so that an interrupted run resumes by skipping the shards already on disk and the
@@ -41,6 +42,7 @@ import math
 import os
 import shutil
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -80,6 +82,8 @@ _PARQUET_OPTIONS: dict[str, Any] = {
     "use_byte_stream_split": [f"{name}.list.element" + (".list.element" if name.startswith("teachers_") else "")
                               for names in TEACHER_COLUMNS.values() for name in names],
 }
+# Blocks one labelling actor works on at once: one being read and tokenized while one is in the teachers.
+_BLOCKS_PER_ACTOR = 2
 _EXAMPLE_COLUMNS = {"qa": ["id", "question", "context", "answers", "is_impossible"],
                     "classification": ["id", "text", "text_pair", "label"]}
 
@@ -272,7 +276,16 @@ def _write_shard(table: pa.Table, path: Path) -> int:
 
 
 class _BlockLabeller:
-    """A Ray Data actor: tokenizer and teachers loaded once; each call labels whole blocks and writes their shards."""
+    """A Ray Data actor: tokenizer and teachers loaded once; each call labels whole blocks and writes their shards.
+
+    Ray runs `_BLOCKS_PER_ACTOR` calls at once on one actor, each in its own thread, so that one block is read and
+    tokenized while another runs through the teachers: the teachers wait for the tokenizer only where tokenizing a
+    block takes longer than labelling one. The tokenizer's Rust encoding and torch's kernels release the GIL, so the
+    threads mostly run in parallel. Each stage takes one block at a time: the fast tokenizer is shared state (a QA
+    block switches its truncation setting between two calls), and one forward pass at a time keeps the device's
+    memory and the CPU threads to what a single block needs. Every block is still computed alone, so its shard's
+    bytes do not change.
+    """
 
     def __init__(self, task: Task, teachers: list[ModelRef], tokenizer: ModelRef, features: FeaturesSpec,
                  config: LabelSpec, num_labels: int | None, gpus: float, threads: int, shards_dir: str):
@@ -284,24 +297,22 @@ class _BlockLabeller:
         device = pick_device(gpus)
         self.ensemble = (TeacherEnsemble(teachers, task, num_labels, config, device, self.tokenizer.pad_token_id)
                          if teachers else None)
+        self.tokenizing, self.labelling = threading.Lock(), threading.Lock()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         result: dict[str, list[int]] = {"index": [], "examples": [], "features": [], "bytes": []}
         for index, path, start, stop in zip(batch["index"], batch["path"], batch["start"], batch["stop"]):
             block = _Block(int(index), str(path), int(start), int(stop))
-            table = label_block(block, self.task, self.tokenizer, self.features, self.ensemble)
+            with self.tokenizing:
+                table = build_features(_read_block(block, self.task), self.task, self.tokenizer, self.features)
+            if self.ensemble is not None:   # without teachers the teacher columns stay null
+                with self.labelling:
+                    table = self.ensemble.label(table)
             size = _write_shard(table, self.shards_dir / block.name)
             for key, value in (("index", block.index), ("examples", block.stop - block.start),
                                ("features", table.num_rows), ("bytes", size)):
                 result[key].append(value)
         return {key: np.asarray(values, dtype=np.int64) for key, values in result.items()}
-
-
-def label_block(block: _Block, task: Task, tokenizer: Any, features: FeaturesSpec,
-                ensemble: TeacherEnsemble | None) -> pa.Table:
-    """The feature table of one block: read, tokenized, labelled by the ensemble (teacher columns null without)."""
-    table = build_features(_read_block(block, task), task, tokenizer, features)
-    return ensemble.label(table) if ensemble is not None else table
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -420,7 +431,10 @@ def _run_blocks(pending: list[_Block], task: Task, teachers: list[ModelRef], tok
     labelled = dataset.map_batches(
         _BlockLabeller,
         batch_size=1,  # one block per call: the block, not Ray's batching, decides what is computed together
-        compute=ray.data.ActorPoolStrategy(size=min(resources.workers, len(pending))),
+        # true multi-threading: without it Ray Data runs one call per actor at a time, whatever the concurrency
+        compute=ray.data.ActorPoolStrategy(size=min(resources.workers, len(pending)),
+                                           max_concurrent_calls_per_actor=_BLOCKS_PER_ACTOR,
+                                           enable_true_multi_threading=True),
         num_cpus=resources.cpus_per_worker,
         num_gpus=gpus,
         batch_format="numpy",

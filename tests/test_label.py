@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from transformers import (
 
 from augment.schema import CLASSIFICATION_SCHEMA, QA_SCHEMA
 from distill.features import QA_FEATURE_SCHEMA, classification_features, qa_features
-from distill.label import LabelError, TeacherEnsemble, label_examples
+from distill.label import LabelError, TeacherEnsemble, _BlockLabeller, _plan, label_examples
 from distill.models import ModelCheckError, ModelRef
 from jobs.spec import FeaturesSpec, LabelSpec, ResourcesSpec
 
@@ -273,6 +274,25 @@ def test_other_settings_in_out_dir_are_refused(reference, qa_examples, qa_teache
     with pytest.raises(LabelError, match="other settings .*teachers"):
         label_examples(qa_examples, "qa", refs, refs[0], FEATURES, ENSEMBLE_LABEL, ONE_WORKER, out, progress=False,
                        examples_per_shard=PER_SHARD)
+
+
+def test_concurrent_calls_on_one_actor_write_the_reference_bytes(reference, tmp_path, qa_examples, qa_teachers):
+    """Ray runs two calls at once on each labelling actor, one tokenizing while the other is in the teachers; calls
+    racing on one actor's tokenizer and teachers still write every block's bytes as the reference run did."""
+    out, _ = reference
+    refs = ensemble_refs(qa_teachers)
+    blocks, _ = _plan(qa_examples, PER_SHARD)
+    (tmp_path / "shards").mkdir()
+    labeller = _BlockLabeller("qa", refs, refs[0], FEATURES, ENSEMBLE_LABEL, None, gpus=0, threads=1,
+                              shards_dir=str(tmp_path / "shards"))
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)   # threads take turns every few bytecodes: unguarded shared state would collide
+    try:
+        with ThreadPoolExecutor(4) as pool:   # as Ray calls it: one block per call, descriptors as numpy columns
+            list(pool.map(lambda b: labeller({k: np.array([v]) for k, v in asdict(b).items()}), blocks))
+    finally:
+        sys.setswitchinterval(interval)
+    assert shard_bytes(tmp_path) == shard_bytes(out)
 
 
 _LABEL_SCRIPT = """
