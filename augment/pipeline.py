@@ -15,6 +15,8 @@ It writes::
       blocks/part-00000.json ...      the counts of each finished block (its shard is complete when this exists)
       vectors.kv (+ .vectors.npy)     word2vec vectors trained on the input's texts (and `corpus`'s), when
                                       vectors.path is unset
+      neighbours.arrow                every input word needing embedding candidates and its candidates, best
+                                      first (Arrow IPC: word, neighbours), as the workers read them
       corpus/                         `config.corpus` read and checked (shards, rejects.jsonl), when given
       stats.json                      examples_in, examples_out, variants_per_example, eligible_words,
                                       substituted_words, substitution_rate, substitutions_by_source, seconds, ...
@@ -22,17 +24,20 @@ It writes::
 
 How it runs:
 
-1. The driver reads the input and cuts it into blocks of about `examples_per_shard` examples, in input order,
-   never splitting a paragraph (QA rows sharing a context): candidates are computed once per paragraph. At the
-   default 256 a block is ~5k rows out at factor 20 and tens of seconds of work with a bert-base masked LM.
+1. The driver cuts the input into blocks of about `examples_per_shard` examples, in input order, never splitting a
+   paragraph (QA rows sharing a context): candidates are computed once per paragraph. At the default 256 a block
+   is ~5k rows out at factor 20 and tens of seconds of work with a bert-base masked LM. The driver streams the
+   input's Parquet shards column by column and never holds its rows: the block plan is row numbers, and a block
+   reaches a worker as a few (shard, first row, end row) runs that the worker reads itself.
 2. The driver loads (or trains, once, into vectors.kv) the word vectors and computes the nearest neighbours of
-   every distinct word needing them in one batched pass. Each block carries only its own words' neighbours, so
-   no worker ever holds the vectors (nothing to share or copy).
+   every distinct word needing them in one batched pass, into neighbours.arrow. Each worker memory-maps that
+   file and takes only its block's words from it, so no worker ever holds the vectors (nothing to share or copy).
 3. A Ray Data actor pool (`resources.workers` actors, `cpus_per_worker` CPUs each, fractions allowed, GPUs for
    the masked LM when available) augments the blocks. Each actor loads the masked LM once, runs torch on
    max(1, int(cpus_per_worker)) threads, and writes each block's shard atomically, then its counts. Ray is
    used as initialised by the caller; otherwise the stage joins the cluster named by RAY_ADDRESS (a Ray job)
-   or starts a private local instance with every CPU, and shuts down what it started.
+   or starts a private local instance with every CPU, and shuts down what it started. On a cluster, the input
+   and output folders must be on storage every node sees.
 
 Determinism: a block's output depends only on its rows, the seed, the settings and the models: blocks are fixed
 by the input, each variant's random draws are seeded by (seed, example id, draw), masked-LM batches are formed
@@ -43,8 +48,10 @@ the blocks whose shard or counts are missing.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -52,7 +59,7 @@ import resource
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -65,12 +72,14 @@ from augment.candidates import (MaskedLMProposer, load_vectors, nearest_neighbou
 from augment.sampling import Tally, augment_classification, augment_qa
 from augment.schema import schema_for
 from augment.words import eligible_words, segment
-from augment.writers import SHARD_GLOB, read_shards, write_json, write_shard
+from augment.writers import SHARD_GLOB, atomic_output, iter_shard_batches, shard_paths, write_json, write_shard
 from jobs.spec import AugmentSpec, ResourcesSpec
 
 log = logging.getLogger(__name__)
 
 VECTORS_FILE = "vectors.kv"
+NEIGHBOURS_FILE = "neighbours.arrow"
+NEIGHBOURS_SCHEMA = pa.schema([("word", pa.string()), ("neighbours", pa.list_(pa.string()))])
 
 
 class AugmentInputError(ValueError):
@@ -134,8 +143,8 @@ def augment_examples(examples_dir: Path, task: Literal["qa", "classification"], 
     block_rows = config.examples_per_shard if block_rows is None else block_rows
     if block_rows <= 0:
         raise AugmentInputError(f"block_rows must be > 0, got {block_rows}")
-    table, meta, fingerprint = _read_input(examples_dir, task)
-    blocks = plan_blocks(table, task, block_rows)
+    shard_rows, meta, fingerprint = _read_input(examples_dir, task)
+    blocks = plan_blocks(examples_dir, task, block_rows)
     _claim(out_dir, {"task": task, "seed": seed, "block_rows": block_rows, "blocks": len(blocks),
                      "input": fingerprint, "augment": config.model_dump(mode="json")})
 
@@ -146,14 +155,14 @@ def augment_examples(examples_dir: Path, task: Literal["qa", "classification"], 
     if todo:
         log.info("augmenting %d of %d block(s) (%d finished earlier)", len(todo), len(blocks),
                  len(blocks) - len(todo))
-        rows = table.to_pylist()
-        # every block's words, finished or not: the neighbour search then sees the same queries on a resumed
-        # run as on an uninterrupted one, so even its floating-point ties break the same way
-        words = [_block_words(rows, block, _fields(task, config)) for block in blocks]
-        neighbours, vectors_path = _neighbours_for(words, rows, task, config, seed, out_dir)
-        items = [_work_item(i, table.take(blocks[i]), words[i], neighbours) for i in todo]
-        del rows, words
-        run_info = _run_blocks(items, task, config, resources, seed, out_dir, progress)
+        # the words of the whole input, finished blocks too: the neighbour search then sees the same queries on
+        # a resumed run as on an uninterrupted one, so even its floating-point ties break the same way
+        neighbours, vectors_path = _neighbours_for(_input_words(examples_dir, _fields(task, config)), examples_dir,
+                                                   task, config, seed, out_dir)
+        _write_neighbours(neighbours, out_dir / NEIGHBOURS_FILE)
+        del neighbours  # the workers read the file: nothing per word stays in the driver while they run
+        items = [{"block": i, "runs": json.dumps(_runs(blocks[i], shard_rows))} for i in todo]
+        run_info = _run_blocks(items, task, config, resources, seed, examples_dir, out_dir, progress)
     elif config.vectors.path is None and (out_dir / VECTORS_FILE).exists():
         vectors_path = out_dir / VECTORS_FILE
     if not blocks:  # keep the folder readable: one empty shard records the schema
@@ -222,19 +231,25 @@ def augment_block(rows: list[dict[str, Any]], task: str, config: AugmentSpec, se
     return out, tally
 
 
-def plan_blocks(table: pa.Table, task: str, block_rows: int) -> list[list[int]]:
-    """Row indices of each block: consecutive units of about `block_rows` rows, in input order.
+def plan_blocks(examples_dir: Path, task: str, block_rows: int) -> list[list[int]]:
+    """Row numbers (across the input's shards, in order) of each block: consecutive units of about `block_rows`
+    rows, in input order.
 
     A unit is one example, or for QA every row sharing a context (in the order the context first appears), so
-    that a paragraph's candidates are computed once.
+    that a paragraph's candidates are computed once. Only the context column is read, a batch at a time.
     """
     if task == "qa":
-        units: dict[str, list[int]] = {}
-        for i, context in enumerate(table.column("context").to_pylist()):
-            units.setdefault(context, []).append(i)
-        groups = list(units.values())
+        units: dict[bytes, list[int]] = {}
+        row = 0
+        for batch in iter_shard_batches(examples_dir, columns=["context"]):
+            for context in batch.column(0).to_pylist():
+                # a digest stands for the context, so the driver never holds the texts; a collision would only
+                # put two paragraphs in one block
+                units.setdefault(_digest(context), []).append(row)
+                row += 1
+        groups: Iterable[list[int]] = units.values()
     else:
-        groups = [[i] for i in range(table.num_rows)]
+        groups = ([i] for i in range(sum(pq.read_metadata(p).num_rows for p in shard_paths(examples_dir))))
     blocks, current = [], []
     for group in groups:
         current += group
@@ -250,8 +265,11 @@ def plan_blocks(table: pa.Table, task: str, block_rows: int) -> list[list[int]]:
 # Input, output folder and resume
 
 
-def _read_input(examples_dir: Path, task: str) -> tuple[pa.Table, dict[str, Any], list[dict[str, Any]]]:
-    """The input rows, its meta.json, and a fingerprint of its shard files (name, size, SHA-256)."""
+def _read_input(examples_dir: Path, task: str) -> tuple[list[tuple[str, int]], dict[str, Any], list[dict[str, Any]]]:
+    """The input's shards (file name, rows), its meta.json, and a fingerprint of the shards (name, size, SHA-256).
+
+    Only the schemas and the variant column are read: the rows stay on disk.
+    """
     shards_dir, meta_path = examples_dir / "shards", examples_dir / "meta.json"
     paths = sorted(shards_dir.glob(SHARD_GLOB))
     if not paths:
@@ -264,21 +282,58 @@ def _read_input(examples_dir: Path, task: str) -> tuple[pa.Table, dict[str, Any]
         raise AugmentInputError(f"{examples_dir} holds {meta.get('task')!r} examples (meta.json) but the task is "
                                 f"{task!r}; give the matching task or folder")
     expected = schema_for(task)
-    tables = []
+    shards, augmented, fingerprint = [], 0, []
     for path in paths:
-        part = pq.read_table(path)
-        if not part.schema.equals(expected):
-            raise AugmentInputError(f"{path} does not have the {task} schema of augment.schema:\n{part.schema}\n"
+        schema = pq.read_schema(path)
+        if not schema.equals(expected):
+            raise AugmentInputError(f"{path} does not have the {task} schema of augment.schema:\n{schema}\n"
                                     f"expected:\n{expected}")
-        tables.append(part)
-    table = pa.concat_tables(tables)
-    augmented = pc.sum(pc.not_equal(table.column("variant"), 0)).as_py() or 0
+        variant = pq.read_table(path, columns=["variant"]).column("variant")
+        augmented += pc.sum(pc.not_equal(variant, 0)).as_py() or 0
+        shards.append((path.name, len(variant)))
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+        fingerprint.append({"name": path.name, "bytes": path.stat().st_size, "sha256": digest.hexdigest()})
     if augmented:
         raise AugmentInputError(f"{examples_dir} already holds {augmented} augmented variant(s) (variant > 0); "
                                 "augment the original examples folder instead")
-    fingerprint = [{"name": p.name, "bytes": p.stat().st_size,
-                    "sha256": hashlib.sha256(p.read_bytes()).hexdigest()} for p in paths]
-    return table, meta, fingerprint
+    return shards, meta, fingerprint
+
+
+def _runs(members: list[int], shard_rows: list[tuple[str, int]]) -> list[tuple[str, int, int]]:
+    """A block's row numbers as runs (shard file name, first row, end row) of consecutive rows of one shard."""
+    starts = list(itertools.accumulate((rows for _, rows in shard_rows), initial=0))
+    runs: list[tuple[str, int, int]] = []
+    for row in members:
+        shard = bisect.bisect_right(starts, row) - 1
+        name, local = shard_rows[shard][0], row - starts[shard]
+        if runs and runs[-1][0] == name and runs[-1][2] == local:
+            runs[-1] = (name, runs[-1][1], local + 1)
+        else:
+            runs.append((name, local, local + 1))
+    return runs
+
+
+def _read_runs(shards_dir: Path, runs: list[tuple[str, int, int]]) -> pa.Table:
+    """The rows of `runs` (see `_runs`), in order, reading once per shard only the row groups that hold them."""
+    spans: dict[str, tuple[int, int]] = {}
+    for name, start, stop in runs:
+        low, high = spans.get(name, (start, stop))
+        spans[name] = (min(low, start), max(high, stop))
+    tables = {}
+    for name, (low, high) in spans.items():
+        parquet = pq.ParquetFile(shards_dir / name)
+        groups, first, row = [], None, 0
+        for g in range(parquet.metadata.num_row_groups):
+            count = parquet.metadata.row_group(g).num_rows
+            if row < high and low < row + count:
+                groups.append(g)
+                first = row if first is None else first
+            row += count
+        tables[name] = parquet.read_row_groups(groups).slice(low - first, high - low)
+    return pa.concat_tables([tables[name].slice(start - spans[name][0], stop - start) for name, start, stop in runs])
 
 
 def _claim(out_dir: Path, plan: dict[str, Any]) -> None:
@@ -306,7 +361,11 @@ def _block_done(out_dir: Path, index: int) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Word vectors and neighbours (driver side)
+# Words, word vectors and neighbours (driver side)
+
+
+def _digest(text: str) -> bytes:
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
 
 
 def _fields(task: str, config: AugmentSpec) -> list[str]:
@@ -316,36 +375,51 @@ def _fields(task: str, config: AugmentSpec) -> list[str]:
     return ["text", "text_pair"]
 
 
-def _block_words(rows: list[dict[str, Any]], members: list[int], fields: list[str]) -> dict[str, set[str]]:
-    """The eligible words of a block's texts: lower-case word -> the forms it takes there ("Paris", "PARIS")."""
-    words: dict[str, set[str]] = {}
-    texts = dict.fromkeys(rows[r][f] for r in members for f in fields if rows[r][f] is not None)  # a context once
+def _distinct_texts(folder: Path, columns: list[str], seen: set[bytes]) -> Iterator[str]:
+    """The texts of `columns` in `folder`'s shards, row by row, each once (`seen` holds the digests of those
+    already given, across calls), read a batch at a time."""
+    for batch in iter_shard_batches(folder, columns=columns):
+        for texts in zip(*(column.to_pylist() for column in batch.columns)):
+            for text in texts:
+                if text is not None:
+                    digest = _digest(text)
+                    if digest not in seen:
+                        seen.add(digest)
+                        yield text
+
+
+def _add_words(texts: Iterable[str], words: dict[str, set[str]]) -> dict[str, set[str]]:
+    """Add the eligible words of `texts` to `words`: lower-case word -> the forms it takes ("Paris", "PARIS")."""
     for text in texts:
         for w in eligible_words(text):
             words.setdefault(w.word.lower(), set()).add(w.word)
     return words
 
 
-def _neighbours_for(block_words: Iterable[dict[str, set[str]]], rows: list[dict[str, Any]], task: str,
-                    config: AugmentSpec, seed: int, out_dir: Path) -> tuple[dict[str, tuple[str, ...]], Path | None]:
-    """Embedding candidates of every word of the blocks that needs them, and the trained vectors' path.
+def _input_words(examples_dir: Path, fields: list[str]) -> dict[str, set[str]]:
+    """The eligible words of every distinct text of the input's `fields`, with their forms."""
+    return _add_words(_distinct_texts(examples_dir, fields, set()), {})
+
+
+def _neighbours_for(surfaces: dict[str, set[str]], examples_dir: Path, task: str, config: AugmentSpec, seed: int,
+                    out_dir: Path) -> tuple[dict[str, tuple[str, ...]], Path | None]:
+    """Embedding candidates of every word of the input that needs them, and the trained vectors' path.
 
     With a masked LM only words that are not one wordpiece need them; they are all looked up in one batched
     pass (`nearest_neighbours`), once per distinct word.
     """
-    surfaces: dict[str, set[str]] = {}
-    for words in block_words:
-        for word, forms in words.items():
-            surfaces.setdefault(word, set()).update(forms)
     wanted = set(surfaces)
     if config.mlm_model is not None:
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(config.mlm_model)
         forms = sorted({form for forms in surfaces.values() for form in forms})
-        # a leading space makes BPE vocabularies tokenise a word as it appears mid-sentence
-        pieces = tokenizer([" " + form for form in forms], add_special_tokens=False)["input_ids"] if forms else []
-        single = {form for form, ids in zip(forms, pieces) if len(ids) == 1}
+        single = set()
+        for start in range(0, len(forms), 8192):  # the tokenizer's encodings of all forms at once would be large
+            chunk = forms[start:start + 8192]
+            # a leading space makes BPE vocabularies tokenise a word as it appears mid-sentence
+            pieces = tokenizer([" " + form for form in chunk], add_special_tokens=False)["input_ids"]
+            single.update(form for form, ids in zip(chunk, pieces) if len(ids) == 1)
         wanted = {word for word, forms in surfaces.items() if not forms <= single}
     if not wanted:
         return {}, None
@@ -358,42 +432,47 @@ def _neighbours_for(block_words: Iterable[dict[str, set[str]]], rows: list[dict[
         if vectors_path.exists():  # trained by an earlier, interrupted run: training is deterministic
             vectors = load_vectors(vectors_path)
         else:
-            corpus = _corpus(rows + _corpus_rows(config, task, out_dir), task)
+            corpus = _corpus(examples_dir, _corpus_folder(config, task, out_dir), task)
             log.info("training word2vec (dim %d, %d epochs) on %d texts", config.vectors.dim,
                      config.vectors.epochs, len(corpus))
             trained = train_vectors(corpus, config.vectors.dim, config.vectors.epochs, config.vectors.min_count,
                                     seed)
+            del corpus  # the largest thing the driver holds, and no longer needed
             save_vectors(trained, vectors_path)
             vectors = load_vectors(vectors_path)
     log.info("nearest neighbours of %d words among %d vectors", len(wanted), len(vectors.index_to_key))
     return nearest_neighbours(vectors, wanted, config.top_k), vectors_path
 
 
-def _corpus_rows(config: AugmentSpec, task: str, out_dir: Path) -> list[dict[str, Any]]:
-    """The rows of `config.corpus` (read and checked like training data, rejects beside them), or none."""
+def _corpus_folder(config: AugmentSpec, task: str, out_dir: Path) -> Path | None:
+    """`config.corpus` read and checked like training data (rejects beside it) into out_dir/corpus, or None."""
     if config.corpus is None:
-        return []
+        return None
     from augment.readers import read_examples
 
     read_examples(config.corpus, task, None, out_dir / "corpus")
-    return read_shards(out_dir / "corpus").to_pylist()
+    return out_dir / "corpus"
 
 
-def _corpus(rows: list[dict[str, Any]], task: str) -> list[list[str]]:
-    """Every distinct text of the input (all text columns), lower-cased and split into words, in input order."""
+def _corpus(examples_dir: Path, corpus_dir: Path | None, task: str) -> list[list[str]]:
+    """Every distinct text of the input (all text columns), then of the corpus, lower-cased and split into words,
+    in input order. Equal words are one (interned) string, so a word costs a pointer per occurrence."""
     columns = ["context", "question"] if task == "qa" else ["text", "text_pair"]
-    texts = dict.fromkeys(row[c] for row in rows for c in columns if row[c] is not None)
-    return [[w.word.lower() for w in segment(text)] for text in texts]
+    seen: set[bytes] = set()
+    texts = _distinct_texts(examples_dir, columns, seen)
+    if corpus_dir is not None:
+        texts = itertools.chain(texts, _distinct_texts(corpus_dir, columns, seen))
+    return [[sys.intern(w.word.lower()) for w in segment(text)] for text in texts]
 
 
-def _work_item(index: int, block: pa.Table, words: dict[str, set[str]],
-               neighbours: dict[str, tuple[str, ...]]) -> dict[str, Any]:
-    """One block as a Ray Data row: its index, its rows as Arrow IPC bytes, and its words' neighbours as JSON."""
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, block.schema) as writer:
-        writer.write_table(block)
-    own = {w: list(neighbours[w]) for w in sorted(words) if w in neighbours}
-    return {"block": index, "rows": sink.getvalue().to_pybytes(), "neighbours": json.dumps(own).encode("utf-8")}
+def _write_neighbours(neighbours: dict[str, tuple[str, ...]], path: Path) -> None:
+    """Write the neighbour table as an Arrow IPC file (word, neighbours), sorted by word, atomically."""
+    words = sorted(neighbours)
+    table = pa.table([pa.array(words, pa.string()), pa.array([neighbours[w] for w in words], pa.list_(pa.string()))],
+                     schema=NEIGHBOURS_SCHEMA)
+    with atomic_output(path) as temp:
+        with pa.ipc.new_file(str(temp), NEIGHBOURS_SCHEMA) as writer:
+            writer.write_table(table)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -401,24 +480,36 @@ def _work_item(index: int, block: pa.Table, words: dict[str, set[str]],
 
 
 class _BlockAugmenter:
-    """A Ray Data actor: loads the masked LM once, then augments blocks and writes their shards and counts."""
+    """A Ray Data actor: loads the masked LM once, then reads blocks, augments them and writes their shards and
+    counts."""
 
-    def __init__(self, task: str, config: AugmentSpec, seed: int, out_dir: str, device: str, threads: int):
+    def __init__(self, task: str, config: AugmentSpec, seed: int, shards_dir: str, out_dir: str, device: str,
+                 threads: int):
         import torch
 
         torch.set_num_threads(threads)  # actors share the machine's cores; one each unless given more
-        self.task, self.config, self.seed, self.out_dir = task, config, seed, Path(out_dir)
+        self.task, self.config, self.seed = task, config, seed
+        self.shards_dir, self.out_dir = Path(shards_dir), Path(out_dir)
+        # memory-mapped: the actors on a machine share its pages
+        self.neighbours = pa.ipc.open_file(pa.memory_map(str(self.out_dir / NEIGHBOURS_FILE))).read_all()
         self.mlm = None
         if config.mlm_model is not None:
             self.mlm = MaskedLMProposer(config.mlm_model, config.mlm_init, seed, device, config.mlm_batch_size)
 
+    def _neighbours_of(self, rows: list[dict[str, Any]]) -> dict[str, list[str]]:
+        """The neighbour table's entries for the words of `rows`."""
+        texts = dict.fromkeys(r[f] for r in rows for f in _fields(self.task, self.config) if r[f] is not None)
+        words = pa.array(sorted(_add_words(texts, {})), pa.string())
+        own = self.neighbours.filter(pc.is_in(self.neighbours.column("word"), value_set=words))
+        return dict(zip(own.column("word").to_pylist(), own.column("neighbours").to_pylist()))
+
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
         result: dict[str, list] = {"block": [], "examples_out": [], "pid": [], "peak_rss_mb": [],
                                    "vectors_loaded": [], "seconds": []}
-        for index, payload, words in zip(batch["block"], batch["rows"], batch["neighbours"]):
+        for index, runs in zip(batch["block"], batch["runs"]):
             started = time.perf_counter()
-            rows = pa.ipc.open_stream(payload).read_all().to_pylist()
-            out, tally = augment_block(rows, self.task, self.config, self.seed, json.loads(words), self.mlm)
+            rows = _read_runs(self.shards_dir, json.loads(runs)).to_pylist()
+            out, tally = augment_block(rows, self.task, self.config, self.seed, self._neighbours_of(rows), self.mlm)
             name = f"part-{int(index):05d}"
             write_shard(self.out_dir / "shards" / f"{name}.parquet", out, schema_for(self.task))
             (self.out_dir / "blocks").mkdir(exist_ok=True)
@@ -436,8 +527,9 @@ class _BlockAugmenter:
 
 
 def _run_blocks(items: list[dict[str, Any]], task: str, config: AugmentSpec, resources: ResourcesSpec, seed: int,
-                out_dir: Path, progress: bool) -> dict[str, Any]:
-    """Augment the blocks in `items` on a Ray Data actor pool; return the pool size and each worker's peak RSS."""
+                examples_dir: Path, out_dir: Path, progress: bool) -> dict[str, Any]:
+    """Augment the blocks in `items` (index and row runs) on a Ray Data actor pool; return the pool size and each
+    worker's peak RSS."""
     import ray
     from tqdm import tqdm
 
@@ -460,7 +552,8 @@ def _run_blocks(items: list[dict[str, Any]], task: str, config: AugmentSpec, res
         (out_dir / "shards").mkdir(parents=True, exist_ok=True)
         dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
             _BlockAugmenter,
-            fn_constructor_kwargs={"task": task, "config": config, "seed": seed, "out_dir": str(out_dir),
+            fn_constructor_kwargs={"task": task, "config": config, "seed": seed,
+                                   "shards_dir": str(examples_dir / "shards"), "out_dir": str(out_dir),
                                    "device": "cuda" if gpus > 0 else "cpu",
                                    "threads": max(1, int(resources.cpus_per_worker))},
             batch_size=1,

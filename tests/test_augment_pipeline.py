@@ -13,10 +13,11 @@ import pytest
 
 from augment.__main__ import main
 from augment.candidates import MaskedLMProposer
-from augment.pipeline import AugmentInputError, augment_block, augment_examples
+from augment.pipeline import AugmentInputError, _read_runs, _runs, augment_block, augment_examples, plan_blocks
 from augment.readers import read_examples
+from augment.schema import QA_SCHEMA
 from augment.words import load_stopwords, segment, undo_substitutions
-from augment.writers import read_shards
+from augment.writers import ShardWriter, read_shards
 from jobs.spec import AugmentSpec, DataSource, ResourcesSpec
 
 
@@ -97,6 +98,32 @@ def test_resume_redoes_only_missing_blocks(ray_session, one_and_two_workers, qa_
         == untouched
     assert shard_bytes(out) == shard_bytes(Path(finished.out_dir))
     assert result.stats["examples_out"] == finished.stats["examples_out"]
+
+
+def test_a_paragraph_stays_in_one_block_across_shards_and_when_it_recurs(tmp_path):
+    writer = ShardWriter(tmp_path / "shards", QA_SCHEMA, rows_per_shard=3)
+    for i, context in enumerate("AABACC"):
+        writer.add({"id": f"q{i}", "source_id": f"q{i}", "variant": 0, "title": "t", "context": context,
+                    "question": "?", "answers": {"text": [], "answer_start": []}, "is_impossible": True,
+                    "substitutions": []})
+    writer.close()
+    blocks = plan_blocks(tmp_path, "qa", 2)
+    assert blocks == [[0, 1, 3], [2, 4, 5]]  # A's rows together, in the order A first appears
+    shard_rows = [("part-00000.parquet", 3), ("part-00001.parquet", 3)]
+    assert _runs(blocks[0], shard_rows) == [("part-00000.parquet", 0, 2), ("part-00001.parquet", 0, 1)]
+    read = _read_runs(tmp_path / "shards", _runs(blocks[1], shard_rows))
+    assert read.column("id").to_pylist() == ["q2", "q4", "q5"]
+
+
+def test_output_does_not_depend_on_how_the_input_is_sharded(ray_session, one_and_two_workers, squad_dev_path,
+                                                             config, tmp_path):
+    """Blocks whose rows span input shards are read by the workers from each shard, in order."""
+    one, _ = one_and_two_workers
+    resharded = tmp_path / "examples"
+    read_examples(DataSource(path=str(squad_dev_path), limit=36), "qa", None, resharded, rows_per_shard=7)
+    result = run(resharded, config, 2, tmp_path / "out")
+    assert result.blocks == one.blocks
+    assert shard_bytes(tmp_path / "out") == shard_bytes(Path(one.out_dir))
 
 
 def test_a_rerun_with_other_settings_is_refused(one_and_two_workers, qa_examples, config):
