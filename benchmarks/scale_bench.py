@@ -370,7 +370,8 @@ def _data_path_child(queue, folder: str, rank: int, world: int) -> None:
 
     queue.put({"open_s": opened, "first_batch_s": first_batch, "batch_ms": 1000 * float(np.median(times)),
                "batch_ms_p90": 1000 * float(np.percentile(times, 90)),
-               "private_mb": peak["RssAnon"] - baseline["RssAnon"], "mapped_file_mb": end["RssFile"] - baseline["RssFile"],
+               "private_mb": peak["RssAnon"] - baseline["RssAnon"],
+               "mapped_file_mb": end["RssFile"] - baseline["RssFile"],
                "uss_mb": psutil.Process().memory_full_info().uss / 2**20, "features": view.num_rows})
 
 
