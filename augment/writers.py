@@ -16,7 +16,6 @@ Example::
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import uuid
@@ -48,19 +47,6 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
         os.replace(temp, path)
     finally:
         temp.unlink(missing_ok=True)
-
-
-@contextmanager
-def file_lock(path: str | os.PathLike[str]) -> Iterator[None]:
-    """Hold an exclusive lock on `path` (created if needed) for the block: other processes wait for it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def write_json(path: str | os.PathLike[str], value: Any) -> None:
@@ -152,6 +138,19 @@ def read_shards(folder: str | os.PathLike[str]) -> pa.Table:
             raise ValueError(f"{path} has a different schema from {paths[0]}:\n{table.schema}\nexpected:\n"
                              f"{tables[0].schema}")
     return pa.concat_tables(tables)
+
+
+def read_rows(path: str | os.PathLike[str], start: int, stop: int, columns: list[str] | None = None) -> pa.Table:
+    """Rows [start, stop) of one shard, reading only the row groups that hold them."""
+    parquet = pq.ParquetFile(path)
+    groups, first_row, row = [], None, 0
+    for group in range(parquet.metadata.num_row_groups):
+        count = parquet.metadata.row_group(group).num_rows
+        if row < stop and start < row + count:
+            groups.append(group)
+            first_row = row if first_row is None else first_row
+        row += count
+    return parquet.read_row_groups(groups, columns=columns).slice(start - first_row, stop - start)
 
 
 def iter_shard_batches(folder: str | os.PathLike[str], batch_size: int = DEFAULT_ROWS_PER_SHARD,

@@ -353,7 +353,7 @@ def _data_path_child(queue, folder: str, rank: int, world: int) -> None:
     started = time.perf_counter()
     view = open_training_view(Path(folder), PHASE2_COLUMNS)
     opened = time.perf_counter() - started
-    steps = epoch_steps(epoch_order(view.lengths, SEED, 0, BATCH), BATCH, 1)  # one micro-batch per step
+    steps = epoch_steps(epoch_order(view.offsets, SEED, 0, BATCH), BATCH, 1)  # one micro-batch per step
     view.batch(worker_slice(steps[0][0], rank, world), pad_token_id=0)
     first_batch = time.perf_counter() - started
     times = []
@@ -390,8 +390,8 @@ def _table_path_child(queue, folder: str) -> None:
     baseline = _memory_mb()
     started = time.perf_counter()
     table = pq.read_table(shard_paths(Path(folder)), columns=list(PHASE2_COLUMNS))
-    lengths = pc.list_value_length(table.column("input_ids")).to_numpy()
-    steps = epoch_steps(epoch_order(lengths, SEED, 0, BATCH), BATCH, 1)
+    offsets = np.concatenate([[0], np.cumsum(pc.list_value_length(table.column("input_ids")).to_numpy())])
+    steps = epoch_steps(epoch_order(offsets, SEED, 0, BATCH), BATCH, 1)
 
     def batch(rows: np.ndarray) -> dict:
         records = table.take(pa.array(rows, pa.int64())).to_pylist()

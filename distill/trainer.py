@@ -54,6 +54,7 @@ ADAM_EPS = 1e-8             # AdamW and schedule as BERT/TinyBERT fine-tuning
 KEEP_CHECKPOINTS = 2        # complete checkpoints kept on disk; older ones are deleted once a newer one is complete
 COMPLETE_MARKER = "COMPLETE"  # written last into a checkpoint; a folder without it is never read
 LENGTH_GROUP_BATCHES = 50   # batches per length-sorted group of an epoch's shuffle (as HF's group_by_length)
+HostBatch = tuple[dict[str, torch.Tensor], float]  # a micro-batch's tensors on the host and its share of the step
 
 
 class TrainingError(RuntimeError):
@@ -201,21 +202,23 @@ def require_filled(data: FlatFeatures, column: str, fix: str) -> None:
         raise TrainingError(f"{nulls} of {data.num_rows} features have no {column}; {fix}")
 
 
-def epoch_order(lengths: np.ndarray, seed: int, epoch: int, batch_size: int) -> np.ndarray:
+def epoch_order(offsets: np.ndarray, seed: int, epoch: int, batch_size: int) -> np.ndarray:
     """The feature order of one epoch: a function of (lengths, seed, epoch, batch_size), so a resumed run sees it
-    too.
+    too. Feature i has offsets[i + 1] - offsets[i] tokens (`FlatFeatures.offsets`, memory-mapped and shared).
 
     A fresh shuffle is cut into groups of LENGTH_GROUP_BATCHES batches, and each group is sorted longest first:
     consecutive batches then hold features of similar length and pad little (SST-2 sentences run from 3 to 60
     wordpieces, so random batches are mostly padding), while which features meet still changes every epoch.
-    int32 and sorted in place: every worker holds its own order, 4 bytes a feature (12 MB at 3M features).
+    The order is the only array a worker holds per feature: int32 and sorted in place (12 MB at 3M features);
+    lengths are read from the offsets a group at a time.
     """
-    order = np.arange(len(lengths), dtype=np.int32)
-    np.random.default_rng([seed % 2**32, epoch]).shuffle(order)  # the same draw as permutation(len(lengths))
+    order = np.arange(len(offsets) - 1, dtype=np.int32)
+    np.random.default_rng([seed % 2**32, epoch]).shuffle(order)  # the same draw as permutation(len(order))
     group = batch_size * LENGTH_GROUP_BATCHES
     for start in range(0, len(order), group):
         members = order[start:start + group]
-        members[:] = members[np.argsort(-lengths[members], kind="stable")]
+        lengths = offsets[members + 1] - offsets[members]
+        members[:] = members[np.argsort(-lengths, kind="stable")]
     return order
 
 
@@ -289,7 +292,6 @@ class Recipe:
         self.objective = plan.build(plan, where.device)
         self.data = open_training_view(plan.features_dir, self.objective.columns)
         self.objective.check_features(self.data)
-        self.lengths = self.data.lengths
         self.term_names = list(self.objective.term_weights)
 
         self.steps_per_epoch = math.ceil(math.ceil(self.data.num_rows / config.batch_size) / config.grad_accum_steps)
@@ -365,14 +367,12 @@ class Recipe:
         self._last_checkpoint = started
         # a run resumed from its final checkpoint trains nothing and goes straight to saving its outputs
         while self.step < self.total_steps:
-            steps = epoch_steps(epoch_order(self.lengths, self.plan.seed, self.epoch, config.batch_size),
+            steps = epoch_steps(epoch_order(self.data.offsets, self.plan.seed, self.epoch, config.batch_size),
                                 config.batch_size, config.grad_accum_steps)
-            pending = range(self.step_in_epoch, len(steps))
-            slices = (self._local_slice(micro, sum(len(m) for m in steps[s])) for s in pending for micro in steps[s])
-            batches = prefetch(slices, self._collate)
+            batches = prefetch((steps[s] for s in range(self.step_in_epoch, len(steps))), self._collate_step)
             try:
-                for micro_batches in map(steps.__getitem__, pending):
-                    self._optimizer_step([next(batches) for _ in micro_batches], sum(len(m) for m in micro_batches))
+                for micro_batches, step_features in batches:
+                    self._optimizer_step(micro_batches, step_features)
                     self.step += 1
                     self.step_in_epoch += 1
                     end_of_epoch = self.step_in_epoch == len(steps)
@@ -414,19 +414,20 @@ class Recipe:
             dist.broadcast(due, src=0)
         return bool(due.item())
 
-    def _local_slice(self, micro: np.ndarray, step_features: int) -> tuple[np.ndarray, float]:
-        """This worker's rows of a global micro-batch and the share of the step's loss they carry."""
-        local = worker_slice(micro, self.where.rank, self.where.world)
-        if len(local) == 0:  # fewer features than workers: join the gradient exchange with zero weight
-            return micro[:1], 0.0
-        return local, len(local) / step_features
+    def _collate_step(self, micro_batches: list[np.ndarray]) -> tuple[list[HostBatch], int]:
+        """One optimizer step's micro-batches as this worker's padded tensors (pinned for an asynchronous copy to a
+        GPU), each with the share of the step's loss it carries, and the step's feature count over all workers."""
+        step_features = sum(len(micro) for micro in micro_batches)
+        pin = self.where.device.type == "cuda"
+        collated = []
+        for micro in micro_batches:
+            local = worker_slice(micro, self.where.rank, self.where.world)
+            # fewer features than workers: join the gradient exchange with zero weight
+            rows, share = (local, len(local) / step_features) if len(local) else (micro[:1], 0.0)
+            collated.append((self.data.batch(rows, self.objective.pad_token_id, pin_memory=pin), share))
+        return collated, step_features
 
-    def _collate(self, work: tuple[np.ndarray, float]) -> tuple[dict[str, torch.Tensor], float]:
-        """A micro-batch's padded tensors (pinned for an asynchronous copy to a GPU) and its loss share."""
-        rows, share = work
-        return self.data.batch(rows, self.objective.pad_token_id, pin_memory=self.where.device.type == "cuda"), share
-
-    def _optimizer_step(self, micro_batches: list[tuple[dict[str, torch.Tensor], float]], step_features: int) -> None:
+    def _optimizer_step(self, micro_batches: list[HostBatch], step_features: int) -> None:
         where, weights = self.where, self.objective.term_weights
         for index, (host_batch, share) in enumerate(micro_batches):
             batch = {key: value.to(where.device, non_blocking=True) for key, value in host_batch.items()}

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from augment.writers import file_lock
+from augment.locks import file_lock
 
 COMPLETE_MARKER = "COMPLETE.json"
 

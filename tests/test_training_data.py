@@ -3,6 +3,7 @@ view's cache rules, and the prefetching thread."""
 
 from __future__ import annotations
 
+import mmap
 import threading
 import time
 from pathlib import Path
@@ -60,8 +61,8 @@ def test_an_epoch_of_batches_equals_the_in_memory_table_path(labelled_dir):
     assert np.array_equal(view.lengths, lengths)
     compared = 0
     for epoch in range(2):
-        order = epoch_order(view.lengths, seed=3, epoch=epoch, batch_size=8)
-        assert np.array_equal(order, epoch_order(lengths, 3, epoch, 8))
+        order = epoch_order(view.offsets, seed=3, epoch=epoch, batch_size=8)
+        assert np.array_equal(order, epoch_order(np.concatenate([[0], np.cumsum(lengths)]), 3, epoch, 8))
         for step in epoch_steps(order, batch_size=8, accum=2):
             for micro in step:
                 for world in (1, 2):
@@ -90,7 +91,10 @@ def test_the_view_is_built_once_grows_by_column_and_follows_its_shards(labelled_
     after = {p.name: p.stat().st_mtime_ns for p in view.glob("*.bin")}
     assert {name: after[name] for name in built} == built
     assert set(after) == set(built) | {f"{c}.bin" for c in PHASE2_COLUMNS}
-    assert isinstance(full.columns["teacher_start_logits"], np.memmap)
+    owner = full.columns["teacher_start_logits"]
+    while isinstance(owner, np.ndarray):
+        owner = owner.base
+    assert isinstance(owner.obj, mmap.mmap)  # mapped from the view's file, not read into memory
     assert full.columns["teacher_start_logits"].dtype == np.float16  # stored as labelled, widened per batch
     # asking again reads the manifest and builds nothing
     open_training_view(folder, PHASE2_COLUMNS)
@@ -179,4 +183,4 @@ def test_prefetch_keeps_order_raises_where_it_failed_and_stops_when_left():
     count = len(prepared)
     time.sleep(0.05)
     assert len(prepared) == count < 10, "the producer kept going after the consumer left"
-    assert not any(t.name == "distill-prefetch" and t.is_alive() for t in threading.enumerate())
+    assert not any(t.name.startswith("distill-prefetch") and t.is_alive() for t in threading.enumerate())

@@ -6,11 +6,12 @@ import json
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from augment.readers import read_examples
 from augment.schema import CLASSIFICATION_SCHEMA, QA_SCHEMA
-from augment.writers import ShardWriter, export_squad_json, iter_shard_batches, read_shards, write_shard
+from augment.writers import ShardWriter, export_squad_json, iter_shard_batches, read_rows, read_shards, write_shard
 from jobs.spec import DataSource
 
 
@@ -49,6 +50,14 @@ def test_shard_writer_edge_cases(tmp_path):
         writer.add({**{k: v for k, v in _row(0).items() if k != "text_pair"}, "pair": None})
     with pytest.raises(FileNotFoundError, match="no shards"):
         read_shards(tmp_path / "nothing-here")
+
+
+def test_read_rows_reads_a_range_across_row_groups(tmp_path):
+    table = pa.Table.from_pylist([_row(i) for i in range(10)], schema=CLASSIFICATION_SCHEMA)
+    pq.write_table(table, tmp_path / "part-00000.parquet", row_group_size=3)  # groups [0,3) [3,6) [6,9) [9,10)
+    for start, stop in [(0, 10), (2, 8), (3, 6), (4, 5), (9, 10)]:
+        assert read_rows(tmp_path / "part-00000.parquet", start, stop).equals(table.slice(start, stop - start))
+    assert read_rows(tmp_path / "part-00000.parquet", 1, 4, ["id"]).column("id").to_pylist() == ["r1", "r2", "r3"]
 
 
 def test_write_shard_failure_keeps_the_old_file(tmp_path):

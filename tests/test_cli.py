@@ -1,0 +1,99 @@
+"""`python -m jobs` commands that read the run store: quick to start, filters, JSON, and clusters that are down.
+
+No test here runs a job or starts Ray; run stores are written directly with `RunStore.create`.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from jobs.cli import main
+from jobs.store import RunStore
+
+REPO = Path(__file__).resolve().parents[1]
+HEAVY = ("torch", "transformers", "ray", "pyarrow")
+
+# runs the CLI in a fresh interpreter and prints which heavy packages it imported
+_IMPORTED = """
+import sys
+from jobs.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit:  # --help
+    pass
+print("IMPORTED", sorted(name for name in {HEAVY!r} if name in sys.modules))
+"""
+
+
+def _imported_heavy(*argv: str) -> list[str]:
+    result = subprocess.run([sys.executable, "-c", _IMPORTED.format(HEAVY=HEAVY), *argv], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.rsplit("IMPORTED ", 1)[1].replace("'", '"'))
+
+
+def _store_with_jobs(root: Path) -> RunStore:
+    store = RunStore(root)
+    store.create("quickstart-20260101-120000-aaaaaa", "", ["prepare"], backend="local")
+    run = store.create("quickstart-20260101-120001-bbbbbb", "", ["prepare"], backend="local")
+    run.update_state(lambda s: s.update(status="failed", started_at="2026-01-01T12:00:02+00:00",
+                                        ended_at="2026-01-01T12:00:03+00:00"))
+    store.create("squad-20260101-120002-cccccc", "", ["prepare"], backend="local")
+    return store
+
+
+def test_help_list_explain_and_validate_do_not_import_torch_transformers_ray_or_pyarrow(tmp_path):
+    _store_with_jobs(tmp_path)
+    assert _imported_heavy("--help") == []
+    assert _imported_heavy("list", "--root", str(tmp_path)) == []
+    assert _imported_heavy("explain", "distill.prediction") == []
+    assert _imported_heavy("validate", "configs/quickstart.yaml") == []
+
+
+def test_list_json_and_filters(tmp_path, capsys):
+    store = _store_with_jobs(tmp_path)
+    assert main(["list", "--json", "--root", str(tmp_path)]) == 0
+    jobs = json.loads(capsys.readouterr().out)
+    assert [job["job_id"] for job in jobs] == [run.job_id for run in store.list()]
+    failed = next(job for job in jobs if job["job_id"] == "quickstart-20260101-120001-bbbbbb")
+    assert failed == {"job_id": "quickstart-20260101-120001-bbbbbb", "name": "quickstart", "status": "failed",
+                      "created_at": failed["created_at"], "started_at": "2026-01-01T12:00:02+00:00",
+                      "ended_at": "2026-01-01T12:00:03+00:00", "run_dir": str(tmp_path.resolve() / failed["job_id"])}
+
+    assert main(["list", "--json", "--root", str(tmp_path), "--status", "pending", "--name", "quickstart"]) == 0
+    assert [job["job_id"] for job in json.loads(capsys.readouterr().out)] == ["quickstart-20260101-120000-aaaaaa"]
+    assert main(["list", "--json", "--root", str(tmp_path), "--name", "nope"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+    assert main(["list", "--root", str(tmp_path), "--status", "failed"]) == 0
+    table = capsys.readouterr().out
+    assert "quickstart-20260101-120001-bbbbbb" in table and "squad" not in table
+
+
+def test_a_job_on_an_unreachable_cluster_lists_as_unknown(tmp_path, capsys):
+    store = _store_with_jobs(tmp_path)
+    # nothing listens on port 1: the connection is refused at once
+    store.create("remote-20260101-120003-dddddd", "", ["prepare"], backend="ray", address="http://127.0.0.1:1",
+                 submission_id="remote-20260101-120003-dddddd")
+    assert main(["list", "--root", str(tmp_path)]) == 0
+    rows = {line.split()[0]: line.split()[1] for line in capsys.readouterr().out.splitlines()[1:]}
+    assert rows["remote-20260101-120003-dddddd"] == "unknown"
+    assert rows["quickstart-20260101-120001-bbbbbb"] == "failed"
+
+    assert main(["status", "remote-20260101-120003-dddddd", "--root", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "unknown" in out and "cannot reach the Ray cluster at http://127.0.0.1:1" in out
+
+
+def test_explain_an_unknown_field_suggests_the_nearest(capsys):
+    assert main(["explain", "distill.predicton.temperatur"]) == 2
+    error = capsys.readouterr().err
+    assert "no spec field starts with 'distill.predicton.temperatur'" in error
+    assert "did you mean distill.prediction.temperature" in error
+    assert main(["explain", "nonsense.field"]) == 2
+    error = capsys.readouterr().err
+    assert "no spec field starts with 'nonsense.field'; did you mean " in error
+    assert main(["explain", "zz"]) == 2
+    assert "run `python -m jobs explain` for all of them" in capsys.readouterr().err
