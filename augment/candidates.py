@@ -1,8 +1,8 @@
 """Replacement candidates for words: nearest neighbours in word-vector space, or a masked LM's predictions.
 
-TinyBERT's rule decides the source: a word that is exactly one wordpiece of the masked LM's tokenizer gets the
-LM's top-k predictions with the word masked; every other word (or every word, with no LM) gets its top-k
-nearest neighbours by cosine similarity of word vectors.
+TinyBERT's rule decides the source: a word that is exactly one token of the masked LM's tokenizer where it stands
+(`encode_words`) gets the LM's top-k predictions with the word masked; every other word (or every word, with no
+LM) gets its top-k nearest neighbours by cosine similarity of word vectors.
 
 * Vectors: `load_vectors` reads GloVe, word2vec (text or binary), fastText (`.vec`, `.bin`) or gensim `.kv`
   files; `train_vectors` trains word2vec on the corpus itself. `nearest_neighbours` computes the top-k list of
@@ -244,6 +244,27 @@ class Encoded:
     maskable: dict[tuple[int, int], int]  # word (start, end) -> index of its one token in `ids`
 
 
+def encode_words(tokenizer, text: str, words: Sequence[Word]) -> Encoded:
+    """Tokenise `text` and find which of `words` the masked LM can replace: those that are exactly one token where
+    they stand (by character offsets). The one rule both the workers' proposer and the driver (which finds vector
+    neighbours for every other word) apply: with a BPE tokenizer a word can be one token after a space (" Paris")
+    but several at a text's start or after "(", so only its occurrences in context decide.
+    """
+    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+    by_span = {(s, e): i for i, (s, e) in enumerate(encoding["offset_mapping"])}
+    maskable = {(w.start, w.end): by_span[(w.start, w.end)] for w in words if (w.start, w.end) in by_span}
+    return Encoded(list(encoding["input_ids"]), maskable)
+
+
+def _usable_positions(model) -> int:
+    """Token positions a masked LM's rows may use: RoBERTa-family models number positions from padding_idx + 1
+    (their position table has a padding row), so 2 of RoBERTa's 514 are never a token's."""
+    positions = getattr(model.config, "max_position_embeddings", 512)
+    table = getattr(getattr(model.base_model, "embeddings", None), "position_embeddings", None)
+    padding_idx = getattr(table, "padding_idx", None)
+    return positions if padding_idx is None else positions - (padding_idx + 1)
+
+
 @contextmanager
 def lm_head_only_at(model, rows, cols):
     """Within the block, a HF masked LM's head sees only the hidden states at (rows, cols).
@@ -299,7 +320,7 @@ class MaskedLMProposer:
         inner = self.tokenizer("word", add_special_tokens=False)["input_ids"]
         at = probe.index(inner[0])
         self._prefix, self._suffix = probe[:at], probe[at + len(inner):]  # e.g. [CLS] and [SEP]
-        positions = getattr(self.model.config, "max_position_embeddings", 512)
+        positions = _usable_positions(self.model)
         limit = self.tokenizer.model_max_length if self.tokenizer.model_max_length < 100_000 else positions
         self.max_length = min(limit, positions, 512)
         self.max_content = self.max_length - len(self._prefix) - len(self._suffix)  # wordpieces of text per row
@@ -330,11 +351,8 @@ class MaskedLMProposer:
         return words, banned.to(self.device)
 
     def encode(self, text: str, words: Sequence[Word]) -> Encoded:
-        """Tokenise `text` and find which of `words` are exactly one wordpiece (by character offsets)."""
-        encoding = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
-        by_span = {(s, e): i for i, (s, e) in enumerate(encoding["offset_mapping"])}
-        maskable = {(w.start, w.end): by_span[(w.start, w.end)] for w in words if (w.start, w.end) in by_span}
-        return Encoded(list(encoding["input_ids"]), maskable)
+        """`encode_words` with this model's tokenizer."""
+        return encode_words(self.tokenizer, text, words)
 
     def candidate_words(self, logits, original_ids: Sequence[int], top_k: int) -> list[tuple[str, ...]]:
         """Turn LM scores at masked positions into candidate words.

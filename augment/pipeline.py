@@ -67,12 +67,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from augment.candidates import (MaskedLMProposer, load_vectors, nearest_neighbours, propose, save_vectors,
-                                train_vectors)
+from augment.candidates import (MaskedLMProposer, encode_words, load_vectors, nearest_neighbours, propose,
+                                save_vectors, train_vectors)
 from augment.sampling import Tally, augment_classification, augment_qa
 from augment.schema import schema_for
 from augment.words import eligible_words, segment
-from augment.writers import SHARD_GLOB, atomic_output, iter_shard_batches, shard_paths, write_json, write_shard
+from augment.writers import (SHARD_GLOB, atomic_output, iter_shard_batches, read_rows, shard_paths, write_json,
+                             write_shard)
 from jobs.spec import AugmentSpec, ResourcesSpec
 
 log = logging.getLogger(__name__)
@@ -157,8 +158,8 @@ def augment_examples(examples_dir: Path, task: Literal["qa", "classification"], 
                  len(blocks) - len(todo))
         # the words of the whole input, finished blocks too: the neighbour search then sees the same queries on
         # a resumed run as on an uninterrupted one, so even its floating-point ties break the same way
-        neighbours, vectors_path = _neighbours_for(_input_words(examples_dir, _fields(task, config)), examples_dir,
-                                                   task, config, seed, out_dir)
+        wanted = _words_needing_neighbours(examples_dir, _fields(task, config), config.mlm_model)
+        neighbours, vectors_path = _neighbours_for(wanted, examples_dir, task, config, seed, out_dir)
         _write_neighbours(neighbours, out_dir / NEIGHBOURS_FILE)
         del neighbours  # the workers read the file: nothing per word stays in the driver while they run
         items = [{"block": i, "runs": json.dumps(_runs(blocks[i], shard_rows))} for i in todo]
@@ -322,17 +323,7 @@ def _read_runs(shards_dir: Path, runs: list[tuple[str, int, int]]) -> pa.Table:
     for name, start, stop in runs:
         low, high = spans.get(name, (start, stop))
         spans[name] = (min(low, start), max(high, stop))
-    tables = {}
-    for name, (low, high) in spans.items():
-        parquet = pq.ParquetFile(shards_dir / name)
-        groups, first, row = [], None, 0
-        for g in range(parquet.metadata.num_row_groups):
-            count = parquet.metadata.row_group(g).num_rows
-            if row < high and low < row + count:
-                groups.append(g)
-                first = row if first is None else first
-            row += count
-        tables[name] = parquet.read_row_groups(groups).slice(low - first, high - low)
+    tables = {name: read_rows(shards_dir / name, low, high) for name, (low, high) in spans.items()}
     return pa.concat_tables([tables[name].slice(start - spans[name][0], stop - start) for name, start, stop in runs])
 
 
@@ -388,39 +379,33 @@ def _distinct_texts(folder: Path, columns: list[str], seen: set[bytes]) -> Itera
                         yield text
 
 
-def _add_words(texts: Iterable[str], words: dict[str, set[str]]) -> dict[str, set[str]]:
-    """Add the eligible words of `texts` to `words`: lower-case word -> the forms it takes ("Paris", "PARIS")."""
+def _words_of(texts: Iterable[str]) -> set[str]:
+    """The eligible words of `texts`, lower-cased."""
+    return {w.word.lower() for text in texts for w in eligible_words(text)}
+
+
+def _words_needing_neighbours(examples_dir: Path, fields: list[str], mlm_model: str | None) -> set[str]:
+    """The lower-cased eligible words of every distinct text of the input's `fields` that need embedding
+    candidates: all of them without a masked LM; with one, those it cannot replace somewhere in the input, by the
+    rule the workers apply to each text (`encode_words`: one token where the word stands)."""
+    texts = _distinct_texts(examples_dir, fields, set())
+    if mlm_model is None:
+        return _words_of(texts)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(mlm_model)
+    wanted = set()
     for text in texts:
-        for w in eligible_words(text):
-            words.setdefault(w.word.lower(), set()).add(w.word)
-    return words
+        words = eligible_words(text)
+        maskable = encode_words(tokenizer, text, words).maskable
+        wanted.update(w.word.lower() for w in words if (w.start, w.end) not in maskable)
+    return wanted
 
 
-def _input_words(examples_dir: Path, fields: list[str]) -> dict[str, set[str]]:
-    """The eligible words of every distinct text of the input's `fields`, with their forms."""
-    return _add_words(_distinct_texts(examples_dir, fields, set()), {})
-
-
-def _neighbours_for(surfaces: dict[str, set[str]], examples_dir: Path, task: str, config: AugmentSpec, seed: int,
+def _neighbours_for(wanted: set[str], examples_dir: Path, task: str, config: AugmentSpec, seed: int,
                     out_dir: Path) -> tuple[dict[str, tuple[str, ...]], Path | None]:
-    """Embedding candidates of every word of the input that needs them, and the trained vectors' path.
-
-    With a masked LM only words that are not one wordpiece need them; they are all looked up in one batched
-    pass (`nearest_neighbours`), once per distinct word.
-    """
-    wanted = set(surfaces)
-    if config.mlm_model is not None:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(config.mlm_model)
-        forms = sorted({form for forms in surfaces.values() for form in forms})
-        single = set()
-        for start in range(0, len(forms), 8192):  # the tokenizer's encodings of all forms at once would be large
-            chunk = forms[start:start + 8192]
-            # a leading space makes BPE vocabularies tokenise a word as it appears mid-sentence
-            pieces = tokenizer([" " + form for form in chunk], add_special_tokens=False)["input_ids"]
-            single.update(form for form, ids in zip(chunk, pieces) if len(ids) == 1)
-        wanted = {word for word, forms in surfaces.items() if not forms <= single}
+    """Embedding candidates of the `wanted` words, looked up in one batched pass (`nearest_neighbours`), and the
+    trained vectors' path."""
     if not wanted:
         return {}, None
 
@@ -499,7 +484,7 @@ class _BlockAugmenter:
     def _neighbours_of(self, rows: list[dict[str, Any]]) -> dict[str, list[str]]:
         """The neighbour table's entries for the words of `rows`."""
         texts = dict.fromkeys(r[f] for r in rows for f in _fields(self.task, self.config) if r[f] is not None)
-        words = pa.array(sorted(_add_words(texts, {})), pa.string())
+        words = pa.array(sorted(_words_of(texts)), pa.string())
         own = self.neighbours.filter(pc.is_in(self.neighbours.column("word"), value_set=words))
         return dict(zip(own.column("word").to_pylist(), own.column("neighbours").to_pylist()))
 

@@ -15,6 +15,10 @@ Example::
 
     result = read_examples(DataSource(path="dev-v2.0.json"), "qa", None, Path("runs/x/examples"))
     result.written, result.rejected_by_reason
+
+Two more functions look at a source without writing anything, for checks before a job starts (jobs.preflight):
+`peek_source` says whether the head of a local source holds the task's data in the layout its format reads, and
+`read_label_names` finds the label names `read_examples` would use.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import csv
 import dataclasses
 import itertools
 import json
+import os
 import re
 import sys
 from collections import Counter
@@ -159,6 +164,171 @@ def read_examples(source: DataSource, task: Task, label_names: list[str] | None,
         "max_text_chars": MAX_TEXT_CHARS,
     })
     return result
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Looking before reading: the head of a source and its label names, with nothing written
+
+# `peek_source` reads at most this much of a file: a header row, the first records of a JSON Lines file or the start
+# of a SQuAD JSON, never the whole of a large file.
+PEEK_BYTES = 1 << 20
+_SQUAD_FOUND = "SQuAD JSON (QA data: an object whose 'data' lists articles with paragraphs and questions)"
+_EXPECTED = {"qa": "SQuAD JSON, JSONL records with fields context, question, answers, or an HF dataset",
+             "classification": "TSV, CSV or JSONL records with a text and a label column, or an HF dataset"}
+
+
+@dataclasses.dataclass(frozen=True)
+class SourcePeek:
+    """What the head of a local data source holds, as `peek_source` found it.
+
+    Attributes:
+        found: the head in words, e.g. "JSON Lines records with fields label, sentence".
+        problem: why `read_examples` cannot read the source for the task, saying what was found and the fix; None
+            when the head reads as the task's data.
+    """
+
+    found: str
+    problem: str | None
+
+
+def peek_source(source: DataSource, task: Task) -> SourcePeek | None:
+    """Whether a local `source` holds `task` data in the layout `source.format` reads, from its head only.
+
+    A file's first PEEK_BYTES are read (the format is told by content, not by suffix: a SQuAD file named .jsonl is
+    found to be SQuAD); a local HF dataset is opened for its columns. Records are not checked one by one: that is
+    `read_examples`' work, and a bad record is a reject, not a failed job.
+
+    Returns:
+        What was found and any problem; None for a hub dataset, which is not fetched here.
+    """
+    columns = _Columns(source.text_column, source.text_pair_column, source.label_column)
+    needed = _QA_COLUMNS if task == "qa" else columns.needed
+    path = Path(source.path)
+    if source.format == "hf":
+        return _peek_hf(source, task, columns) if path.exists() else None
+    try:
+        head, whole = _head_text(path)
+    except DataReadError as err:
+        return SourcePeek("an unreadable file", str(err))
+    layout = _head_layout(head, whole, source.format)
+    if layout is None:  # one record longer than the head: left to the reader
+        return SourcePeek(f"a first line longer than {PEEK_BYTES:,} bytes", None)
+    found, fields = layout
+    if found == _SQUAD_FOUND:
+        if task != "qa":
+            return SourcePeek(found, f"{path}: holds {found}, but the task is {task}; set task: qa, or give "
+                                     f"{task} data ({_EXPECTED[task]})")
+        if source.format != "squad":
+            return SourcePeek(found, f"{path}: holds {found}, but format is {source.format}; set format: squad")
+        return SourcePeek(found, None)
+    if source.format == "squad":
+        fix = "; set format: jsonl" if fields is not None else f"; give {task} data ({_EXPECTED[task]})"
+        task_note = "" if task == "qa" else f", which is QA data, but the task is {task}"
+        return SourcePeek(found, f"{path}: format squad (the default for .json files) reads SQuAD JSON{task_note}; "
+                                 f"found {found}{fix}")
+    if fields is None:
+        return SourcePeek(found, f"{path}: format {source.format} cannot read it: found {found}; expected "
+                                 f"{_EXPECTED[task]}")
+    try:
+        if source.format in ("tsv", "csv"):
+            # the reader's own header checks (and its refusal of QA data in TSV/CSV), on the header row only
+            next(_delimited_items(path, task, columns, "\t" if source.format == "tsv" else ","), None)
+        else:
+            _require_columns(f"{path} (first records)", fields, needed)
+    except DataReadError as err:
+        return SourcePeek(found, f"{err}{_other_task_hint(fields, task, columns)}")
+    return SourcePeek(found, None)
+
+
+def read_label_names(source: DataSource, label_names: list[str] | None = None) -> list[str]:
+    """The label names, in id order, that `read_examples(source, "classification", label_names, ...)` gives.
+
+    `label_names` when given, else the names an HF ClassLabel column fixes, else those inferred from every label
+    that reads (ids "0".."max", or the sorted distinct names): a pass over the whole source, writing nothing.
+
+    Raises:
+        DataReadError: the source cannot be read at all.
+    """
+    if label_names:
+        return list(label_names)
+    items, class_label_names = _items(source, "classification")
+    if class_label_names is not None:
+        return class_label_names
+    with open(os.devnull, "w", encoding="utf-8") as nowhere:
+        rows = _checked(itertools.islice(items, source.limit), _RejectLog(nowhere, source.path),
+                        _check_classification)
+        return _infer_label_names([row["label"] for _, row in rows])
+
+
+def _head_text(path: Path) -> tuple[str, bool]:
+    """The first PEEK_BYTES of `path` as text, and whether that is the whole file."""
+    with _open_binary(path) as handle:
+        data = handle.read(PEEK_BYTES + 1)
+    whole = len(data) <= PEEK_BYTES
+    data = data[:PEEK_BYTES]
+    _check_text_start(path, data)
+    if b"\x00" in data:
+        raise DataReadError(f"{path}: holds NUL bytes: it is binary or UTF-16/32, not UTF-8 text")
+    # a cut in the middle of a character only spoils that character
+    return data.removeprefix(b"\xef\xbb\xbf").decode("utf-8", "replace"), whole
+
+
+def _head_layout(head: str, whole: bool, file_format: str | None) -> tuple[str, list[str] | None] | None:
+    """What the head of a file holds, in words, and the fields (or header columns) of its records, if it has any;
+    None when its first line does not end within the head."""
+    start = head.lstrip()
+    if start.startswith("{") and re.search(r'"data"\s*:\s*\[', head) and re.search(r'"(paragraphs|qas)"', head):
+        return _SQUAD_FOUND, None
+    lines = head.splitlines(keepends=True)
+    if not whole:
+        lines = lines[:-1]  # the last line may be cut short
+    lines = [line for line in lines if line.strip()]
+    if not lines:
+        return ("an empty file", None) if whole else None
+    if file_format in ("tsv", "csv"):
+        delimiter = "\t" if file_format == "tsv" else ","
+        quoting = csv.QUOTE_NONE if file_format == "tsv" else csv.QUOTE_MINIMAL
+        header = next(csv.reader([lines[0].rstrip("\r\n")], delimiter=delimiter, quoting=quoting), [])
+        return f"a header row with columns {', '.join(header)}", header
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if isinstance(record, dict):
+            records.append(record)
+        elif i == 0:  # JSON Lines starts with an object; a bad line further on is only a reject
+            break
+    if records:
+        fields = sorted({key for record in records for key in record})
+        return f"JSON Lines records with fields {', '.join(fields)}", fields
+    if start[:1] in ("{", "["):
+        return f"JSON that is neither SQuAD nor one object per line (it starts {_short(start[:40])})", None
+    return f"text whose first line is {_short(lines[0].rstrip())}", None
+
+
+def _peek_hf(source: DataSource, task: Task, columns: _Columns) -> SourcePeek:
+    try:
+        dataset = _load_hf(source)
+    except DataReadError as err:
+        return SourcePeek("an unreadable dataset", str(err))
+    found = f"an HF dataset with columns {', '.join(dataset.column_names)}"
+    try:
+        _require_columns(f"{source.path} (split {source.split})", dataset.column_names,
+                         _QA_COLUMNS if task == "qa" else columns.needed)
+    except DataReadError as err:
+        return SourcePeek(found, f"{err}{_other_task_hint(dataset.column_names, task, columns)}")
+    return SourcePeek(found, None)
+
+
+def _other_task_hint(fields: list[str], task: Task, columns: _Columns) -> str:
+    """A note when the fields found are those of the other task: the likelier mistake is the task."""
+    if task == "classification" and set(_QA_COLUMNS) <= set(fields):
+        return "; these are QA fields (context, question, answers): set task: qa"
+    if task == "qa" and set(columns.needed) <= set(fields):
+        return f"; these are classification fields ({', '.join(columns.needed)}): set task: classification"
+    return ""
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ teachers) it builds features with the shared `distill.features` functions, runs 
     out_dir/
       settings.json                       task, features and evaluate settings, models, device
       metrics.json                        {name: {metric: value, ..., "speed": {device: SpeedReport}}, ...}
-                                          the student also gets "vs_teachers": {teacher: {device: ratios}}
+                                          the student also gets "vs_teachers": {teacher: {device: ratios}};
+                                          "degenerate" says when a model gives one answer to everything
       <name>/predictions.json             QA: {qid: answer text, "" for no answer}; classification: {id: label}
       <name>/null_odds.json               QA only: {qid: null score - best span score}
 
@@ -46,7 +47,7 @@ from augment.writers import iter_shard_batches, shard_paths, write_json
 from distill import speed
 from distill.classification_metrics import classification_report
 from distill.features import CLS_INDEX, FlatFeatures, build_features
-from distill.models import (ModelRef, autocast, check_max_seq_len, load_model, load_tokenizer,
+from distill.models import (ModelRef, autocast, check_label_order, check_max_seq_len, load_model, load_tokenizer,
                             pick_device)
 from distill.postprocess import (QAExample, QAPrediction, QAWindow, postprocess_qa_predictions, write_null_odds,
                                  write_predictions)
@@ -78,6 +79,7 @@ class ModelEvaluation:
         seconds: wall time of feature building, inference and scoring (speed measurement excluded).
         metrics: the scores as in metrics.json, without "speed". QA: the official SQuAD 2.0 keys plus
             na_prob_thresh; classification: accuracy, macro_f1, macro_precision, macro_recall, total, per_class.
+            Both: degenerate, `degenerate_predictions` of its predictions (None for a model that discriminates).
         speed: {device: SpeedReport as a dict}; None when speed was not measured.
         predictions_path: predictions.json.
         null_odds_path: null_odds.json (QA), else None.
@@ -133,7 +135,8 @@ def evaluate_models(models: dict[str, ModelRef], task: Task, examples_dir: Path,
     Raises:
         EvaluationError: no models, no examples, QA windows without room for context, unlabelled classification
             examples, or label names that do not match a classifier.
-        distill.models.ModelCheckError: a model whose head, positions or tokenizer does not fit.
+        distill.models.ModelCheckError: a model whose head, positions, tokenizer or named classes (other than
+            label_names, or in another order) do not fit.
     """
     if not models:
         raise EvaluationError("no models to evaluate; pass at least one {name: ModelRef}")
@@ -239,6 +242,8 @@ def _evaluate_one(name: str, ref: ModelRef, task: Task, examples_dir: Path, num_
     if num_labels is not None and model.config.num_labels != num_labels:
         raise EvaluationError(f"{name}: classifies into {model.config.num_labels} labels, the data has "
                               f"{num_labels} ({', '.join(label_names)})")
+    if num_labels is not None:
+        check_label_order(model.config, label_names, name)
     model = model.to(device)
     answers = _QAAnswers(config) if task == "qa" else _ClassAnswers(label_names)
     examples_seen = features_seen = 0
@@ -318,6 +323,23 @@ def _per_row(table: pa.Table, name: str) -> list[np.ndarray]:
     return np.split(flat, ends[:-1])
 
 
+def degenerate_predictions(task: Task, predictions: list[str]) -> str | None:
+    """What is wrong with a model that gives one answer to everything, or None.
+
+    Such a model's scores measure the evaluation data (its share of unanswerable questions, of one class), not
+    the model, and a student "keeping" its score has learned nothing to be measured by.
+
+    Args:
+        task: "qa" or "classification".
+        predictions: QA: the answer texts, "" for no answer; classification: the predicted label names.
+    """
+    if task == "qa" and predictions and not any(predictions):
+        return f"answers no answer to all {len(predictions)} questions"
+    if task == "classification" and len(predictions) > 1 and len(set(predictions)) == 1:
+        return f"predicts {predictions[0]!r} for all {len(predictions)} examples"
+    return None
+
+
 class _QAAnswers:
     """Each QA example's answer (text, null odds) and gold answers, gathered chunk by chunk.
 
@@ -366,7 +388,9 @@ class _QAAnswers:
         scores = squad_v2_scores(self.gold, {qid: p.text for qid, p in self.predictions.items()},
                                  na_probs={qid: p.null_odds for qid, p in self.predictions.items()},
                                  na_prob_thresh=self.config.null_threshold)
-        return {**scores, "na_prob_thresh": self.config.null_threshold}
+        texts = [prediction.text for prediction in self.predictions.values()]
+        return {**scores, "na_prob_thresh": self.config.null_threshold,
+                "degenerate": degenerate_predictions("qa", texts)}
 
 
 class _ClassAnswers:
@@ -388,13 +412,15 @@ class _ClassAnswers:
         """Write {id: label name} and score accuracy, macro scores and the per-class report."""
         names = self.label_names
         predicted = np.concatenate(self.predicted)
-        write_json(predictions_path, {example_id: names[int(p)] for example_id, p in zip(self.ids, predicted)})
+        predicted_names = [names[int(p)] for p in predicted]
+        write_json(predictions_path, dict(zip(self.ids, predicted_names)))
         report = classification_report(np.concatenate(self.labels).astype(np.int64), predicted, len(names), names)
         return {
             "accuracy": report.accuracy, "macro_f1": report.macro_f1, "macro_precision": report.macro_precision,
             "macro_recall": report.macro_recall, "total": report.total,
             "per_class": {c.name: {"precision": c.precision, "recall": c.recall, "f1": c.f1, "support": c.support}
                           for c in report.per_class},
+            "degenerate": degenerate_predictions("classification", predicted_names),
         }
 
 

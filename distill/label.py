@@ -15,11 +15,13 @@ block layout, which differs from run to run; a forward pass's last bits depend o
 batch. So the unit of scheduling is the unit of output, and everything inside a block is computed in a fixed
 order.
 
-Ensembles: `label.ensemble = "probs"` (default) stores log(sum_k w_k softmax(z_k)) with weights normalised to
-sum 1, so softmax(stored) is the weighted mixture (and with one teacher, its log-probabilities: softmax of them at
-any temperature equals softmax of the raw logits, the shift cancels); "logits" stores sum_k w_k z_k. For QA the
-softmax runs over the real tokens of each window, separately for start and end; for classification over the
-classes. `label.keep_teacher_logits` also stores each teacher's raw logits.
+Ensembles (`distill.ensemble`), with weights normalised to sum 1 and T the distillation temperature:
+`label.ensemble = "probs"` (default) stores T * log(sum_k w_k softmax(z_k / T)), so that the loss's
+softmax(stored / T) is the mix of the softened teachers (with one teacher, its log-probabilities at T = 1: softmax
+of them at any temperature equals softmax of the raw logits, the shift cancels, so one teacher's labels do not
+depend on T); "logits" stores sum_k w_k z_k. For QA the softmax runs over the real tokens of each window,
+separately for start and end; for classification over the classes. `label.keep_teacher_logits` also stores each
+teacher's raw logits.
 
     out_dir/
       shards/part-00000.parquet ...   features with teacher columns, `distill.features.feature_schema(task)`
@@ -53,14 +55,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from augment.writers import SHARD_GLOB, atomic_output, shard_paths, write_json
-from distill.ensemble import mix_teacher_logits
+from augment.writers import SHARD_GLOB, atomic_output, read_rows, shard_paths, write_json
+from distill.ensemble import labels_depend_on_temperature, mix_teacher_logits
 from distill.features import TEACHER_COLUMNS, build_features
 from distill.models import (
-    RANDOM_INIT_SEED,
     ModelCheckError,
     ModelRef,
     autocast,
+    check_label_order,
     check_max_seq_len,
     check_same_vocabulary,
     load_config,
@@ -153,23 +155,21 @@ class TeacherEnsemble:
     """The teachers of one labelling run, loaded once, labelling feature tables.
 
     Args:
-        teachers: one or more; weights are normalised to sum 1.
+        teachers: one or more; weights are normalised to sum 1; one with init="random" is built from its seed.
         task: "qa" or "classification".
         num_labels: classification: the number of classes (checked against each teacher's head).
         config: batch size, ensemble mode, whether to keep each teacher's logits.
         device: where the teachers run; CUDA runs under mixed precision (`models.autocast`), CPU in fp32.
+        temperature: the distillation temperature the labels are for; a probs mix of several teachers depends on it.
     """
 
     def __init__(self, teachers: list[ModelRef], task: Task, num_labels: int | None, config: LabelSpec,
-                 device: torch.device, pad_token_id: int):
+                 device: torch.device, pad_token_id: int, temperature: float = 1.0):
         if not teachers:
             raise ValueError("TeacherEnsemble needs at least one teacher")
         self.task, self.config, self.device, self.pad_token_id = task, config, device, pad_token_id
-        self.models = []
-        for index, ref in enumerate(teachers):
-            if ref.init == "random":
-                torch.manual_seed(RANDOM_INIT_SEED + index)
-            self.models.append(load_model(ref, task, num_labels).to(device).eval())
+        self.temperature = temperature
+        self.models = [load_model(ref, task, num_labels).to(device).eval() for ref in teachers]
         # token_type_ids go only to models whose forward takes them (not DistilBERT, for one)
         self.takes_types = ["token_type_ids" in inspect.signature(m.forward).parameters for m in self.models]
         total = sum(ref.weight for ref in teachers)
@@ -221,7 +221,7 @@ class TeacherEnsemble:
                     outputs[h].append(getattr(output, h).float())                     # (B, T) or (B, C)
             for h in heads:
                 batch_mixed = mix_teacher_logits(outputs[h], weights, self.config.ensemble,
-                                                 mask_t if qa else None).cpu().numpy()
+                                                 mask_t if qa else None, self.temperature).cpu().numpy()
                 if qa:
                     mixed[h][gather] = batch_mixed[mask]
                 else:
@@ -255,18 +255,8 @@ class TeacherEnsemble:
 
 def _read_block(block: _Block, task: Task) -> pa.Table:
     """Rows [start, stop) of one examples shard, reading only the row groups that hold them."""
-    parquet = pq.ParquetFile(block.path)
-    present = set(parquet.schema_arrow.names)
-    columns = [c for c in _EXAMPLE_COLUMNS[task] if c in present]
-    groups, first_row, row = [], None, 0
-    for g in range(parquet.metadata.num_row_groups):
-        count = parquet.metadata.row_group(g).num_rows
-        if row + count > block.start and row < block.stop:
-            groups.append(g)
-            first_row = row if first_row is None else first_row
-        row += count
-    table = parquet.read_row_groups(groups, columns=columns)
-    return table.slice(block.start - first_row, block.stop - block.start)
+    present = pq.read_schema(block.path).names
+    return read_rows(block.path, block.start, block.stop, [c for c in _EXAMPLE_COLUMNS[task] if c in present])
 
 
 def _write_shard(table: pa.Table, path: Path) -> int:
@@ -288,15 +278,19 @@ class _BlockLabeller:
     """
 
     def __init__(self, task: Task, teachers: list[ModelRef], tokenizer: ModelRef, features: FeaturesSpec,
-                 config: LabelSpec, num_labels: int | None, gpus: float, threads: int, shards_dir: str):
-        # whole cores for the maths even on a fractional reservation; the Rust tokenizer gets as many threads
+                 config: LabelSpec, temperature: float, num_labels: int | None, gpus: float, threads: int,
+                 shards_dir: str):
+        # whole cores for the maths even on a fractional reservation, and as many for the Rust tokenizer: the job's
+        # environment turns its threads off for processes that fork, which an actor does not, and on a GPU node
+        # one core's tokenizing would keep the teachers waiting
         torch.set_num_threads(threads)
+        os.environ["TOKENIZERS_PARALLELISM"] = "true"
         os.environ.setdefault("RAYON_NUM_THREADS", str(threads))
         self.task, self.features, self.shards_dir = task, features, Path(shards_dir)
         self.tokenizer = load_tokenizer(tokenizer)
         device = pick_device(gpus)
-        self.ensemble = (TeacherEnsemble(teachers, task, num_labels, config, device, self.tokenizer.pad_token_id)
-                         if teachers else None)
+        self.ensemble = (TeacherEnsemble(teachers, task, num_labels, config, device, self.tokenizer.pad_token_id,
+                                         temperature) if teachers else None)
         self.tokenizing, self.labelling = threading.Lock(), threading.Lock()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -342,8 +336,8 @@ def _read_meta(examples_dir: Path, task: Task) -> dict[str, Any]:
 
 
 def _check_models(task: Task, teachers: list[ModelRef], tokenizer: ModelRef, features: FeaturesSpec,
-                  num_labels: int | None) -> None:
-    """Fail before any work on a teacher that cannot label these features."""
+                  num_labels: int | None, label_names: list[str] | None) -> None:
+    """Fail before any work on a teacher that cannot label these features (or whose classes are not the data's)."""
     loaded: dict[tuple[str, bool], Any] = {}
 
     def tokenizer_of(ref: ModelRef) -> Any:
@@ -358,9 +352,16 @@ def _check_models(task: Task, teachers: list[ModelRef], tokenizer: ModelRef, fea
     label_counts = {}
     for i, ref in enumerate(teachers):
         name = f"teacher {i} ({ref.name_or_path})"
+        if ref.init == "random" and ref.seed is None:
+            raise ModelCheckError(f"{name}: init='random' without a seed, so each labelling worker would build "
+                                  "other weights; give ModelRef.seed (jobs.stages.teacher_refs gives "
+                                  "RANDOM_INIT_SEED + the teacher's index)")
         check_max_seq_len(load_config(ref), features.max_seq_len, name)
         # load_model checks the head and the label count; the weights are dropped again at once
-        label_counts[name] = load_model(ref, task, num_labels).config.num_labels
+        config = load_model(ref, task, num_labels).config
+        label_counts[name] = config.num_labels
+        if task == "classification" and label_names:
+            check_label_order(config, label_names, name)
     if task == "classification" and len(set(label_counts.values())) > 1:
         found = ", ".join(f"{name}: {count}" for name, count in label_counts.items())
         raise ModelCheckError(f"the teachers classify into different numbers of labels ({found}); an ensemble "
@@ -368,10 +369,15 @@ def _check_models(task: Task, teachers: list[ModelRef], tokenizer: ModelRef, fea
 
 
 def _settings(task: Task, teachers: list[ModelRef], tokenizer: ModelRef, features: FeaturesSpec, config: LabelSpec,
-              num_labels: int | None, examples_per_shard: int, device: str, inputs: list[dict[str, Any]]) -> dict:
-    return {"task": task, "teachers": [asdict(t) for t in teachers], "tokenizer": asdict(tokenizer),
-            "features": features.model_dump(), "label": config.model_dump(), "num_labels": num_labels,
-            "examples_per_shard": examples_per_shard, "device": device, "inputs": inputs}
+              temperature: float, num_labels: int | None, examples_per_shard: int, device: str,
+              inputs: list[dict[str, Any]]) -> dict:
+    settings = {"task": task, "teachers": [asdict(t) for t in teachers], "tokenizer": asdict(tokenizer),
+                "features": features.model_dump(), "label": config.model_dump(), "num_labels": num_labels,
+                "examples_per_shard": examples_per_shard, "device": device, "inputs": inputs}
+    # only where the shards depend on it: other label folders stay valid whatever the temperature
+    if labels_depend_on_temperature(config.ensemble, len(teachers)):
+        settings["temperature"] = temperature
+    return settings
 
 
 def _claim_out_dir(out_dir: Path, settings: dict[str, Any]) -> Path:
@@ -422,8 +428,8 @@ def _check_capacity(resources: ResourcesSpec, gpus: float) -> None:
 
 
 def _run_blocks(pending: list[_Block], task: Task, teachers: list[ModelRef], tokenizer: ModelRef,
-                features: FeaturesSpec, config: LabelSpec, resources: ResourcesSpec, num_labels: int | None,
-                gpus: float, shards_dir: Path, progress: bool) -> None:
+                features: FeaturesSpec, config: LabelSpec, temperature: float, resources: ResourcesSpec,
+                num_labels: int | None, gpus: float, shards_dir: Path, progress: bool) -> None:
     import ray
 
     threads = max(1, math.ceil(resources.cpus_per_worker))
@@ -439,8 +445,8 @@ def _run_blocks(pending: list[_Block], task: Task, teachers: list[ModelRef], tok
         num_gpus=gpus,
         batch_format="numpy",
         fn_constructor_kwargs={"task": task, "teachers": teachers, "tokenizer": tokenizer, "features": features,
-                               "config": config, "num_labels": num_labels, "gpus": gpus, "threads": threads,
-                               "shards_dir": str(shards_dir)},
+                               "config": config, "temperature": temperature, "num_labels": num_labels, "gpus": gpus,
+                               "threads": threads, "shards_dir": str(shards_dir)},
     )
     total = sum(b.stop - b.start for b in pending)
     bar = None
@@ -478,7 +484,7 @@ def _shard_stats(paths: list[Path], task: Task) -> tuple[int, int, int]:
 def label_examples(examples_dir: Path, task: Literal["qa", "classification"], teachers: list[ModelRef],
                    tokenizer: ModelRef, features: FeaturesSpec, config: LabelSpec, resources: ResourcesSpec,
                    out_dir: Path, num_labels: int | None = None, progress: bool = True, *,
-                   examples_per_shard: int = DEFAULT_EXAMPLES_PER_SHARD) -> LabelResult:
+                   examples_per_shard: int = DEFAULT_EXAMPLES_PER_SHARD, temperature: float = 1.0) -> LabelResult:
     """Tokenize the examples of `examples_dir` into features and label them with the teachers' (mixed) logits.
 
     Args:
@@ -496,10 +502,13 @@ def label_examples(examples_dir: Path, task: Literal["qa", "classification"], te
         num_labels: classification: the number of classes; unset: the length of meta.json's label_names.
         progress: show a progress bar (examples) on stderr.
         examples_per_shard: examples per output shard (unit of work and of resumption).
+        temperature: the distillation temperature the labels are for (distill.prediction.temperature); only a
+            probs ensemble of several teachers depends on it, and only then is it recorded in label_config.json.
 
     Raises:
-        ModelCheckError: a teacher without the task's head, with another label count, another vocabulary, or
-            fewer positions than features.max_seq_len.
+        ModelCheckError: a teacher without the task's head, with another label count, named classes other than
+            meta.json's label_names (or in another order), another vocabulary, fewer positions than
+            features.max_seq_len, or init="random" without a seed.
         LabelError: no meta.json or another task in it; out_dir labelled with other settings; a worker larger
             than the Ray cluster.
     """
@@ -514,12 +523,12 @@ def label_examples(examples_dir: Path, task: Literal["qa", "classification"], te
         blocks, inputs = _plan(examples_dir, examples_per_shard)
     except FileNotFoundError as err:
         raise LabelError(str(err)) from None
-    _check_models(task, teachers, tokenizer, features, num_labels)
+    _check_models(task, teachers, tokenizer, features, num_labels, meta.get("label_names"))
 
     _ensure_ray()
     gpus = _resolve_gpus(resources) if teachers else 0.0
     _check_capacity(resources, gpus)
-    settings = _settings(task, teachers, tokenizer, features, config, num_labels, examples_per_shard,
+    settings = _settings(task, teachers, tokenizer, features, config, temperature, num_labels, examples_per_shard,
                          "cuda" if gpus > 0 else "cpu", inputs)
     shards_dir = _claim_out_dir(out_dir, settings)
     expected = {b.name for b in blocks}
@@ -529,8 +538,8 @@ def label_examples(examples_dir: Path, task: Literal["qa", "classification"], te
                          "changed since they were written: use a fresh out_dir")
     pending = [b for b in blocks if not (shards_dir / b.name).exists()]
     if pending:
-        _run_blocks(pending, task, teachers, tokenizer, features, config, resources, num_labels, gpus, shards_dir,
-                    progress)
+        _run_blocks(pending, task, teachers, tokenizer, features, config, temperature, resources, num_labels, gpus,
+                    shards_dir, progress)
 
     paths = [shards_dir / b.name for b in blocks]
     missing = [p.name for p in paths if not p.exists()]

@@ -24,10 +24,9 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-# the label stage's ensemble and random-teacher seed: online teachers must match what it wrote to the features
+from distill.attention_maps import recorded_attention, use_pre_dropout_attention
 from distill.ensemble import mix_teacher_logits
 from distill.features import FlatFeatures
-from distill.models import RANDOM_INIT_SEED
 from distill.layer_map import LayerMap, resolve_layer_map
 from distill.losses import AttentionMSE, HardLabelCE, HiddenStateMSE, SoftTargetKL
 from distill.models import (ModelCheckError, ModelRef, Task, check_same_vocabulary, load_config, load_model,
@@ -149,17 +148,10 @@ def distribution_mask(batch: dict[str, torch.Tensor], task: Task) -> torch.Tenso
     return batch["attention_mask"] if task == "qa" else None
 
 
-def _load_teacher(ref: ModelRef, index: int, task: Task, num_labels: int | None, device: torch.device,
-                  output_attentions: bool = False) -> PreTrainedModel:
-    """Teacher `index` of the job, frozen, in eval mode on `device`.
-
-    A teacher with init="random" gets the label stage's seed for its index, so it is the teacher whose logits
-    the features hold; the global RNG is left as it was.
-    """
-    with torch.random.fork_rng(devices=[]):
-        if ref.init == "random":
-            torch.manual_seed(RANDOM_INIT_SEED + index)
-        teacher = load_model(ref, task, num_labels, output_attentions=output_attentions).to(device)
+def _load_teacher(ref: ModelRef, task: Task, num_labels: int | None, device: torch.device) -> PreTrainedModel:
+    """A teacher, frozen, in eval mode on `device`; a random-init one is rebuilt from its `ref.seed`, so it is the
+    teacher whose logits the features hold."""
+    teacher = load_model(ref, task, num_labels).to(device)
     teacher.requires_grad_(False)
     return teacher.eval()
 
@@ -208,8 +200,8 @@ class IntermediateObjective(nn.Module):
     """Phase 1: the student and its projections; forward returns the MSE terms named in `losses`.
 
     `embeddings`: MSE between embedding outputs; `hidden`: the sum over mapped layers of the hidden-state MSE;
-    `attention`: the sum over mapped layers of the attention MSE. Each is averaged over real tokens (see
-    distill.losses). Loss = embeddings + hidden + attention, as TinyBERT.
+    `attention`: the sum over mapped layers of the attention MSE, on probabilities before dropout. Each is
+    averaged over real tokens (see distill.losses). Loss = embeddings + hidden + attention, as TinyBERT.
     """
 
     find_unused_parameters = True  # the task head (and any layer no term reaches) gets no gradient in phase 1
@@ -232,6 +224,9 @@ class IntermediateObjective(nn.Module):
         self.hidden_loss = HiddenStateMSE(s_config.hidden_size, t_config.hidden_size) if "hidden" in losses else None
         self.attention_loss = (AttentionMSE(s_config.num_attention_heads, t_config.num_attention_heads)
                                if "attention" in losses else None)
+        if self.attention_loss is not None:
+            use_pre_dropout_attention(student)
+            use_pre_dropout_attention(teacher)
 
     @property
     def teacher(self) -> PreTrainedModel:
@@ -239,15 +234,13 @@ class IntermediateObjective(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         mask = batch["attention_mask"]  # (B, L)
-        attentions = self.attention_loss is not None
-        student = self.student(**model_inputs(batch, takes_token_types(self.student)), output_hidden_states=True,
-                               output_attentions=attentions)
-        with torch.no_grad():
-            teacher = self.teacher(**model_inputs(batch, takes_token_types(self.teacher)),
-                                   output_hidden_states=True, output_attentions=attentions)
-        if attentions and (student.attentions is None or teacher.attentions is None):
-            raise ModelCheckError("the model returned no attentions; it must run the eager attention kernel "
-                                  "(attn_implementation='eager')")
+        # attention maps before dropout, of the mapped layers only (distill.attention_maps); none without the term
+        pairs = self.layer_map.attention_pairs if self.attention_loss is not None else []
+        student_layers, teacher_layers = [s for s, _ in pairs], [t for _, t in pairs]
+        with recorded_attention(self.student, student_layers) as student_maps:
+            student = self.student(**model_inputs(batch, takes_token_types(self.student)), output_hidden_states=True)
+        with torch.no_grad(), recorded_attention(self.teacher, teacher_layers) as teacher_maps:
+            teacher = self.teacher(**model_inputs(batch, takes_token_types(self.teacher)), output_hidden_states=True)
         terms = {}
         if self.embeddings_loss is not None:
             terms["embeddings"] = self.embeddings_loss(student.hidden_states[0], teacher.hidden_states[0], mask)
@@ -255,8 +248,7 @@ class IntermediateObjective(nn.Module):
             terms["hidden"] = sum(self.hidden_loss(student.hidden_states[s], teacher.hidden_states[t], mask)
                                   for s, t in self.layer_map.hidden_pairs)
         if self.attention_loss is not None:
-            terms["attention"] = sum(self.attention_loss(student.attentions[s], teacher.attentions[t], mask)
-                                     for s, t in self.layer_map.attention_pairs)
+            terms["attention"] = sum(self.attention_loss(student_maps[s], teacher_maps[t], mask) for s, t in pairs)
         return terms
 
     def check_features(self, data: FlatFeatures) -> None:
@@ -280,7 +272,8 @@ class IntermediateObjective(nn.Module):
                               "teacher_layers": self.layer_map.teacher_count,
                               "teacher_layer_per_student_layer": list(self.layer_map.teacher_layers)},
                 "projections": {name: list(value.shape) for name, value in self.projections().items()},
-                "attention_compared": "post-softmax probabilities" if self.attention_loss is not None else None}
+                "attention_compared": ("post-softmax probabilities before dropout"
+                                       if self.attention_loss is not None else None)}
 
     def save_outputs(self, out_dir: Path) -> dict[str, str | None]:
         model_dir = _save_model(self.student, self.tokenizer, out_dir / "student")
@@ -295,12 +288,8 @@ class IntermediateObjective(nn.Module):
 def _build_intermediate(plan: TrainPlan, device: torch.device) -> IntermediateObjective:
     options: _IntermediateOptions = plan.options
     config: IntermediateSpec = plan.config  # type: ignore[assignment]
-    attentions = "attention" in config.losses
-    teacher = _load_teacher(options.teacher, config.teacher, plan.task, options.num_labels, device,
-                            output_attentions=attentions)
+    teacher = _load_teacher(options.teacher, plan.task, options.num_labels, device)
     student = build_student(options.student, options.teacher, plan.task, options.num_labels)
-    if attentions:
-        student.set_attn_implementation("eager")  # only the eager kernel returns attention weights
     token_source = tokenizer_source(options.student, options.teacher)
     _check_vocabularies(token_source, [options.teacher])
     layer_map = resolve_layer_map(config.layer_map, student.config.num_hidden_layers,
@@ -377,7 +366,8 @@ class PredictionObjective(nn.Module):
         mask = None if mask is None else mask.bool()
         weights = torch.tensor(self.teacher_weights, device=each[0].device)
         weights = weights / weights.sum()
-        return torch.stack([mix_teacher_logits([t[:, g].float() for t in each], weights, self.ensemble, mask)
+        return torch.stack([mix_teacher_logits([t[:, g].float() for t in each], weights, self.ensemble, mask,
+                                               self.soft.temperature)
                             for g in range(each[0].shape[1])], 1)  # (B, G, N)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -431,8 +421,7 @@ def _build_prediction(plan: TrainPlan, device: torch.device) -> PredictionObject
     if online and not options.teachers:
         raise TrainingError("distill.prediction.teacher_logits is online and distill_weight > 0, but no teacher "
                             "was given; add one or use labelled logits")
-    teachers = [_load_teacher(ref, index, plan.task, options.num_labels, device)
-                for index, ref in enumerate(options.teachers)] if online else []
+    teachers = [_load_teacher(ref, plan.task, options.num_labels, device) for ref in options.teachers] if online else []
     if teachers:
         _check_vocabularies(token_source, options.teachers)
     spec = {"student": (options.student.model_dump(mode="json") if options.student is not None

@@ -16,7 +16,7 @@ import re
 import torch
 from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification, PreTrainedModel
 
-from distill.models import ModelCheckError, ModelRef, Task, load_config
+from distill.models import ModelCheckError, ModelRef, Task, from_config, load_config
 from jobs.spec import StudentSpec
 
 _HEAD_CLASSES = {"qa": AutoModelForQuestionAnswering, "classification": AutoModelForSequenceClassification}
@@ -34,7 +34,7 @@ def load_for_training(ref: ModelRef, task: Task, num_labels: int | None = None) 
         config = load_config(ref)
         for key, value in kwargs.items():
             setattr(config, key, value)
-        return head.from_config(config, trust_remote_code=ref.trust_remote_code)
+        return from_config(ref, head, config)
     return head.from_pretrained(ref.name_or_path, trust_remote_code=ref.trust_remote_code, **kwargs)
 
 

@@ -3,8 +3,9 @@
 `write_report(run_dir)` reads the resolved spec, the run state and each stage's outputs, and writes
 
     run_dir/report/
-      report.md                 spec summary, stages, data counts, augmentation, labelling, training,
-                                teacher vs student scores, size and speed
+      report.md                 warnings (models that give one answer to everything), spec summary, stages,
+                                data counts, augmentation, labelling, training, teacher vs student scores, size
+                                and speed
       loss_<stage>.png          total loss and each loss/<term> per logged step (one per training stage/teacher)
       lr.png                    learning rate per step, one panel per training stage
       scores.png                teacher vs student scores, grouped bars
@@ -229,6 +230,22 @@ def _header(run: _Run) -> str:
     return "\n".join(lines)
 
 
+def evaluation_warnings(metrics: dict[str, dict[str, Any]]) -> list[str]:
+    """One line per model of metrics.json whose predictions are degenerate, and per comparison with such a
+    teacher: `jobs status` prints them, the report lists them under Warnings."""
+    notes = {name: entry["degenerate"] for name, entry in metrics.items() if entry.get("degenerate")}
+    lines = [f"`{name}` {note}: its scores measure the evaluation data, not the model" for name, note in notes.items()]
+    if "student" in metrics:
+        lines += [f"the student is compared with `{name}`, which {note}: the share of its score the student keeps "
+                  "says nothing about what it learned" for name, note in notes.items() if name != "student"]
+    return lines
+
+
+def _warnings_section(metrics: dict[str, dict[str, Any]] | None) -> str | None:
+    lines = evaluation_warnings(metrics or {})
+    return "## Warnings\n\n" + "\n".join(f"- {line}" for line in lines) if lines else None
+
+
 def _spec_section(run: _Run) -> str:
     spec = run.spec
     if spec is None:
@@ -397,7 +414,9 @@ def _results_section(run: _Run, metrics: dict[str, dict[str, Any]] | None, plots
     for teacher in (name for name in names if name != "student"):
         score = metrics[teacher].get(headline)
         if isinstance(student, (int, float)) and isinstance(score, (int, float)) and score:
-            text += f"\n\nThe student keeps {student / score:.1%} of `{teacher}`'s {headline}."
+            text += f"\n\nThe student keeps {student / score:.1%} of `{teacher}`'s {headline}"
+            degenerate = metrics[teacher].get("degenerate")
+            text += f", but `{teacher}` {degenerate} (see Warnings)." if degenerate else "."
     if task == "classification":
         for name in names:
             per_class = metrics[name].get("per_class") or {}
@@ -563,16 +582,16 @@ def write_report(run_dir: Path) -> Path:
             plots["scores"] = "scores.png"
 
     sections = [
-        _header(run), _spec_section(run), _stages_section(run), _data_section(run), _augment_section(run),
-        _label_section(run), _training_section(run, logs, plots), _results_section(run, metrics, plots),
-        _speed_section(run, metrics),
+        _header(run), _warnings_section(metrics), _spec_section(run), _stages_section(run), _data_section(run),
+        _augment_section(run), _label_section(run), _training_section(run, logs, plots),
+        _results_section(run, metrics, plots), _speed_section(run, metrics),
     ]
     sections.append(_export_section(run))
     if run.problems:
         sections.append("## Problems reading the run\n\n" + "\n".join(f"- {p}" for p in run.problems))
     path = report_dir / "report.md"
     temp = report_dir / ".report.md.tmp"
-    temp.write_text("\n\n".join(sections) + "\n", encoding="utf-8")
+    temp.write_text("\n\n".join(section for section in sections if section is not None) + "\n", encoding="utf-8")
     temp.replace(path)
     return path
 

@@ -218,7 +218,10 @@ class FeaturesSpec(StrictModel):
 class LabelSpec(StrictModel):
     batch_size: int = Field(64, gt=0, description="features per teacher forward pass")
     ensemble: Literal["probs", "logits"] = Field(
-        "probs", description="combine teachers by a weighted mean of probabilities or of logits")
+        "probs", description="how several teachers make one target at distill.prediction.temperature T. probs: the "
+                             "weighted mean of the teachers' softened distributions, sum_k w_k softmax(z_k / T) "
+                             "(labels are computed for T); logits: the weighted mean of their logits, divided by T, "
+                             "softmax(sum_k w_k z_k / T)")
     keep_teacher_logits: bool = Field(False, description="also store each teacher's own logits")
     examples_per_shard: int = Field(
         1024, gt=0, description="examples per output shard; a crash loses at most one shard's work")

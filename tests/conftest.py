@@ -107,3 +107,57 @@ def tiny_model_factory(tmp_path_factory, bert_tokenizer_dir):
         return built[key]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_bpe_mlm_factory(tmp_path_factory):
+    """Build a tiny RoBERTa masked LM with a byte-level BPE tokenizer trained on a few sentences, save it, and return
+    its folder (cached by `max_positions`, which counts RoBERTa's 2 reserved positions).
+
+    As with GPT-2 and RoBERTa, a word is one token after a space (" Paris" -> ĠParis) but several at a text's start
+    or after "(" (Par, is). The tokenizer has no model_max_length.
+    """
+    import torch
+    from tokenizers import ByteLevelBPETokenizer, processors
+    from transformers import RobertaConfig, RobertaForMaskedLM, RobertaTokenizerFast
+
+    built: dict[int, Path] = {}
+
+    def make(max_positions: int = 130) -> Path:
+        if max_positions not in built:
+            bpe = ByteLevelBPETokenizer()
+            bpe.train_from_iterator(["People visit Paris and London every year.",
+                                     "The city of Paris is in France, and London is in England."] * 20,
+                                    vocab_size=300, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+            bpe.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
+            tokenizer = RobertaTokenizerFast(tokenizer_object=bpe._tokenizer)
+            config = RobertaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1,
+                                   num_attention_heads=2, intermediate_size=64, max_position_embeddings=max_positions,
+                                   pad_token_id=tokenizer.pad_token_id, bos_token_id=0, eos_token_id=2)
+            torch.manual_seed(0)
+            folder = tmp_path_factory.mktemp(f"tiny-bpe-mlm-{max_positions}")
+            RobertaForMaskedLM(config).save_pretrained(folder)
+            tokenizer.save_pretrained(folder)
+            built[max_positions] = folder
+        return built[max_positions]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def classifier_with_classes(tiny_model_factory, tmp_path_factory):
+    """A tiny BERT classifier whose config names its classes `names` in id order (id2label, label2id)."""
+    import json
+    import shutil
+
+    def make(names: list[str]) -> Path:
+        folder = tmp_path_factory.mktemp("classes") / "model"
+        shutil.copytree(tiny_model_factory(task="classification", layers=1, hidden=32, num_labels=len(names)),
+                        folder)
+        config = json.loads((folder / "config.json").read_text())
+        config["id2label"] = {str(i): name for i, name in enumerate(names)}
+        config["label2id"] = {name: i for i, name in enumerate(names)}
+        (folder / "config.json").write_text(json.dumps(config))
+        return folder
+
+    return make

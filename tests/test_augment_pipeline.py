@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -18,7 +19,7 @@ from augment.readers import read_examples
 from augment.schema import QA_SCHEMA
 from augment.words import load_stopwords, segment, undo_substitutions
 from augment.writers import ShardWriter, read_shards
-from jobs.spec import AugmentSpec, DataSource, ResourcesSpec
+from jobs.spec import AugmentSpec, DataSource, ResourcesSpec, VectorsSpec
 
 
 @pytest.fixture(scope="module")
@@ -124,6 +125,25 @@ def test_output_does_not_depend_on_how_the_input_is_sharded(ray_session, one_and
     result = run(resharded, config, 2, tmp_path / "out")
     assert result.blocks == one.blocks
     assert shard_bytes(tmp_path / "out") == shard_bytes(Path(one.out_dir))
+
+
+def test_a_bpe_word_that_is_several_tokens_somewhere_gets_neighbours(ray_session, tiny_bpe_mlm_factory, tmp_path):
+    """With a BPE masked LM, "Paris" is one token mid-sentence but two at a text's start: the driver must find it
+    vector neighbours, since that is where the workers send it."""
+    tsv = tmp_path / "train.tsv"
+    tsv.write_text("sentence\tlabel\nParis is in France.\t1\nPeople visit Paris and London.\t0\n", encoding="utf-8")
+    read_examples(DataSource(path=str(tsv)), "classification", None, tmp_path / "examples")
+    rng = np.random.default_rng(0)
+    glove = tmp_path / "glove.txt"
+    glove.write_text("".join(f"{w} {' '.join(f'{x:.4f}' for x in rng.normal(size=8))}\n"
+                             for w in ["paris", "london", "france", "people", "visit", "rome", "berlin"]),
+                     encoding="utf-8")
+    spec = AugmentSpec(factor=2, top_k=2, mlm_model=str(tiny_bpe_mlm_factory()), vectors=VectorsSpec(path=str(glove)))
+    result = run(tmp_path / "examples", spec, 1, tmp_path / "out", task="classification")
+    with pa.memory_map(str(tmp_path / "out" / "neighbours.arrow")) as source:
+        needing = set(pa.ipc.open_file(source).read_all().column("word").to_pylist())
+    assert "paris" in needing and "london" not in needing  # London is one token wherever it stands
+    assert result.stats["substitutions_by_source"]["embedding"] > 0
 
 
 def test_a_rerun_with_other_settings_is_refused(one_and_two_workers, qa_examples, config):

@@ -145,6 +145,23 @@ def test_fast_candidates_do_not_depend_on_the_other_texts(proposer):
     assert set(alone[0]) == set(proposer.encode(PARAGRAPH, eligible_words(PARAGRAPH)).maskable)
 
 
+def test_a_bpe_word_is_masked_only_where_it_is_one_token(tiny_bpe_mlm_factory):
+    mlm = MaskedLMProposer(str(tiny_bpe_mlm_factory()))
+    text = "Paris is in France (Paris) and people visit Paris."
+    maskable = {start for start, _ in mlm.encode(text, eligible_words(text)).maskable}
+    assert [start in maskable for start in (0, 20, 44)] == [False, False, True]  # Par|is, (|Par|is, ĠParis
+
+
+def test_roberta_positions_reserved_for_padding_are_not_used(tiny_bpe_mlm_factory):
+    mlm = MaskedLMProposer(str(tiny_bpe_mlm_factory(max_positions=34)))
+    assert mlm.tokenizer.model_max_length > 10**6  # unset: the model's positions are the only limit
+    assert mlm.max_length == 32  # RoBERTa numbers positions from padding_idx + 1 = 2
+    text = "People visit Paris and London every year. " * 6
+    encoded = mlm.encode(text, eligible_words(text))
+    assert len(encoded.ids) > mlm.max_content
+    assert mlm.exact(encoded, top_k=3) == mlm.reference(encoded, top_k=3)  # 34-token rows overran the positions
+
+
 def test_batches_hold_rows_of_similar_length(proposer):
     assert proposer._batches([10, 10, 9, 7, 3]) == [[0, 1, 2], [3], [4]]  # 7 < 0.8 * 10: a new batch
     assert proposer._batches([5] * 9) == [[0, 1, 2, 3], [4, 5, 6, 7], [8]]  # batch_size 4

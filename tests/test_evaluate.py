@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import shutil
@@ -14,15 +15,20 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+import torch
 
 from augment.readers import read_examples
 from augment.writers import read_shards, write_shard
 from distill import evaluate
 from distill.evaluate import EvaluationError, evaluate_models
 from distill.features import build_features
-from distill.models import ModelCheckError, ModelRef, load_tokenizer
+from distill.label import TeacherEnsemble
+from distill.models import ModelCheckError, ModelRef, load_model, load_tokenizer
 from distill.squad_metric import load_squad_gold, squad_v2_scores
-from jobs.spec import DataSource, EvaluateSpec, FeaturesSpec, ResourcesSpec
+from distill.student import build_student
+from jobs.spec import (DataSource, EvaluateSpec, FeaturesSpec, JobSpec, LabelSpec, ResourcesSpec, StudentSpec,
+                       TeacherSpec)
+from jobs.stages import StageContext, teacher_refs
 
 REPO = Path(__file__).resolve().parents[1]
 # short windows so that many SQuAD contexts span two or more
@@ -73,7 +79,8 @@ def test_qa_metrics_match_the_metric_run_on_the_written_files(qa_result, squad_d
         null_odds = json.loads((out / name / "null_odds.json").read_text())
         gold = {qid: gold_all[qid] for qid in predictions}
         expected = squad_v2_scores(gold, predictions, null_odds, na_prob_thresh=0.0)
-        scores = {k: v for k, v in metrics[name].items() if k not in ("speed", "vs_teachers", "na_prob_thresh")}
+        scores = {k: v for k, v in metrics[name].items()
+                  if k not in ("speed", "vs_teachers", "na_prob_thresh", "degenerate")}
         assert scores == pytest.approx(expected)
         for key in ("HasAns_exact", "HasAns_f1", "HasAns_total", "NoAns_exact", "NoAns_f1", "NoAns_total",
                     "best_exact", "best_exact_thresh", "best_f1", "best_f1_thresh"):
@@ -94,6 +101,26 @@ def test_qa_speed_and_result_structure(qa_result):
     json.dumps(dataclasses.asdict(result))  # the runner stores it as the stage summary
     settings = json.loads((out / "settings.json").read_text())
     assert settings["features"]["max_seq_len"] == 128 and settings["device"] == "cpu"
+
+
+@pytest.mark.parametrize(("task", "predictions", "note"), [
+    ("qa", ["", "", ""], "answers no answer to all 3 questions"),
+    ("qa", ["", "Paris", ""], None),
+    ("classification", ["negative"] * 4, "predicts 'negative' for all 4 examples"),
+    ("classification", ["negative", "positive", "negative"], None),
+    ("classification", ["negative"], None),  # a single example says nothing about the model
+])
+def test_degenerate_predictions_are_named(task, predictions, note):
+    assert evaluate.degenerate_predictions(task, predictions) == note
+
+
+@pytest.mark.parametrize(("null_threshold", "note"), [(-1e9, "answers no answer to all 30 questions"),
+                                                      (1e9, None)])
+def test_qa_metrics_flag_a_model_that_never_answers(qa_examples, tiny_model_factory, tmp_path, null_threshold, note):
+    model = ModelRef(str(tiny_model_factory(task="qa", layers=1, hidden=32)))
+    evaluate_models({"student": model}, "qa", qa_examples, FEATURES,
+                    EvaluateSpec(null_threshold=null_threshold, measure_speed=False), CPU, tmp_path, progress=False)
+    assert json.loads((tmp_path / "metrics.json").read_text())["student"]["degenerate"] == note
 
 
 def test_qa_windows_without_room_are_refused(qa_examples, tiny_model_factory, tmp_path):
@@ -225,6 +252,48 @@ def test_classification_label_count_must_match_the_model(sst2_examples, tiny_mod
     with pytest.raises(ModelCheckError, match="3 labels"):
         evaluate_models({"student": model}, "classification", sst2_examples, FEATURES,
                         EvaluateSpec(measure_speed=False), CPU, tmp_path, progress=False)
+
+
+def test_classifier_with_the_classes_in_another_order_is_refused(sst2_examples, classifier_with_classes, tmp_path):
+    swapped = ModelRef(str(classifier_with_classes(["positive", "negative"])))  # the data's: [negative, positive]
+    with pytest.raises(ModelCheckError, match=r"\['positive', 'negative'\].*\['negative', 'positive'\]"):
+        evaluate_models({"teacher_0": swapped}, "classification", sst2_examples, FEATURES,
+                        EvaluateSpec(measure_speed=False), CPU, tmp_path, progress=False)
+    assert not (tmp_path / "teacher_0").exists()
+
+
+def test_classifier_classes_are_matched_ignoring_case_and_generic_names_are_noted(
+        sst2_examples, classifier_with_classes, tiny_model_factory, tmp_path, caplog):
+    models = {"teacher_0": ModelRef(str(classifier_with_classes(["NEGATIVE", "POSITIVE"]))),
+              "student": ModelRef(str(tiny_model_factory(task="classification", layers=1, hidden=32)))}
+    with caplog.at_level(logging.WARNING, logger="distill.models"):
+        evaluate_models(models, "classification", sst2_examples, FEATURES, EvaluateSpec(measure_speed=False), CPU,
+                        tmp_path, progress=False)
+    notes = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert len(notes) == 1 and notes[0].startswith("student") and "LABEL_0" in notes[0]
+
+
+def test_random_init_teacher_is_the_labelling_teacher_in_evaluation_and_student_init(
+        sst2_examples, tiny_model_factory, tmp_path, monkeypatch):
+    folder = str(tiny_model_factory(task="classification", layers=2, hidden=32))
+    spec = JobSpec(task="classification",
+                   teachers=[TeacherSpec(model=folder), TeacherSpec(model=folder, init="random")])
+    refs = teacher_refs(StageContext(spec, tmp_path, {}, tmp_path, progress=False))
+    labelling = TeacherEnsemble(refs, "classification", 2, LabelSpec(), torch.device("cpu"), 0).models[1].state_dict()
+    torch.manual_seed(123)  # whatever the global RNG holds, a random teacher is rebuilt the same
+
+    loaded = []
+    monkeypatch.setattr(evaluate, "load_model", lambda *args, **kwargs: loaded.append(load_model(*args, **kwargs))
+                        or loaded[-1])
+    evaluate_models({"teacher_1": refs[1]}, "classification", sst2_examples, FEATURES,
+                    EvaluateSpec(measure_speed=False), CPU, tmp_path / "eval", progress=False)
+    assert all(torch.equal(value, labelling[key]) for key, value in loaded[0].state_dict().items())
+
+    student = build_student(StudentSpec(init_from_teacher_layers=[1]), refs[1], "classification", 2).state_dict()
+    assert torch.equal(student["bert.embeddings.word_embeddings.weight"],
+                       labelling["bert.embeddings.word_embeddings.weight"])
+    assert torch.equal(student["bert.encoder.layer.0.attention.self.query.weight"],
+                       labelling["bert.encoder.layer.1.attention.self.query.weight"])
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

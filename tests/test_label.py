@@ -26,9 +26,10 @@ from transformers import (
 )
 
 from augment.schema import CLASSIFICATION_SCHEMA, QA_SCHEMA
+from distill import label
 from distill.features import QA_FEATURE_SCHEMA, classification_features, qa_features
 from distill.label import LabelError, TeacherEnsemble, _BlockLabeller, _plan, label_examples
-from distill.models import ModelCheckError, ModelRef
+from distill.models import ModelCheckError, ModelRef, check_same_vocabulary
 from jobs.spec import FeaturesSpec, LabelSpec, ResourcesSpec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -180,6 +181,44 @@ def test_classification_ensemble_matches_hand_computation(mode, tiny_model_facto
         assert_half_close(row["teachers_logits"][1], z2)
 
 
+def test_probs_ensemble_is_stored_as_the_mix_of_softened_teachers(tiny_model_factory, tokenizer):
+    teachers = [tiny_model_factory(task="classification", num_labels=3, seed=s) for s in (0, 1)]
+    examples = [{"id": f"e{i}", "text": "a rather good film " * (i + 1), "label": i % 3} for i in range(5)]
+    features = classification_features(examples, tokenizer, FEATURES)
+    refs = [ModelRef(str(teachers[0]), weight=2.0), ModelRef(str(teachers[1]), weight=0.5)]
+    t = 2.0
+    ensemble = TeacherEnsemble(refs, "classification", 3, LabelSpec(batch_size=4), torch.device("cpu"),
+                               tokenizer.pad_token_id, temperature=t)
+    for row in ensemble.label(features).to_pylist():
+        z1, z2 = (direct_logits(m, "classification", row["input_ids"], row["token_type_ids"])[0] for m in teachers)
+        softened_mix = 0.8 * np.exp(log_softmax(z1 / t)) + 0.2 * np.exp(log_softmax(z2 / t))
+        # SoftTargetKL softens the stored values by T: softmax(stored / T) must be the mix
+        stored = np.asarray(row["teacher_logits"], dtype=np.float64)
+        assert np.allclose(np.exp(log_softmax(stored / t)), softened_mix, atol=2e-3)
+
+
+def test_one_teacher_labels_do_not_depend_on_temperature(qa_teachers, tokenizer, squad_rows):
+    features = qa_features(squad_rows(3), tokenizer, FEATURES)
+    tables = [TeacherEnsemble([ModelRef(str(qa_teachers[0]))], "qa", None, LabelSpec(batch_size=3),
+                              torch.device("cpu"), tokenizer.pad_token_id, temperature=t).label(features)
+              for t in (1.0, 2.0)]
+    assert tables[0].equals(tables[1])
+
+
+@pytest.mark.parametrize(("teachers", "ensemble", "keyed"), [(2, "probs", True), (2, "logits", False),
+                                                             (1, "probs", False)])
+def test_label_cache_key_holds_the_temperature_where_the_labels_depend_on_it(teachers, ensemble, keyed):
+    from jobs.runner import stage_key
+    from jobs.spec import JobSpec, TeacherSpec
+    from jobs.stages import STAGES
+
+    label_stage = next(stage for stage in STAGES if stage.name == "label")
+    keys = {stage_key(label_stage, JobSpec(teachers=[TeacherSpec()] * teachers, label={"ensemble": ensemble},
+                                           distill={"prediction": {"temperature": t}}), {})
+            for t in (1.0, 2.0)}
+    assert len(keys) == (2 if keyed else 1)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Checks before any work
 
@@ -219,6 +258,33 @@ def test_checks_before_work(tmp_path, qa_examples, cls_examples, qa_teachers, ti
         label_examples(qa_examples, "classification", [classifier], classifier, FEATURES, out_dir=tmp_path / "e",
                        **spec)
     assert not any((tmp_path / d).exists() for d in "abcde")   # nothing written before the checks passed
+
+
+def test_teacher_with_the_classes_in_another_order_is_refused_before_work(tmp_path, cls_examples, monkeypatch,
+                                                                        classifier_with_classes):
+    monkeypatch.setattr(label, "_ensure_ray", lambda: pytest.fail("labelling started"))
+    swapped = ModelRef(str(classifier_with_classes(["positive", "negative"])))  # the data's: [negative, positive]
+    with pytest.raises(ModelCheckError, match=r"\['positive', 'negative'\].*\['negative', 'positive'\]"):
+        label_examples(cls_examples, "classification", [swapped], swapped, FEATURES, LabelSpec(), ONE_WORKER,
+                       tmp_path / "out", progress=False)
+
+
+def test_random_init_teacher_without_a_seed_is_refused(tmp_path, cls_examples, tiny_model_factory, monkeypatch):
+    monkeypatch.setattr(label, "_ensure_ray", lambda: pytest.fail("labelling started"))
+    unseeded = ModelRef(str(tiny_model_factory(task="classification")), init="random")
+    with pytest.raises(ModelCheckError, match="init='random'.*seed"):
+        label_examples(cls_examples, "classification", [unseeded], unseeded, FEATURES, LabelSpec(), ONE_WORKER,
+                       tmp_path / "out", progress=False)
+
+
+def test_same_vocabulary_with_different_casing_is_refused_naming_the_probe(bert_tokenizer_dir):
+    uncased = AutoTokenizer.from_pretrained(bert_tokenizer_dir)
+    cased = AutoTokenizer.from_pretrained(bert_tokenizer_dir, do_lower_case=False)
+    assert cased.get_vocab() == uncased.get_vocab()
+    check_same_vocabulary({"student": uncased, "teacher 0": AutoTokenizer.from_pretrained(bert_tokenizer_dir)})
+    with pytest.raises(ModelCheckError, match=r"teacher 0 tokenizes the probe 'Where is the Eiffel Tower in "
+                                              r"Paris\?' as \['\[CLS\]', '\[UNK\]'.*student as \['\[CLS\]', 'where'"):
+        check_same_vocabulary({"student": uncased, "teacher 0": cased})
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -283,7 +349,7 @@ def test_concurrent_calls_on_one_actor_write_the_reference_bytes(reference, tmp_
     refs = ensemble_refs(qa_teachers)
     blocks, _ = _plan(qa_examples, PER_SHARD)
     (tmp_path / "shards").mkdir()
-    labeller = _BlockLabeller("qa", refs, refs[0], FEATURES, ENSEMBLE_LABEL, None, gpus=0, threads=1,
+    labeller = _BlockLabeller("qa", refs, refs[0], FEATURES, ENSEMBLE_LABEL, 1.0, None, gpus=0, threads=1,
                               shards_dir=str(tmp_path / "shards"))
     interval = sys.getswitchinterval()
     sys.setswitchinterval(1e-5)   # threads take turns every few bytecodes: unguarded shared state would collide

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from distill.ensemble import mix_teacher_logits
 from distill.losses import AttentionMSE, HardLabelCE, HeadCountMismatch, HiddenStateMSE, SoftTargetKL
 from distill.losses.hard_label import IGNORE_INDEX
 
@@ -99,6 +100,22 @@ def test_attention_mse_all_padding_gives_zero():
     assert torch.isfinite(attention.grad).all()
 
 
+def test_attention_mse_keeps_no_difference_tensor_for_backward_and_gives_the_plain_gradient():
+    student = torch.softmax(torch.randn(2, 2, 5, 5), -1).requires_grad_()
+    teacher = torch.softmax(torch.randn(2, 2, 5, 5), -1)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        loss = AttentionMSE(2, 2)(student, teacher, mask)
+    # summed over mapped layers, a stored (B, H, L, L) difference per layer would double the maps' memory
+    assert all(t.data_ptr() in (student.data_ptr(), teacher.data_ptr()) for t in saved if t.shape == student.shape)
+    loss.backward()
+    plain = student.detach().requires_grad_()
+    pairs = (mask[:, None, :, None] * mask[:, None, None, :]).float()
+    (((plain - teacher) ** 2 * pairs).sum((1, 2, 3)) / (2 * mask.sum(-1) ** 2)).mean().backward()
+    torch.testing.assert_close(student.grad, plain.grad)
+
+
 def test_attention_mse_refuses_different_head_counts_clearly():
     with pytest.raises(HeadCountMismatch, match=r"student has 4 heads and the teacher 12.*num_attention_heads"):
         AttentionMSE(student_heads=4, teacher_heads=12)
@@ -167,6 +184,31 @@ def test_soft_target_kl_validates_temperature_and_shapes():
         SoftTargetKL()(torch.randn(2, 3), torch.randn(2, 3))
     with pytest.raises(ValueError, match="mask"):
         SoftTargetKL()(torch.randn(2, 1, 3), torch.randn(2, 1, 3), torch.ones(2, 4))
+
+
+def test_soft_target_kl_of_a_probs_ensemble_targets_the_mix_of_softened_teachers():
+    # z1 = [4, 0], z2 = [-1, 1], equal weights, T = 2: the mean of softmax(z_k / 2) is [0.575, 0.425]; softening
+    # the mean of softmax(z_k) instead would give [0.525, 0.475]
+    z1, z2, t = torch.tensor([[4.0, 0.0]]), torch.tensor([[-1.0, 1.0]]), 2.0
+    halves = torch.tensor([0.5, 0.5])
+    expected = (torch.softmax(z1 / t, -1) + torch.softmax(z2 / t, -1)) / 2
+    assert expected[0, 0].item() == pytest.approx(0.575, abs=1e-3)
+    stored = mix_teacher_logits([z1, z2], halves, "probs", None, temperature=t)
+    assert torch.allclose(torch.softmax(stored / t, -1), expected, atol=1e-6)
+    # a student whose softened distribution is that mix has nothing left to learn
+    student = (t * expected.log())[:, None, :]  # (B=1, G=1, N=2)
+    assert SoftTargetKL(t)(student, stored[:, None, :]).item() == pytest.approx(0.0, abs=1e-6)
+    # logits mode: the mean logits, divided by T
+    mean_logits = mix_teacher_logits([z1, z2], halves, "logits", None, temperature=t)
+    assert torch.allclose(torch.softmax(mean_logits / t, -1), torch.softmax((z1 + z2) / 2 / t, -1))
+
+
+def test_one_teacher_probs_ensemble_does_not_depend_on_temperature():
+    z = torch.tensor([[4.0, 0.0, -1.5], [0.3, 2.0, 1.0]])
+    mask = torch.tensor([[True, True, False], [True, True, True]])
+    at_one = mix_teacher_logits([z], torch.ones(1), "probs", mask, temperature=1.0)
+    assert torch.equal(mix_teacher_logits([z], torch.ones(1), "probs", mask, temperature=2.0), at_one)
+    assert torch.allclose(at_one[1], torch.log_softmax(z[1], -1))
 
 
 # -- HardLabelCE --------------------------------------------------------------------------------------------------

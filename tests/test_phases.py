@@ -21,6 +21,7 @@ from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClas
 
 from augment.readers import read_examples
 from augment.writers import read_shards
+from distill.attention_maps import recorded_attention, use_pre_dropout_attention
 from distill.features import classification_features, pad_batch, qa_features
 from distill.label import TeacherEnsemble
 from distill.losses import HeadCountMismatch
@@ -36,6 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
 ONE_WORKER = ResourcesSpec(workers=1, gpus_per_worker=0)
 NARROW = StudentArchitecture(num_hidden_layers=2, hidden_size=16, num_attention_heads=2, intermediate_size=32)
+TEMPERATURE = 2.0  # phase 2's, in the labelled and the online objective alike
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +72,10 @@ def plain_features(squad_table, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def labelled(squad_table, teachers, tmp_path_factory):
-    """The same features labelled by the label stage with both teachers (probs ensemble, weights 1 and 3)."""
-    ensemble = TeacherEnsemble(teachers, "qa", None, LabelSpec(ensemble="probs"), CPU, pad_token_id=0)
+    """The same features labelled by the label stage with both teachers (probs ensemble, weights 1 and 3), for
+    the temperature of `_prediction_objective`."""
+    ensemble = TeacherEnsemble(teachers, "qa", None, LabelSpec(ensemble="probs"), CPU, pad_token_id=0,
+                               temperature=TEMPERATURE)
     table = ensemble.label(squad_table)
     return table, _write_features(table, tmp_path_factory.mktemp("labelled"))
 
@@ -157,11 +161,55 @@ def test_phase1_refuses_attention_with_different_head_counts(teachers, plain_fea
     assert result.steps == 1 and result.projections is None
 
 
+def _only_attention_dropout(tiny_model_factory, bert_tokenizer_dir, folder: Path) -> ModelRef:
+    """A one-layer QA model whose only dropout is on attention probabilities (p 0.5), saved with its tokenizer.
+
+    One layer, since attention dropout in a layer changes the input, and so the maps, of the layers above it."""
+    model = AutoModelForQuestionAnswering.from_pretrained(tiny_model_factory("qa", layers=1),
+                                                          attention_probs_dropout_prob=0.5, hidden_dropout_prob=0.0)
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(bert_tokenizer_dir).save_pretrained(folder)
+    return ModelRef(str(folder))
+
+
+def test_phase1_student_identical_to_its_teacher_has_no_attention_loss_despite_dropout(
+        tiny_model_factory, bert_tokenizer_dir, tmp_path):
+    teacher = _only_attention_dropout(tiny_model_factory, bert_tokenizer_dir, tmp_path / "teacher")
+    plan = TrainPlan("intermediate", _build_intermediate,
+                     _IntermediateOptions(StudentSpec(model=teacher.name_or_path), teacher, None), "qa", tmp_path,
+                     IntermediateSpec(losses=["attention"]), ONE_WORKER, 0, tmp_path, progress=False)
+    objective = _build_intermediate(plan, CPU)
+    assert objective.student.training and objective.student.config.attention_probs_dropout_prob == 0.5
+    tokenizer = AutoTokenizer.from_pretrained(teacher.name_or_path)
+    batch = dict(tokenizer(["Where is the Eiffel Tower?", "In Paris."], padding=True, return_tensors="pt"))
+    torch.manual_seed(0)
+    assert objective(batch)["attention"].item() < 1e-12  # dropped-out student maps gave 0.025
+
+
+@pytest.mark.parametrize("family", ["bert", "distilbert"])
+def test_recorded_attention_keeps_only_the_asked_layers_and_masks_padding(tiny_model_factory, family):
+    folder = tiny_model_factory("qa", layers=3, family=family)
+    eager = AutoModelForQuestionAnswering.from_pretrained(folder, attn_implementation="eager").eval()
+    model = AutoModelForQuestionAnswering.from_pretrained(folder).eval()
+    batch = AutoTokenizer.from_pretrained(folder)(["Where is the Eiffel Tower?", "In Paris."], padding=True,
+                                                  return_tensors="pt")
+    with pytest.raises(ModelCheckError, match="use_pre_dropout_attention"), recorded_attention(model, [0]):
+        model(**batch)  # still on its default kernel
+
+    use_pre_dropout_attention(model)
+    with torch.no_grad(), recorded_attention(model, [0, 2]) as maps:
+        model(**batch)
+    expected = eager(**batch, output_attentions=True).attentions
+    assert sorted(maps) == [0, 2]
+    for layer in (0, 2):
+        torch.testing.assert_close(maps[layer], expected[layer])
+    assert maps[0][1, :, :, -1].max() == 0  # the shorter text's padding gets no attention
+
 # -- phase 2 ------------------------------------------------------------------------------------------------------
 
 
 def _prediction_objective(source: str, teachers, features_dir: Path, student_dir: Path, tmp_path: Path):
-    config = PredictionSpec(temperature=2.0, distill_weight=0.7, teacher_logits=source)
+    config = PredictionSpec(temperature=TEMPERATURE, distill_weight=0.7, teacher_logits=source)
     options = _PredictionOptions(StudentSpec(model=str(student_dir)), None, tuple(teachers), "probs", None, "student")
     torch.manual_seed(0)  # the student's fresh QA head
     return _build_prediction(TrainPlan("prediction", _build_prediction, options, "qa", features_dir, config,
@@ -187,6 +235,26 @@ def test_phase2_cached_logits_equal_an_online_teacher(teachers, labelled, tiny_m
     # the only difference: the label stage stores logits as float16
     assert kl_cached == pytest.approx(kl_online, rel=2e-3)
     assert ((grads_cached - grads_online).norm() / grads_online.norm()).item() < 2e-3
+
+
+def test_phase2_ensemble_target_is_the_mix_of_softened_teachers(teachers, labelled, tiny_model_factory, tmp_path):
+    table, features_dir = labelled
+    student_dir = tiny_model_factory("qa", layers=2, hidden=32, heads_count=2, seed=5)
+    batch = pad_batch(table.slice(0, 4), pad_token_id=0)
+    real = batch["attention_mask"].bool()[:, None, :]  # (B, 1, L)
+
+    def softened(logits: torch.Tensor) -> torch.Tensor:  # (B, G, L) -> the distribution SoftTargetKL compares
+        return torch.softmax(logits.float().masked_fill(~real, float("-inf")) / TEMPERATURE, -1)
+
+    models = [AutoModelForQuestionAnswering.from_pretrained(t.name_or_path).eval() for t in teachers]
+    with torch.no_grad():
+        outputs = [m(input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"],
+                     attention_mask=batch["attention_mask"]) for m in models]
+    expected = sum(w * softened(torch.stack([o.start_logits, o.end_logits], 1))
+                   for w, o in zip((0.25, 0.75), outputs))  # weights 1 and 3, normalised
+    for source, tolerance in (("online", 1e-5), ("labelled", 2e-3)):  # labelled: stored as float16
+        objective = _prediction_objective(source, teachers, features_dir, student_dir, tmp_path)
+        assert torch.allclose(softened(objective.teacher_logits(batch)), expected, atol=tolerance), source
 
 
 def test_phase2_labelled_without_teacher_logits_is_refused(plain_features, tiny_model_factory, tmp_path):

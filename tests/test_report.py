@@ -169,3 +169,33 @@ def test_classification_report_shows_per_class_scores(tmp_path: Path):
     text = write_report(run).read_text(encoding="utf-8")
     assert "0.85" in text and "0.92" in text and "| negative | 0.80 | 0.90 | 0.85 | 428 |" in text
     assert (run / "report" / "scores.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_degenerate_models_are_warned_about_in_the_report_and_status(full_run: Path, capsys):
+    from jobs.cli import main
+
+    never_answers = "answers no answer to all 30 questions"
+    metrics_path = full_run.parent / ".cache" / "evaluate" / "k6" / "metrics.json"
+    metrics = json.loads(metrics_path.read_text())
+    metrics["student"] |= {"f1": 53.3, "degenerate": never_answers}
+    metrics["teacher_0"] |= {"f1": 53.3, "degenerate": never_answers}
+    _write(metrics_path, metrics)
+
+    text = write_report(full_run).read_text(encoding="utf-8")
+    warnings = text.split("## Warnings", 1)[1].split("\n## ", 1)[0]
+    assert f"`student` {never_answers}" in warnings and f"`teacher_0` {never_answers}" in warnings
+    assert "compared with `teacher_0`" in warnings
+    retention = next(line for line in text.splitlines() if line.startswith("The student keeps"))
+    assert "100.0%" in retention and never_answers in retention
+
+    assert main(["status", full_run.name, "--root", str(full_run.parent)]) == 0
+    status = capsys.readouterr().out
+    assert f"warning: `student` {never_answers}" in status and "compared with `teacher_0`" in status
+
+
+def test_healthy_models_get_no_warnings(full_run: Path, capsys):
+    from jobs.cli import main
+
+    assert "## Warnings" not in write_report(full_run).read_text(encoding="utf-8")
+    assert main(["status", full_run.name, "--root", str(full_run.parent)]) == 0
+    assert "warning" not in capsys.readouterr().out

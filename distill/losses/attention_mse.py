@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from distill.losses._reduce import mean_over_present
 
@@ -16,9 +17,10 @@ class AttentionMSE(nn.Module):
     """Mean squared error between student and teacher attention matrices over real query/key pairs.
 
     TinyBERT compares attention head by head, so the head counts must agree; the constructor refuses a mismatch
-    before any training starts. The matrices compared are what the model returns with `output_attentions=True`
-    (the eager kernel's post-softmax probabilities in transformers; TinyBERT's reference code used the
-    pre-softmax scores, which transformers does not expose).
+    before any training starts. The matrices compared are post-softmax probabilities before dropout
+    (`distill.attention_maps`; TinyBERT's reference code used the pre-softmax scores, which transformers does not
+    expose). The squared difference is recomputed in backward rather than stored: summed over mapped layers, the
+    stored differences would each be as large as an attention map.
 
     Inputs:
         student: (B, H, L, L) student attention, [batch, head, query, key]
@@ -59,8 +61,13 @@ class AttentionMSE(nn.Module):
                              f"attention_mask {tuple(attention_mask.shape)}, got student {tuple(student.shape)}, "
                              f"teacher {tuple(teacher.shape)}")
         mask = attention_mask.float()  # (B, L)
-        pairs = mask[:, None, :, None] * mask[:, None, None, :]  # (B, 1, L_query, L_key)
-        squared = (student.float() - teacher.float()).pow(2) * pairs  # (B, H, L, L)
+        squared = checkpoint(_masked_squared_error, student, teacher, mask, use_reentrant=False)  # (B,)
         tokens = mask.sum(-1)  # (B,)
-        per_example = squared.sum((1, 2, 3)) / (self.heads * tokens.pow(2)).clamp(min=1)  # (B,)
+        per_example = squared / (self.heads * tokens.pow(2)).clamp(min=1)  # (B,)
         return mean_over_present(per_example, tokens > 0)
+
+
+def _masked_squared_error(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B,) squared error summed over heads and real query/key pairs; mask (B, L) is 1 for real tokens."""
+    pairs = mask[:, None, :, None] * mask[:, None, None, :]  # (B, 1, L_query, L_key)
+    return ((student.float() - teacher.float()).pow(2) * pairs).sum((1, 2, 3))

@@ -28,7 +28,7 @@ class SoftTargetKL(nn.Module):
         with one entry gives 0; a batch of only padding gives 0.
 
     Related: `HardLabelCE` (the gold-label term mixed with this one in phase 2); teacher ensembles are mixed
-    into one set of logits before they reach this loss (`distill.label`).
+    into one set of logits before they reach this loss, for its temperature (`distill.ensemble`).
 
     Example:
         >>> loss = SoftTargetKL(temperature=2.0)
