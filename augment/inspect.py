@@ -33,6 +33,8 @@ from augment.writers import iter_shard_batches, shard_paths
 MAX_INVALID_SPANS_LISTED = 20
 
 QA_FIELDS = ("question", "context")
+# the columns every examples shard has, whatever its task (augment.schema)
+EXAMPLE_COLUMNS = ("id", "source_id", "variant", "substitutions")
 CLASSIFICATION_FIELDS = ("text", "text_pair")
 
 # rich styles: the replaced word is struck through and dim, its replacement bold in the colour of its source
@@ -98,8 +100,8 @@ def inspect_examples(folder: Path, example_id: str | None = None, limit: int = 3
         (rejects.jsonl, else meta.json), answer_spans_checked and invalid_answer_spans.
 
     Raises:
-        FileNotFoundError: `folder` holds no shards.
-        InspectError: `example_id` is not in the folder, or `limit` < 1.
+        InspectError: `folder` is not an examples folder (no shards, or shards without the example columns, such
+            as a label stage's features), `example_id` is not in the folder, or `limit` < 1.
     """
     if limit < 1:
         raise InspectError(f"limit must be >= 1, got {limit}")
@@ -108,7 +110,8 @@ def inspect_examples(folder: Path, example_id: str | None = None, limit: int = 3
     meta = _optional_json(folder / "meta.json")
     warnings: list[str] = []
 
-    task = "qa" if "context" in pq.read_schema(shard_paths(folder)[0]).names else "classification"
+    columns = _example_columns(folder)
+    task = "qa" if "context" in columns else "classification"
     fields = QA_FIELDS if task == "qa" else CLASSIFICATION_FIELDS
     rows_out = variants = spans_checked = misplaced = 0
     source_ids: set[str] = set()
@@ -227,6 +230,20 @@ def _wanted(row: dict[str, Any], example_id: str | None, shown: dict[str, list],
     if example_id is not None:
         return example_id in (row["id"], row["source_id"])
     return row["source_id"] in shown or len(shown) < limit
+
+
+def _example_columns(folder: Path) -> list[str]:
+    """The columns of `folder`'s first shard, once they are known to be an examples shard's."""
+    try:
+        first = shard_paths(folder)[0]
+    except FileNotFoundError as err:
+        raise InspectError(f"{folder} is not an examples folder: {err}") from None
+    columns = pq.read_schema(first).names
+    missing = [name for name in EXAMPLE_COLUMNS if name not in columns]
+    if missing:
+        raise InspectError(f"{folder} is not an examples folder: its shards have no {', '.join(missing)} column(s) "
+                           f"(found {', '.join(columns)}); inspect the output of a prepare or augment stage")
+    return columns
 
 
 def _optional_json(path: Path) -> dict[str, Any]:

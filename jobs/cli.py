@@ -6,6 +6,7 @@ Exit codes: 0 success, 1 the job failed or was cancelled, 2 a bad spec or bad ar
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import os
 import signal
@@ -54,7 +55,11 @@ def effective_state(run: Run) -> dict[str, Any]:
     if state.get("backend") == "ray":
         from jobs import cluster
 
-        state["status"] = cluster.status(state["address"], state["submission_id"])
+        try:
+            state["status"] = cluster.status(state["address"], state["submission_id"])
+        except OSError as error:  # ConnectionError, timeouts: one cluster that is down must not hide the others
+            state["status"] = "unknown"
+            state["cluster_error"] = f"cannot reach the Ray cluster at {state['address']}: {error}"
     elif state["status"] == "running" and not _pid_alive(state.get("pid")):
         state["status"] = "interrupted"
     return state
@@ -75,11 +80,31 @@ def _report_spec_error(error: SpecError) -> int:
 # ---------------------------------------------------------------------------------------------------------------
 # Commands
 
+def _preflight(spec: JobSpec, source: str) -> float | None:
+    """`jobs.preflight.check_job`: the seconds it took, or None after printing every problem (exit 2 follows)."""
+    from jobs.preflight import check_job  # transformers: imported only when models are checked
+
+    started = time.monotonic()
+    problems = check_job(spec)
+    if problems:
+        print(f"error: {source}: {len(problems)} problem(s) between the job's models and data", file=sys.stderr)
+        for problem in problems:
+            print(f"  {problem}", file=sys.stderr)
+        return None
+    return time.monotonic() - started
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     spec = _load(args)
+    checked = ""
+    if args.check_models:
+        seconds = _preflight(spec, args.spec)
+        if seconds is None:
+            return EXIT_BAD_SPEC
+        checked = f"; models and data fit together (checked in {seconds:.2f} s)"
     stages = [stage.name for stage in STAGES if stage.enabled(spec)]
     print(f"ok: {args.spec} is a valid {spec.task} job '{spec.name}' "
-          f"({len(spec.teachers)} teacher(s), stages: {', '.join(stages)})")
+          f"({len(spec.teachers)} teacher(s), stages: {', '.join(stages)}){checked}")
     return EXIT_OK
 
 
@@ -109,8 +134,14 @@ def cmd_submit(args: argparse.Namespace) -> int:
     spec = _load(args, check_paths=args.address is None)
     if args.name:
         spec = spec.model_copy(update={"name": args.name})
-    store = _store(args, spec)
     address = args.address or spec.resources.address
+    # before anything is created; a cluster job's models and paths are the cluster's, so it is not checked here
+    if not address:
+        seconds = _preflight(spec, args.spec)
+        if seconds is None:
+            return EXIT_BAD_SPEC
+        print(f"preflight: models and data fit together (checked in {seconds:.2f} s)", file=sys.stderr)
+    store = _store(args, spec)
     job_id = store.new_job_id(spec.name)
     backend = {"backend": "ray", "address": address, "submission_id": job_id} if address else {"backend": "local"}
     run = store.create(job_id, dump_spec(spec), STAGE_NAMES, **backend)
@@ -172,13 +203,20 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     store = _store(args)
-    runs = store.list()
-    if not runs:
-        print(f"no jobs in {store.root}")
+    # the name first: it is in the stored state, while a cluster job's status costs a request to its cluster
+    states = [(run, effective_state(run)) for run in store.list() if args.name in (None, run.read_state()["name"])]
+    states = [(run, state) for run, state in states if args.status in (None, state["status"])]
+    if args.json:
+        print(json.dumps([{"job_id": run.job_id, "name": state["name"], "status": state["status"],
+                           "created_at": state["created_at"], "started_at": state.get("started_at"),
+                           "ended_at": state.get("ended_at"), "run_dir": str(run.path)}
+                          for run, state in states], indent=2))
+        return EXIT_OK
+    if not states:
+        print(f"no jobs in {store.root}" + (" match" if args.name or args.status else ""))
         return EXIT_OK
     print(f"{'JOB ID':<44} {'STATUS':<12} {'STAGE':<22} CREATED")
-    for run in runs:
-        state = effective_state(run)
+    for run, state in states:
         stage = next((name for name, s in state["stages"].items() if s["status"] in ("running", "failed",
                                                                                        "cancelled")), "")
         print(f"{run.job_id:<44} {state['status']:<12} {stage:<22} {state['created_at']}")
@@ -194,10 +232,25 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"job {state['job_id']}: {state['status']}" + (f" (pid {state['pid']})" if state.get("pid") else ""))
     if state.get("error"):
         print(f"  error: {state['error']}")
+    if state.get("cluster_error"):
+        print(f"  {state['cluster_error']}")
     for name, stage in state["stages"].items():
         times = f"{stage['started_at'] or '':<26} {stage['ended_at'] or '':<26}"
         print(f"  {name:<22} {stage['status']:<10} {times} {stage['output'] or ''}")
+    for line in _evaluation_warnings(state):
+        print(f"  warning: {line}")
     return EXIT_OK
+
+
+def _evaluation_warnings(state: dict[str, Any]) -> list[str]:
+    """`jobs.report.evaluation_warnings` of the evaluate stage's metrics.json, once it is written."""
+    output = state["stages"].get("evaluate", {}).get("output")
+    path = Path(output) / "metrics.json" if output else None
+    if path is None or not path.is_file():
+        return []
+    from jobs.report import evaluation_warnings  # matplotlib and the export code: only when there are metrics
+
+    return evaluation_warnings(json.loads(path.read_text(encoding="utf-8")))
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
@@ -279,9 +332,14 @@ def _field_rows(model: type[BaseModel], prefix: str) -> list[tuple[str, str, str
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    rows = [r for r in _field_rows(JobSpec, "") if r[0].startswith(args.section or "")]
+    every_row = _field_rows(JobSpec, "")
+    rows = [r for r in every_row if r[0].startswith(args.section or "")]
     if not rows:
-        print(f"error: no spec field starts with {args.section!r}", file=sys.stderr)
+        # the sections too (`distill.prediction`), not only the leaf fields, so a misspelt section is found
+        paths = {path.rsplit(".", depth)[0] for path, _, _ in every_row for depth in range(path.count(".") + 1)}
+        nearest = difflib.get_close_matches(args.section, sorted(paths), n=5, cutoff=0.4)
+        hint = f"; did you mean {', '.join(nearest)}?" if nearest else "; run `python -m jobs explain` for all of them"
+        print(f"error: no spec field starts with {args.section!r}{hint}", file=sys.stderr)
         return EXIT_BAD_SPEC
     for path, default, description in rows:
         print(f"{path} = {default}")
@@ -304,6 +362,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 EXAMPLES = """\
 examples:
   python -m jobs validate configs/quickstart.yaml
+  python -m jobs validate configs/quickstart.yaml --check-models   # also models and data, against each other
   python -m jobs submit configs/quickstart.yaml                 # run here, Ray in-process
   python -m jobs submit configs/quickstart.yaml --detach        # in the background; prints the job id last
   python -m jobs submit configs/squad2_tinybert_6l.yaml --address http://HEAD:8265   # on a Ray cluster
@@ -341,8 +400,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = _command(sub, "validate", cmd_validate, "check a job spec without running anything",
-                 "python -m jobs validate configs/quickstart.yaml")
+                 "python -m jobs validate configs/quickstart.yaml --check-models")
     _spec_arguments(p)
+    p.add_argument("--check-models", action="store_true",
+                   help="also load every model's config and tokenizer (no weights) and the head of each data file, "
+                        "and check that they fit together: tokenization, max_seq_len, classes and their order, data "
+                        "format, layer map, hub names (seconds; submit runs the same checks)")
 
     p = _command(sub, "explain", cmd_explain, "list every spec field with its default and meaning",
                  "python -m jobs explain distill.prediction")
@@ -360,7 +423,12 @@ def build_parser() -> argparse.ArgumentParser:
     _spec_arguments(p)
     p.add_argument("--job-id", help="continue this job if it exists, else create it under this id")
 
-    p = _command(sub, "list", cmd_list, "list jobs in the run store", "python -m jobs list")
+    p = _command(sub, "list", cmd_list, "list jobs in the run store", "python -m jobs list --status failed --json")
+    p.add_argument("--json", action="store_true", help="print a JSON array: job_id, name, status, created_at, "
+                                                       "started_at, ended_at, run_dir")
+    p.add_argument("--status", help="only jobs with this status (pending, running, succeeded, failed, cancelled, "
+                                    "interrupted, unknown)")
+    p.add_argument("--name", help="only jobs with this name (the job id without its time stamp)")
 
     p = _command(sub, "status", cmd_status, "show a job's status and its stages", "python -m jobs status ID --json")
     p.add_argument("job_id")

@@ -13,12 +13,14 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from distill.models import ModelRef
 from jobs.spec import JobSpec, StudentSpec
 
-STAGE_VERSION = 1  # bump when a stage's output format changes, so old cache entries are not reused
+if TYPE_CHECKING:  # distill.models imports torch and transformers: stages import it when they run
+    from distill.models import ModelRef
+
+STAGE_VERSION = 2  # bump when a stage's outputs change for the same config, so old cache entries are not reused
 
 
 @dataclass(frozen=True)
@@ -56,18 +58,24 @@ def num_labels(ctx: StageContext) -> int | None:
 
 
 def teacher_refs(ctx: StageContext) -> list[ModelRef]:
-    """The teachers as the later stages use them: a fine-tuned teacher is read from the fine-tuning output."""
+    """The teachers as the later stages use them: a fine-tuned teacher is read from the fine-tuning output; a
+    random-init one gets its seed, so that each stage rebuilds the teacher that labelled."""
+    from distill.models import RANDOM_INIT_SEED, ModelRef
+
     refs = []
     for i, teacher in enumerate(ctx.spec.teachers):
         if teacher.finetune is not None:
             refs.append(ModelRef(str(ctx.inputs["finetune_teachers"] / f"teacher_{i}" / "model"), teacher.weight))
         else:
-            refs.append(ModelRef(teacher.model, teacher.weight, teacher.trust_remote_code, teacher.init))
+            seed = RANDOM_INIT_SEED + i if teacher.init == "random" else None
+            refs.append(ModelRef(teacher.model, teacher.weight, teacher.trust_remote_code, teacher.init, seed))
     return refs
 
 
 def tokenizer_ref(ctx: StageContext) -> ModelRef:
     """Features are tokenized by the student's tokenizer when it has its own, else by the first teacher's."""
+    from distill.models import ModelRef
+
     student = ctx.spec.student
     if student.model is not None:
         return ModelRef(student.model, trust_remote_code=student.trust_remote_code)
@@ -99,6 +107,7 @@ def _prepare(ctx: StageContext) -> dict[str, Any]:
 def _finetune_teachers(ctx: StageContext) -> dict[str, Any]:
     from augment.readers import read_examples
     from distill.label import label_examples
+    from distill.models import ModelRef
     from distill.phases import finetune_teacher
 
     spec = ctx.spec
@@ -126,6 +135,7 @@ def _finetune_teachers(ctx: StageContext) -> dict[str, Any]:
 def _train_mlm(ctx: StageContext) -> dict[str, Any]:
     from augment.readers import read_examples
     from distill.label import label_examples
+    from distill.models import ModelRef
     from distill.phases import pretrain_masked_lm
 
     spec, config = ctx.spec, ctx.spec.augment
@@ -162,7 +172,8 @@ def _label(ctx: StageContext) -> dict[str, Any]:
     examples = ctx.inputs["augment"] if "augment" in ctx.inputs else ctx.inputs["prepare"] / "train"
     result = label_examples(examples, spec.task, teacher_refs(ctx), tokenizer_ref(ctx), spec.features, spec.label,
                             spec.resources, ctx.out_dir, num_labels(ctx), ctx.progress,
-                            examples_per_shard=spec.label.examples_per_shard)
+                            examples_per_shard=spec.label.examples_per_shard,
+                            temperature=spec.distill.prediction.temperature)
     return _summary(result)
 
 
@@ -191,6 +202,7 @@ def _distill_prediction(ctx: StageContext) -> dict[str, Any]:
 
 def _evaluate(ctx: StageContext) -> dict[str, Any]:
     from distill.evaluate import evaluate_models
+    from distill.models import ModelRef
 
     spec = ctx.spec
     models = {"student": ModelRef(str(final_student(ctx)))}
@@ -208,6 +220,17 @@ def _report(ctx: StageContext) -> dict[str, Any]:
     # the report reads the state the runner keeps, so it is written last and shows every stage before it
     report = write_report(ctx.run_dir)
     return {"report": str(report), "export": str(exported) if exported else None}
+
+
+def _label_config(spec: JobSpec) -> dict[str, Any]:
+    from distill.ensemble import labels_depend_on_temperature  # torch: only when a job keys its label stage
+
+    config = {"task": spec.task, "teachers": spec.teachers, "student": spec.student.model, "features": spec.features,
+              "label": spec.label}
+    # keyed only where the labels depend on it, so that a change of temperature relabels nothing else
+    if labels_depend_on_temperature(spec.label.ensemble, len(spec.teachers)):
+        config["temperature"] = spec.distill.prediction.temperature
+    return config
 
 
 def _phase_needs_online_teacher(spec: JobSpec) -> bool:
@@ -238,9 +261,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("label", "tokenize into features and store the teachers' soft logits",
           inputs=("prepare", "finetune_teachers", "augment"),
           enabled=lambda s: True,
-          config=lambda s: {"task": s.task, "teachers": s.teachers, "student": s.student.model,
-                            "features": s.features, "label": s.label},
-          run=_label, uses_ray=True),
+          config=_label_config, run=_label, uses_ray=True),
     Stage("distill_intermediate", "phase 1: embeddings, hidden states and attentions",
           inputs=("prepare", "finetune_teachers", "label"),
           enabled=lambda s: s.distill.intermediate.enabled,

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 from rich.console import Console
 
 from augment.__main__ import main
@@ -133,3 +135,17 @@ def test_rich_report_renders(tmp_path):
     shown = console.export_text(clear=False)
     assert "q1#aug1" in shown and "legend" in shown
     assert "\x1b[2;9mquick" in console.export_text(styles=True)  # dim + strike-through reached the terminal
+
+
+def test_a_folder_that_is_not_an_examples_folder_exits_2(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    # a label stage's output: shards of features, not of examples
+    features = tmp_path / "label"
+    (features / "shards").mkdir(parents=True)
+    pq.write_table(pa.table({"input_ids": [[101, 102]], "attention_mask": [[1, 1]]}),
+                   features / "shards" / "part-00000.parquet")
+    for folder, found in ((empty, "no shards"), (features, "no id, source_id, variant, substitutions column")):
+        assert main(["inspect", str(folder)]) == 2
+        error = capsys.readouterr().err
+        assert f"{folder} is not an examples folder" in error and found in error
