@@ -1,5 +1,6 @@
-"""`file_lock`: an exclusive `flock` held for a block. Apart from `augment.writers`, so that the run store (and
-with it `python -m jobs list`) takes its locks without importing pyarrow."""
+"""`file_lock`: an exclusive `flock` held for a block (with `wait=False`, only if it is free). Apart from
+`augment.writers`, so that the run store (and with it `python -m jobs list`) takes its locks without importing
+pyarrow."""
 
 from __future__ import annotations
 
@@ -11,13 +12,18 @@ from pathlib import Path
 
 
 @contextmanager
-def file_lock(path: str | os.PathLike[str]) -> Iterator[None]:
-    """Hold an exclusive lock on `path` (created if needed) for the block: other processes wait for it."""
+def file_lock(path: str | os.PathLike[str], wait: bool = True) -> Iterator[bool]:
+    """Hold an exclusive lock on `path` (created if needed) for the block: other processes wait for it. With
+    `wait=False` the block gets False, holding nothing, when another process holds the lock."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            yield
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)

@@ -74,6 +74,7 @@ from augment.schema import schema_for
 from augment.words import eligible_words, segment
 from augment.writers import (SHARD_GLOB, atomic_output, iter_shard_batches, read_rows, shard_paths, write_json,
                              write_shard)
+from jobs.progress import Progress
 from jobs.spec import AugmentSpec, ResourcesSpec
 
 log = logging.getLogger(__name__)
@@ -129,7 +130,7 @@ def augment_examples(examples_dir: Path, task: Literal["qa", "classification"], 
         resources: workers, CPUs and GPUs per worker.
         seed: the job seed; with the same seed, settings and input the output is byte-identical.
         out_dir: the output folder; created, or resumed when it holds an unfinished run of the same settings.
-        progress: show a progress bar of finished blocks.
+        progress: draw a progress bar of finished blocks; progress lines go to the `distillery` log either way.
         block_rows: examples per block (one shard each); default `config.examples_per_shard`. Part of the
             run's identity: keep it when resuming.
 
@@ -516,7 +517,6 @@ def _run_blocks(items: list[dict[str, Any]], task: str, config: AugmentSpec, res
     """Augment the blocks in `items` (index and row runs) on a Ray Data actor pool; return the pool size and each
     worker's peak RSS."""
     import ray
-    from tqdm import tqdm
 
     gpus = resources.gpus_per_worker
     if gpus is None:
@@ -550,14 +550,13 @@ def _run_blocks(items: list[dict[str, Any]], task: str, config: AugmentSpec, res
         peak: dict[int, float] = {}
         busy, rows_out = 0.0, 0
         vectors_loaded = False
-        with tqdm(total=len(items), desc="augmenting", unit="block", disable=not progress) as bar:
+        with Progress("augment", total=len(items), unit="block", bar=progress) as done:
             for row in dataset.iter_rows():
                 peak[row["pid"]] = max(peak.get(row["pid"], 0.0), row["peak_rss_mb"])
                 vectors_loaded |= bool(row["vectors_loaded"])
                 busy += row["seconds"]
                 rows_out += row["examples_out"]
-                bar.update(1)
-                bar.set_postfix(rows_out=rows_out)
+                done.update(1, rows_out=rows_out)
     finally:
         context.enable_progress_bars = ray_bars
         if started_ray:

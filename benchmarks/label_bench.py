@@ -1,6 +1,6 @@
 """Labelling throughput: the whole label stage against a bare forward pass of the same model on the same features.
 
-    python benchmarks/label_bench.py --out label_bench.json                 # all 11,873 dev questions, ~7 min
+    python benchmarks/label_bench.py --out label_bench.json                 # all 11,873 dev questions, ~11 min
     python benchmarks/label_bench.py --out /tmp/small.json --examples 300   # quick look
 
 The stage is `distill.label.label_examples` end to end on SQuAD 2.0 dev questions, as a job runs it: Ray actor
@@ -12,8 +12,8 @@ The bare forward pass runs the same model on the same features, tokenized before
 first within each block of examples, padded to the batch's longest row), in this process, with no I/O and the same
 thread count. overhead_vs_bare_forward = stage seconds / bare seconds - 1; the target is <= 0.15 at full size.
 tokenize_seconds is what tokenizing every block takes in series, in this process: the work the overlap hides. The
-stage has a fixed cost of about 5 s (the Ray Data executor and the actor's process, imports and model load), which a
-real labelling run (hours) does not notice; at 300 questions it is most of the stage, at the whole dev set (~2 min
+stage has a fixed cost of about 7 s (the actor's process: torch and transformers imported, model loaded), which a
+real labelling run (hours) does not notice; at 300 questions it is most of the stage, at the whole dev set (~3.5 min
 of compute on 2 cores) a few percent.
 
 The teacher is a BERT with random weights (4 layers, 256 hidden by default) and the real bert-base-uncased

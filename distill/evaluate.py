@@ -41,7 +41,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
-from tqdm import tqdm
 
 from augment.writers import iter_shard_batches, shard_paths, write_json
 from distill import speed
@@ -52,6 +51,7 @@ from distill.models import (ModelRef, autocast, check_label_order, check_max_seq
 from distill.postprocess import (QAExample, QAPrediction, QAWindow, postprocess_qa_predictions, write_null_odds,
                                  write_predictions)
 from distill.squad_metric import squad_v2_scores
+from jobs.progress import Progress
 from jobs.spec import EvaluateSpec, FeaturesSpec, ResourcesSpec
 
 Task = Literal["qa", "classification"]
@@ -247,14 +247,14 @@ def _evaluate_one(name: str, ref: ModelRef, task: Task, examples_dir: Path, num_
     model = model.to(device)
     answers = _QAAnswers(config) if task == "qa" else _ClassAnswers(label_names)
     examples_seen = features_seen = 0
-    with tqdm(total=num_examples, desc=f"evaluating {name}", unit=" examples", disable=not progress) as bar:
+    with Progress(f"evaluate {name}", total=num_examples, unit="ex", bar=progress) as done:
         for chunk in iter_shard_batches(examples_dir, EXAMPLES_PER_CHUNK):
             examples = pa.Table.from_batches([chunk])
             table = build_features(examples, task, tokenizer, features)
             answers.add(examples, table, _infer(model, table, tokenizer.pad_token_id, config.batch_size, device))
             examples_seen += examples.num_rows
             features_seen += table.num_rows
-            bar.update(examples.num_rows)
+            done.update(examples.num_rows, features=features_seen)
     del model
     if device.type == "cuda":
         torch.cuda.empty_cache()

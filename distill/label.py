@@ -1,19 +1,19 @@
 """Teacher labelling: tokenize examples into features and store the teachers' soft logits beside them.
 
 One entry point, `label_examples`. The examples are cut into blocks of `examples_per_shard` consecutive rows
-(blocks never span two input shards); block k becomes `out_dir/shards/part-{k:05d}.parquet`. A Ray Data pool of
-`resources.workers` actors (`map_batches` with a callable class) takes the blocks: each actor loads the
-tokenizer and every teacher once, then per block reads the rows, tokenizes them in one batch, runs every teacher
-on every feature (sorted by length and cut into batches of `label.batch_size` features, so little padding is
-computed), mixes the teachers and writes the shard atomically (temp file, then `os.replace`). Each actor holds
-two blocks at once, so the next block is read and tokenized (CPU) while the teachers run on the previous one.
+(blocks never span two input shards); block k becomes `out_dir/shards/part-{k:05d}.parquet`. A pool of
+`resources.workers` Ray actors (`ray.util.ActorPool`) takes the blocks: each actor loads the tokenizer and every
+teacher once, then per block reads the rows, tokenizes them in one batch, runs every teacher on every feature
+(sorted by length and cut into batches of `label.batch_size` features, so little padding is computed), mixes the
+teachers and writes the shard atomically (temp file, then `os.replace`). Each actor holds two blocks at once, so
+the next block is read and tokenized (CPU) while the teachers run on the previous one.
 
-Why blocks, and why Ray Data carries only their descriptors: a shard's bytes must depend on nothing but its
-examples and the settings, so that an interrupted run resumes by skipping the shards already on disk and the
-result is byte-identical to an uninterrupted run with any number of workers. Ray Data forms batches from its own
-block layout, which differs from run to run; a forward pass's last bits depend on which rows share its padded
-batch. So the unit of scheduling is the unit of output, and everything inside a block is computed in a fixed
-order.
+Why blocks: a shard's bytes must depend on nothing but its examples and the settings, so that an interrupted run
+resumes by skipping the shards already on disk and the result is byte-identical to an uninterrupted run with any
+number of workers. A forward pass's last bits depend on which rows share its padded batch, so the unit of
+scheduling is the unit of output, and everything inside a block is computed in a fixed order. Why plain actors and
+not Ray Data's `map_batches`: the actors only need block descriptors, and on a small machine Ray Data's executor
+and helper actors took CPU from the teachers (measured: start-up 3 s longer, the whole stage 5-6% slower).
 
 Ensembles (`distill.ensemble`), with weights normalised to sum 1 and T the distillation temperature:
 `label.ensemble = "probs"` (default) stores T * log(sum_k w_k softmax(z_k / T)), so that the loss's
@@ -43,7 +43,6 @@ import json
 import math
 import os
 import shutil
-import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -70,6 +69,7 @@ from distill.models import (
     load_tokenizer,
     pick_device,
 )
+from jobs.progress import Progress
 from jobs.spec import FeaturesSpec, LabelSpec, ResourcesSpec
 
 Task = Literal["qa", "classification"]
@@ -266,15 +266,15 @@ def _write_shard(table: pa.Table, path: Path) -> int:
 
 
 class _BlockLabeller:
-    """A Ray Data actor: tokenizer and teachers loaded once; each call labels whole blocks and writes their shards.
+    """A labelling actor: tokenizer and teachers loaded once; each call labels one block and writes its shard.
 
-    Ray runs `_BLOCKS_PER_ACTOR` calls at once on one actor, each in its own thread, so that one block is read and
-    tokenized while another runs through the teachers: the teachers wait for the tokenizer only where tokenizing a
-    block takes longer than labelling one. The tokenizer's Rust encoding and torch's kernels release the GIL, so the
-    threads mostly run in parallel. Each stage takes one block at a time: the fast tokenizer is shared state (a QA
-    block switches its truncation setting between two calls), and one forward pass at a time keeps the device's
-    memory and the CPU threads to what a single block needs. Every block is still computed alone, so its shard's
-    bytes do not change.
+    Ray runs `_BLOCKS_PER_ACTOR` calls at once on one actor (`max_concurrency`), each in its own thread, so that one
+    block is read and tokenized while another runs through the teachers: the teachers wait for the tokenizer only
+    where tokenizing a block takes longer than labelling one. The tokenizer's Rust encoding and torch's kernels
+    release the GIL, so the threads mostly run in parallel. Each stage takes one block at a time: the fast tokenizer
+    is shared state (a QA block switches its truncation setting between two calls), and one forward pass at a time
+    keeps the device's memory and the CPU threads to what a single block needs. Every block is still computed
+    alone, so its shard's bytes do not change.
     """
 
     def __init__(self, task: Task, teachers: list[ModelRef], tokenizer: ModelRef, features: FeaturesSpec,
@@ -293,20 +293,15 @@ class _BlockLabeller:
                                          temperature) if teachers else None)
         self.tokenizing, self.labelling = threading.Lock(), threading.Lock()
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        result: dict[str, list[int]] = {"index": [], "examples": [], "features": [], "bytes": []}
-        for index, path, start, stop in zip(batch["index"], batch["path"], batch["start"], batch["stop"]):
-            block = _Block(int(index), str(path), int(start), int(stop))
-            with self.tokenizing:
-                table = build_features(_read_block(block, self.task), self.task, self.tokenizer, self.features)
-            if self.ensemble is not None:   # without teachers the teacher columns stay null
-                with self.labelling:
-                    table = self.ensemble.label(table)
-            size = _write_shard(table, self.shards_dir / block.name)
-            for key, value in (("index", block.index), ("examples", block.stop - block.start),
-                               ("features", table.num_rows), ("bytes", size)):
-                result[key].append(value)
-        return {key: np.asarray(values, dtype=np.int64) for key, values in result.items()}
+    def label_block(self, block: _Block) -> tuple[int, int]:
+        """Label one block and write its shard; returns (examples, features)."""
+        with self.tokenizing:
+            table = build_features(_read_block(block, self.task), self.task, self.tokenizer, self.features)
+        if self.ensemble is not None:   # without teachers the teacher columns stay null
+            with self.labelling:
+                table = self.ensemble.label(table)
+        _write_shard(table, self.shards_dir / block.name)
+        return block.stop - block.start, table.num_rows
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -432,36 +427,26 @@ def _run_blocks(pending: list[_Block], task: Task, teachers: list[ModelRef], tok
                 num_labels: int | None, gpus: float, shards_dir: Path, progress: bool) -> None:
     import ray
 
-    threads = max(1, math.ceil(resources.cpus_per_worker))
-    dataset = ray.data.from_items([asdict(b) for b in pending], override_num_blocks=len(pending))
-    labelled = dataset.map_batches(
-        _BlockLabeller,
-        batch_size=1,  # one block per call: the block, not Ray's batching, decides what is computed together
-        # true multi-threading: without it Ray Data runs one call per actor at a time, whatever the concurrency
-        compute=ray.data.ActorPoolStrategy(size=min(resources.workers, len(pending)),
-                                           max_concurrent_calls_per_actor=_BLOCKS_PER_ACTOR,
-                                           enable_true_multi_threading=True),
-        num_cpus=resources.cpus_per_worker,
-        num_gpus=gpus,
-        batch_format="numpy",
-        fn_constructor_kwargs={"task": task, "teachers": teachers, "tokenizer": tokenizer, "features": features,
-                               "config": config, "temperature": temperature, "num_labels": num_labels, "gpus": gpus,
-                               "threads": threads, "shards_dir": str(shards_dir)},
-    )
-    total = sum(b.stop - b.start for b in pending)
-    bar = None
-    if progress:
-        from tqdm import tqdm
+    from ray.util import ActorPool
 
-        bar = tqdm(total=total, unit="ex", desc="label", file=sys.stderr, mininterval=5)
+    # a lost actor (a node gone) is rebuilt and its blocks rerun: a shard is written whole or not at all
+    labeller = ray.remote(num_cpus=resources.cpus_per_worker, num_gpus=gpus, max_concurrency=_BLOCKS_PER_ACTOR,
+                          max_restarts=2, max_task_retries=2)(_BlockLabeller)
+    actors = [labeller.remote(task, teachers, tokenizer, features, config, temperature, num_labels, gpus,
+                              max(1, math.ceil(resources.cpus_per_worker)), str(shards_dir))
+              for _ in range(min(resources.workers, len(pending)))]
+    # each actor listed once per call it runs at once: the pool then keeps that many blocks in flight on it
+    pool = ActorPool([actor for actor in actors for _ in range(_BLOCKS_PER_ACTOR)])
+    features_done = 0
     try:
-        for batch in labelled.iter_batches(batch_size=None, batch_format="numpy"):
-            if bar is not None:
-                bar.update(int(batch["examples"].sum()))
-                bar.set_postfix(features=int(batch["features"].sum()), refresh=False)
+        with Progress("label", total=sum(b.stop - b.start for b in pending), unit="ex", bar=progress) as done:
+            for examples, n_features in pool.map_unordered(lambda actor, block: actor.label_block.remote(block),
+                                                           pending):
+                features_done += n_features
+                done.update(examples, features=features_done)
     finally:
-        if bar is not None:
-            bar.close()
+        for actor in actors:   # their teachers hold device memory the next stage needs
+            ray.kill(actor)
 
 
 def _shard_stats(paths: list[Path], task: Task) -> tuple[int, int, int]:
@@ -500,7 +485,7 @@ def label_examples(examples_dir: Path, task: Literal["qa", "classification"], te
         out_dir: where shards/, label_config.json, stats.json and meta.json go. Shards already there from an
             interrupted run with the same settings are kept and skipped.
         num_labels: classification: the number of classes; unset: the length of meta.json's label_names.
-        progress: show a progress bar (examples) on stderr.
+        progress: draw a progress bar (examples) on stderr; progress lines go to the `distillery` log either way.
         examples_per_shard: examples per output shard (unit of work and of resumption).
         temperature: the distillation temperature the labels are for (distill.prediction.temperature); only a
             probs ensemble of several teachers depends on it, and only then is it recorded in label_config.json.

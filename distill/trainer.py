@@ -13,8 +13,10 @@ an `Objective`: the trained module (student, projections), which maps a padded b
   share of the step's features, so N workers take the same steps as one worker with the same global batch;
 - optimisation: AdamW (no weight decay on biases and LayerNorm weights, i.e. parameters with fewer than 2
   dimensions), linear warm-up then linear decay, gradient clipping, mixed precision on GPU;
+- progress: every `log_every` steps a line in metrics.jsonl, the same as TensorBoard scalars in tensorboard/,
+  and a progress line in the job log (`jobs.progress`);
 - outputs in `out_dir`: train_config.json (resolved config, every loss setting, code version), metrics.jsonl,
-  checkpoints/ (resumable; see `save_checkpoint`; every `checkpoint_minutes` of training, every
+  tensorboard/, checkpoints/ (resumable; see `save_checkpoint`; every `checkpoint_minutes` of training, every
   `checkpoint_every` steps when set, at each epoch's end, the last KEEP_CHECKPOINTS kept), and whatever the
   objective saves at the end.
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import shutil
@@ -45,6 +48,7 @@ from transformers import get_linear_schedule_with_warmup
 from distill.features import FlatFeatures
 from distill.models import Task, autocast, pick_device
 from distill.training_data import open_training_view, prefetch
+from jobs.progress import LOG_FORMATTER, Progress
 from jobs.spec import PhaseSpec, ResourcesSpec
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -54,6 +58,8 @@ ADAM_EPS = 1e-8             # AdamW and schedule as BERT/TinyBERT fine-tuning
 KEEP_CHECKPOINTS = 2        # complete checkpoints kept on disk; older ones are deleted once a newer one is complete
 COMPLETE_MARKER = "COMPLETE"  # written last into a checkpoint; a folder without it is never read
 LENGTH_GROUP_BATCHES = 50   # batches per length-sorted group of an epoch's shuffle (as HF's group_by_length)
+LOG_LINES_PER_PHASE = 200    # metric lines a phase aims for when log_every is unset ...
+LOG_EVERY_AT_MOST = 50       # ... logging at least every 50 steps
 HostBatch = tuple[dict[str, torch.Tensor], float]  # a micro-batch's tensors on the host and its share of the step
 
 
@@ -161,6 +167,13 @@ def _ray_worker(config: dict[str, Any]) -> dict[str, Any]:
     import ray.train.torch
 
     context = ray.train.get_context()
+    if context.get_world_rank() == 0:   # rank 0's progress lines go to the job log, as in one process
+        logger = logging.getLogger("distillery")
+        logger.setLevel(logging.INFO)
+        for path in config["log_files"]:
+            handler = logging.FileHandler(path)
+            handler.setFormatter(LOG_FORMATTER)
+            logger.addHandler(handler)
     where = Worker(rank=context.get_world_rank(), world=context.get_world_size(),
                   device=ray.train.torch.get_device(), ray=True)
     return train_loop(config["plan"], where)
@@ -177,7 +190,9 @@ def _run_on_ray(plan: TrainPlan) -> dict[str, Any]:
     # installed package is found anyway (a remote cluster needs it installed)
     trainer = TorchTrainer(
         _ray_worker,
-        train_loop_config={"plan": plan},
+        # the driver's log files: the workers reach them as they reach out_dir (the run store is shared)
+        train_loop_config={"plan": plan, "log_files": [
+            h.baseFilename for h in logging.getLogger("distillery").handlers if isinstance(h, logging.FileHandler)]},
         torch_config=TorchConfig(backend="nccl" if gpus > 0 else "gloo"),
         scaling_config=ScalingConfig(num_workers=resources.workers, use_gpu=gpus > 0,
                                      resources_per_worker=per_worker),
@@ -270,7 +285,8 @@ class Recipe:
         self.checkpoints = self.out_dir / "checkpoints"
         self.metrics_path = self.out_dir / "metrics.jsonl"
         self._deterministic_before: tuple[bool, bool] | None = None
-        self._progress = None
+        self._progress: Progress | None = None
+        self._events = None   # rank 0's TensorBoard writer
 
     # -- setup --------------------------------------------------------------------------------------------------
 
@@ -297,6 +313,8 @@ class Recipe:
         self.steps_per_epoch = math.ceil(math.ceil(self.data.num_rows / config.batch_size) / config.grad_accum_steps)
         self.total_steps = math.ceil(config.epochs * self.steps_per_epoch)
         self.warmup_steps = math.ceil(config.warmup_ratio * self.total_steps)
+        # a short phase still draws a readable curve, a long one a few thousand lines at most per 100k steps
+        self.log_every = config.log_every or min(LOG_EVERY_AT_MOST, max(1, self.total_steps // LOG_LINES_PER_PHASE))
         module: nn.Module = self.objective  # type: ignore[assignment]
         module.train()  # the student (dropout on); teachers sit outside the module and stay in eval mode
         self.trained_parameters = [p for p in module.parameters() if p.requires_grad]
@@ -322,9 +340,13 @@ class Recipe:
         if where.rank == 0:
             self._write_train_config()
             self._trim_metrics()
-            if plan.progress:
-                from tqdm.auto import tqdm
-                self._progress = tqdm(total=self.total_steps, initial=self.step, desc=plan.phase, unit="step")
+            # a line per log step (from _log), a bar in a terminal
+            self._progress = Progress(plan.phase, self.total_steps, "step", bar=plan.progress, every_s=None,
+                                      initial=self.step)
+            from tensorboardX import SummaryWriter
+
+            # the metric lines as TensorBoard scalars; a resumed run drops what was logged after its checkpoint
+            self._events = SummaryWriter(str(self.out_dir / "tensorboard"), purge_step=self.step or None)
 
     def _wrap(self, module: nn.Module) -> nn.Module:
         if not self.where.ray:
@@ -346,7 +368,7 @@ class Recipe:
             "config": plan.config.model_dump(mode="json"),
             "resources": plan.resources.model_dump(mode="json"),
             "schedule": {"steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps,
-                         "warmup_steps": self.warmup_steps, "decay": "linear to 0",
+                         "warmup_steps": self.warmup_steps, "decay": "linear to 0", "log_every": self.log_every,
                          "global_batch": plan.config.batch_size * plan.config.grad_accum_steps,
                          "micro_batch_per_worker": plan.config.batch_size / self.where.world},
             "optimizer": {"name": "AdamW", "betas": ADAM_BETAS, "eps": ADAM_EPS,
@@ -375,19 +397,19 @@ class Recipe:
                     self._optimizer_step(micro_batches, step_features)
                     self.step += 1
                     self.step_in_epoch += 1
+                    if self._progress is not None:
+                        self._progress.update(1)
                     end_of_epoch = self.step_in_epoch == len(steps)
                     if end_of_epoch:
                         self.epoch, self.step_in_epoch = self.epoch + 1, 0
                     elapsed = self.elapsed_before + time.perf_counter() - started
-                    log_step = self.step % config.log_every == 0
+                    log_step = self.step % self.log_every == 0
                     if log_step or self.step == self.total_steps:
                         self._log(elapsed)
                     if (end_of_epoch or self.step == self.total_steps
                             or (config.checkpoint_every is not None and self.step % config.checkpoint_every == 0)
                             or (log_step and self._checkpoint_due())):
                         self.save_checkpoint(elapsed)
-                    if self._progress is not None:
-                        self._progress.update(1)
                     if self.step == self.total_steps:
                         break
             finally:
@@ -477,7 +499,13 @@ class Recipe:
             with open(self.metrics_path, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(line) + "\n")
             if self._progress is not None:
-                self._progress.set_postfix(loss=f"{line['loss']:.4f}", lr=f"{line['lr']:.2e}")
+                self._progress.fields = {key: line[key] for key in line if key not in ("step", "elapsed")}
+                self._progress.line()
+            if self._events is not None:
+                for key, value in line.items():
+                    if key not in ("step", "epoch", "elapsed"):
+                        self._events.add_scalar(key, value, self.step)
+                self._events.flush()   # `jobs logs --follow` and TensorBoard show the same moment
         # not also ray.train.report: in Ray Train 2.60 a report waits for the controller's poll (seconds), which
         # would throttle short steps; metrics.jsonl is the record
         self._reset_window()
@@ -583,6 +611,8 @@ class Recipe:
     def cleanup(self) -> None:
         if self._progress is not None:
             self._progress.close()
+        if self._events is not None:
+            self._events.close()
         if self._deterministic_before is not None:
             enabled, warn_only = self._deterministic_before
             torch.use_deterministic_algorithms(enabled, warn_only=warn_only)

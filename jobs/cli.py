@@ -9,8 +9,8 @@ import argparse
 import difflib
 import json
 import os
+import shutil
 import signal
-import subprocess
 import sys
 import textwrap
 import time
@@ -22,47 +22,15 @@ from pydantic_core import to_jsonable_python
 
 from jobs.spec import JobSpec, SpecError, dump_spec, load_spec
 from jobs.stages import STAGE_NAMES, STAGES
-from jobs.store import JobNotFound, Run, RunStore, now
+from augment.locks import file_lock
+from jobs.api import ACTIVE, default_root, effective_state, pid_alive, spawn
+from jobs.store import JobNotFound, Run, RunStore, folder_bytes, now
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_SPEC, EXIT_NOT_FOUND = 0, 1, 2, 3
-ACTIVE = ("pending", "running")
 
 
 def _store(args: argparse.Namespace, spec: JobSpec | None = None) -> RunStore:
-    root = args.root or os.environ.get("DISTILLERY_ROOT") or (spec.output.root if spec else "runs")
-    return RunStore(Path(root))
-
-
-def _pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie (exited, not yet reaped by its parent) still answers kill(0)
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][0] != "Z"
-    except OSError:
-        return True
-
-
-def effective_state(run: Run) -> dict[str, Any]:
-    """The stored state, with the status a reader should see: a local job whose process died is 'interrupted'."""
-    state = run.read_state()
-    if state.get("backend") == "ray":
-        from jobs import cluster
-
-        try:
-            state["status"] = cluster.status(state["address"], state["submission_id"])
-        except OSError as error:  # ConnectionError, timeouts: one cluster that is down must not hide the others
-            state["status"] = "unknown"
-            state["cluster_error"] = f"cannot reach the Ray cluster at {state['address']}: {error}"
-    elif state["status"] == "running" and not _pid_alive(state.get("pid")):
-        state["status"] = "interrupted"
-    return state
+    return RunStore(Path(args.root) if args.root else default_root(spec))
 
 
 def _load(args: argparse.Namespace, check_paths: bool = True) -> JobSpec:
@@ -108,17 +76,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _spawn(run: Run, store: RunStore) -> int:
-    """Start `python -m jobs run` for an existing run as a detached process in its own session."""
-    stdout = open(run.path / "logs" / "stdout.log", "ab")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "jobs", "run", str(run.spec_path), "--job-id", run.job_id, "--root", str(store.root)],
-        stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.STDOUT, start_new_session=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    run.update_state(lambda s: s.update(pid=process.pid))
-    return process.pid
-
-
 def _run_in_foreground(run: Run, store: RunStore) -> int:
     from jobs.runner import run_job
 
@@ -154,7 +111,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         print(job_id)
         return EXIT_OK
     if args.detach:
-        pid = _spawn(run, store)
+        pid = spawn(run, store)
         print(f"started {job_id} (pid {pid}); follow it with: python -m jobs logs {job_id} --follow")
         print(job_id)
         return EXIT_OK
@@ -194,7 +151,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
         return EXIT_OK
     run.update_state(lambda s: s.update(status="pending", resumed_at=now()))
     if args.detach:
-        pid = _spawn(run, store)
+        pid = spawn(run, store)
         print(f"resumed {run.job_id} (pid {pid})")
         print(run.job_id)
         return EXIT_OK
@@ -291,16 +248,65 @@ def cmd_cancel(args: argparse.Namespace) -> int:
         print(f"job {args.job_id} is not running ({state['status']}); nothing to cancel")
         return EXIT_OK
     pid = state.get("pid")
-    if _pid_alive(pid):
+    if pid_alive(pid):
         os.killpg(pid, signal.SIGTERM)
         deadline = time.monotonic() + args.timeout
-        while _pid_alive(pid) and time.monotonic() < deadline:
+        while pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.2)
-        if _pid_alive(pid):
+        if pid_alive(pid):
             os.killpg(pid, signal.SIGKILL)
     # the job marks itself cancelled on SIGTERM; this covers a job that had to be killed or never started
     run.update_state(lambda s: s.update(status="cancelled", ended_at=now()) if s["status"] in ACTIVE else None)
     print(f"cancelled {args.job_id}")
+    return EXIT_OK
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:,.1f} MB"
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    store = _store(args)
+    run = store.get(args.job_id)
+    state = effective_state(run)
+    if state["status"] in ACTIVE or state["status"] == "unknown":
+        print(f"error: job {args.job_id} is {state['status']}; cancel it first (python -m jobs cancel "
+              f"{args.job_id})", file=sys.stderr)
+        return EXIT_BAD_SPEC
+    size = folder_bytes(run.path)
+    shutil.rmtree(run.path)
+    print(f"removed {args.job_id}: {_megabytes(size)} freed; the stage outputs it used stay in the cache until "
+          "`python -m jobs gc` finds no job using them")
+    return EXIT_OK
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    store = _store(args)
+    cutoff = time.time() - 86400 * args.older_than if args.older_than is not None else None
+    freed, removed, kept_locked = 0, [], 0
+    for entry in store.cache_entries():
+        if cutoff is not None and entry.path.stat().st_mtime > cutoff:
+            continue
+        if entry.path.resolve() in store.referenced_entries():
+            continue
+        # under the entry's lock: a job that wants it now waits, then finds it gone and recomputes it
+        with file_lock(entry.lock_path, wait=False) as free:
+            if not free:
+                kept_locked += 1   # a job is computing or reusing it right now
+                continue
+            if entry.path.resolve() in store.referenced_entries():   # claimed since the first look
+                continue
+            size = folder_bytes(entry.path)
+            if not args.dry_run:
+                shutil.rmtree(entry.path)
+            freed += size
+            removed.append(f"{entry.path.parent.name}/{entry.path.name}")
+    verb = "would free" if args.dry_run else "freed"
+    print(f"{verb} {_megabytes(freed)}: {len(removed)} cache entr{'y' if len(removed) == 1 else 'ies'} no job uses"
+          + (f" (older than {args.older_than:g} days)" if cutoff is not None else "")
+          + (f"; {kept_locked} in use by a running job kept" if kept_locked else ""))
+    for name in removed:
+        print(f"  {name}")
     return EXIT_OK
 
 
@@ -372,6 +378,8 @@ examples:
   python -m jobs cancel JOB_ID
   python -m jobs resume JOB_ID
   python -m jobs report JOB_ID
+  python -m jobs rm JOB_ID
+  python -m jobs gc --older-than 7
 """
 
 
@@ -450,6 +458,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(sub, "report", cmd_report, "(re)write a job's Markdown report and plots",
                  "python -m jobs report ID")
     p.add_argument("job_id")
+
+    p = _command(sub, "rm", cmd_rm, "delete a job's folder (not running); its cache entries go with `gc`",
+                 "python -m jobs rm ID")
+    p.add_argument("job_id")
+
+    p = _command(sub, "gc", cmd_gc, "delete the cache entries no job in the run store uses, saying what it frees",
+                 "python -m jobs gc --older-than 7")
+    p.add_argument("--older-than", type=float, metavar="DAYS", help="only entries last changed this many days ago")
+    p.add_argument("--dry-run", action="store_true", help="say what would be deleted, delete nothing")
     return parser
 
 

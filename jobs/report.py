@@ -40,6 +40,7 @@ TRAINING_STAGES = ["finetune_teachers", "train_mlm", "distill_intermediate", "di
 # Phase settings that say how the student was trained (logging and checkpoint cadence do not).
 _BOOKKEEPING = {"enabled", "log_every", "checkpoint_every", "checkpoint_minutes"}
 _NONE = "—"
+_DONE = {"completed", "cached", "skipped"}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -219,12 +220,28 @@ def _phase_settings(spec: JobSpec) -> dict[str, dict[str, Any]]:
 # Sections
 
 
+def _written_by_the_job(state: dict[str, Any]) -> bool:
+    """Whether the job's own report stage is writing this report: every other stage is done."""
+    stages = state.get("stages") or {}
+    return (state.get("status") == "running" and (stages.get("report") or {}).get("status") == "running"
+            and all((stage or {}).get("status") in _DONE for name, stage in stages.items() if name != "report"))
+
+
 def _header(run: _Run) -> str:
     state = run.state
+    written = dt.datetime.now(dt.timezone.utc)
+    status = state.get("status") or _NONE
+    if _written_by_the_job(state):
+        status = "succeeded"   # the report is the last stage: the job ends as this is written
+    try:
+        ended = dt.datetime.fromisoformat(state["ended_at"]) if state.get("ended_at") else written
+        wall = _duration({"started_at": state["created_at"], "ended_at": ended.isoformat()})
+    except (KeyError, TypeError, ValueError):
+        wall = _NONE
     lines = [f"# Distillery report: {state.get('job_id') or run.path.name}", ""]
-    lines.append(_table(["job", "status", "created", "report written"], [[
-        state.get("name") or _NONE, state.get("status") or _NONE, state.get("created_at") or _NONE,
-        dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")]]))
+    lines.append(_table(["job", "status", "wall time", "created", "report written"], [[
+        state.get("name") or _NONE, status, wall, state.get("created_at") or _NONE,
+        written.isoformat(timespec="seconds")]]))
     if state.get("error"):
         lines += ["", f"**Error:** {state['error']}"]
     return "\n".join(lines)
@@ -282,6 +299,8 @@ def _stages_section(run: _Run) -> str:
     for name in names:
         stage = stages[name] or {}
         status = stage.get("status") or _NONE
+        if name == "report" and _written_by_the_job(run.state):
+            status = "completed (this report)"
         if stage.get("error"):
             status += f": {stage['error']}"
         rows.append([f"`{name}`", status, _duration(stage), f"`{stage['output']}`" if stage.get("output") else _NONE])
@@ -342,28 +361,54 @@ def _label_section(run: _Run) -> str:
     return "## Labelling\n\n" + _table(["statistic", "value"], rows)
 
 
-def _training_logs(run: _Run) -> dict[str, list[dict[str, Any]]]:
-    """metrics.jsonl records per training run: "finetune_teacher_<i>", "distill_intermediate", ..."""
-    logs = {}
+def _training_folders(run: _Run) -> dict[str, Path]:
+    """The folder of each training run (metrics.jsonl, train_config.json): "finetune_teacher_<i>",
+    "distill_intermediate", ..."""
+    folders = {}
     for stage in TRAINING_STAGES:
         output = run.output(stage)
         if output is None:
             continue
         if stage == "finetune_teachers":
-            for folder in sorted(output.glob("teacher_*")):
-                records = run.jsonl(folder / "metrics.jsonl")
-                if records:
-                    logs[f"finetune_{folder.name}"] = records
+            folders |= {f"finetune_{folder.name}": folder for folder in sorted(output.glob("teacher_*"))}
         else:
-            records = run.jsonl(output / "metrics.jsonl")
-            if records:
-                logs[stage] = records
+            folders[stage] = output
+    return folders
+
+
+def _training_logs(run: _Run) -> dict[str, list[dict[str, Any]]]:
+    """metrics.jsonl records per training run, by the names of `_training_folders`."""
+    logs = {}
+    for name, folder in _training_folders(run).items():
+        records = run.jsonl(folder / "metrics.jsonl")
+        if records:
+            logs[name] = records
     return logs
 
 
+def _lr_schedules(run: _Run) -> dict[str, list[tuple[int, float]]]:
+    """Each training run's learning rate at every step from 0 (at most ~500 points), from its train_config.json:
+    the trainer's linear warm-up then linear decay to 0. The logged points start only at the first log step."""
+    schedules = {}
+    for name, folder in _training_folders(run).items():
+        record = run.json(folder / "train_config.json")
+        try:
+            peak = float(record["config"]["learning_rate"])
+            total, warmup = int(record["schedule"]["total_steps"]), int(record["schedule"]["warmup_steps"])
+        except (TypeError, KeyError, ValueError):
+            continue
+        steps = sorted(set(range(0, total + 1, max(1, total // 500))) | {warmup, total})
+        schedules[name] = [(step, peak * (step / warmup if step < warmup
+                                          else max(0.0, (total - step) / max(1, total - warmup))))
+                           for step in steps]
+    return schedules
+
+
 def _loss_keys(records: list[dict[str, Any]]) -> list[str]:
+    """"loss" and its terms; with one term, "loss" alone (the term's curve is the same, scaled by its weight)."""
     keys = {key for record in records for key in record if key == "loss" or key.startswith("loss/")}
-    return sorted(keys, key=lambda key: (key != "loss", key))
+    ordered = sorted(keys, key=lambda key: (key != "loss", key))
+    return ordered[:1] if len(ordered) == 2 and ordered[0] == "loss" else ordered
 
 
 def _training_section(run: _Run, logs: dict[str, list[dict[str, Any]]], plots: dict[str, str]) -> str:
@@ -502,7 +547,9 @@ def _plot_losses(name: str, records: list[dict[str, Any]], path: Path) -> bool:
     return True
 
 
-def _plot_lr(logs: dict[str, list[dict[str, Any]]], path: Path) -> bool:
+def _plot_lr(logs: dict[str, list[dict[str, Any]]], schedules: dict[str, list[tuple[int, float]]],
+             path: Path) -> bool:
+    """One panel per training run: the schedule from step 0 as a line, the logged learning rates as dots."""
     series = {}
     for name, records in logs.items():
         points = [(r["step"], r["lr"]) for r in records
@@ -513,8 +560,10 @@ def _plot_lr(logs: dict[str, list[dict[str, Any]]], path: Path) -> bool:
         return False
     figure = Figure(figsize=(4 * len(series), 3.5), layout="constrained")
     for axes, (name, points) in zip(figure.subplots(1, len(series), squeeze=False)[0], series.items()):
-        steps, rates = zip(*points)
-        axes.plot(steps, rates)
+        if name in schedules:
+            axes.plot(*zip(*schedules[name]), label="schedule")
+        axes.plot(*zip(*points), linestyle="none", marker=".", label="logged")
+        axes.legend(fontsize="small")
         axes.set(title=name, xlabel="step", ylabel="learning rate")
         axes.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
         axes.grid(alpha=0.3)
@@ -575,7 +624,7 @@ def write_report(run_dir: Path) -> Path:
     for name, records in logs.items():
         if _plot_losses(name, records, report_dir / f"loss_{name}.png"):
             plots[name] = f"loss_{name}.png"
-    if _plot_lr(logs, report_dir / "lr.png"):
+    if _plot_lr(logs, _lr_schedules(run), report_dir / "lr.png"):
         plots["lr"] = "lr.png"
     if metrics is not None:
         if _plot_scores(_task(run, metrics), metrics, report_dir / "scores.png"):

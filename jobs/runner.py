@@ -8,25 +8,29 @@ crash is handed back to the stage, which continues where it stopped.
 
 from __future__ import annotations
 
-import fcntl
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, TextIO
 
 from pydantic import BaseModel
 
+from jobs.progress import LOG_FORMATTER, PROGRESS_LOGGER, use_console
 from jobs.spec import JobSpec, load_spec
 from jobs.stages import STAGE_VERSION, STAGES, Stage, StageContext
 from jobs.store import Run, RunStore, now
 
 log = logging.getLogger("distillery")
+#: Lines libraries write to stderr, kept in the job log at debug level.
+LIBRARY_LOGGER = "distillery.library"
 
 
 class JobCancelled(Exception):
@@ -51,16 +55,56 @@ def stage_key(stage: Stage, spec: JobSpec, input_keys: dict[str, str]) -> str:
     return digest[:16]
 
 
-def _attach_log_handlers(run: Run) -> list[logging.Handler]:
-    """Log to the run's job.log and to stderr (a terminal, a detached job's stdout.log, or Ray Jobs' log)."""
-    formatter = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
-    handlers = [logging.FileHandler(run.log_path), logging.StreamHandler(sys.stderr)]
+def _attach_log_handlers(run: Run, bars: bool, console: TextIO) -> list[logging.Handler]:
+    """Log to the run's job.log and to the console (the real stderr: a terminal, a detached job's stdout.log, or
+    Ray Jobs' log); where the console draws progress bars, the progress lines go to job.log alone. Library output
+    is job.log's alone, at debug level."""
+    handlers = [logging.FileHandler(run.log_path), logging.StreamHandler(console)]
+    handlers[1].setLevel(logging.INFO)
+    if bars:
+        handlers[1].addFilter(lambda record: record.name != PROGRESS_LOGGER)
     for handler in handlers:
-        handler.setFormatter(formatter)
+        handler.setFormatter(LOG_FORMATTER)
         log.addHandler(handler)
-    log.setLevel(logging.INFO)
+    log.setLevel(logging.DEBUG)
     log.propagate = False
     return handlers
+
+
+@contextlib.contextmanager
+def _library_output_to_log() -> Iterator[TextIO]:
+    """Send everything written to stderr to the job log at debug level; yield a stream on the real stderr, the
+    console, for the job's own lines and bars (`jobs.progress.console`).
+
+    Libraries print to stderr in ways Python cannot redirect one by one: Ray's C++ core writes its notices (token
+    authentication, actor warnings) straight to file descriptor 2, Ray's and transformers' loggers print to
+    `sys.stderr`. So descriptor 2 becomes a pipe, read line by line into the log. The reader thread outlives the
+    job on purpose: a process Ray started may still hold the pipe, and a closed pipe would kill it with SIGPIPE.
+    """
+    sys.stderr.flush()
+    real = os.dup(2)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    library = logging.getLogger(LIBRARY_LOGGER)
+
+    def forward() -> None:
+        with open(read_end, "rb") as pipe:
+            for raw in pipe:
+                line = raw.decode("utf-8", errors="replace").rstrip()
+                if line:
+                    library.debug("%s", line)
+
+    threading.Thread(target=forward, name="library-stderr", daemon=True).start()
+    console = open(real, "w", buffering=1, encoding="utf-8", errors="replace")
+    try:
+        with use_console(console):
+            yield console
+    finally:
+        sys.stderr.flush()
+        console.flush()
+        os.dup2(real, 2)
+        console.close()
 
 
 def _raise_cancelled(signum: int, frame: Any) -> None:
@@ -70,7 +114,14 @@ def _raise_cancelled(signum: int, frame: Any) -> None:
 def run_job(run: Run, store: RunStore, progress: bool | None = None) -> str:
     """Run (or resume) every stage of `run`; return the final job status."""
     progress = sys.stderr.isatty() if progress is None else progress
-    handlers = _attach_log_handlers(run)
+    # the stages' progress is ours (jobs.progress); the weight-loading bars of transformers would only add noise
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    with _library_output_to_log() as console:
+        return _run_stages(run, store, progress, console)
+
+
+def _run_stages(run: Run, store: RunStore, progress: bool, console: TextIO) -> str:
+    handlers = _attach_log_handlers(run, progress, console)
     previous_handler = signal.signal(signal.SIGTERM, _raise_cancelled)
     current: str | None = None
     try:
@@ -124,7 +175,7 @@ def _run_stage(stage: Stage, spec: JobSpec, run: Run, store: RunStore, keys: dic
     entry = store.cache_entry(stage.name, key)
     outputs[stage.name] = entry.path
     _link_artifact(run, stage.name, entry.path)
-    if not entry.complete and _locked(entry.path):
+    if not entry.complete and entry.locked():
         log.info("stage %s: another job is computing %s; waiting for it", stage.name, entry.path)
     with entry.lock():
         if entry.complete:
@@ -144,19 +195,6 @@ def _link_artifact(run: Run, stage: str, target: Path) -> None:
     temporary.unlink(missing_ok=True)
     temporary.symlink_to(target, target_is_directory=True)
     os.replace(temporary, link)
-
-
-def _locked(path: Path) -> bool:
-    lock = path.with_name(path.name + ".lock")
-    if not lock.exists():
-        return False
-    with open(lock, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
-    return False
 
 
 def _ensure_ray(progress: bool) -> None:

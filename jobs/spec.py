@@ -236,7 +236,9 @@ class PhaseSpec(StrictModel):
     weight_decay: float = Field(0.01, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
     grad_accum_steps: int = Field(1, gt=0)
-    log_every: int = Field(50, gt=0, description="steps between metric lines")
+    log_every: int | None = Field(
+        None, gt=0, description="steps between metric and progress lines; null: about 200 lines per phase, at most "
+                                "50 steps apart")
     checkpoint_minutes: float | None = Field(
         30.0, gt=0, description="minutes of training between resumable checkpoints (also at each epoch's end; the "
                                 "last 2 are kept); null: none by time")

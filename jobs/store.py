@@ -6,6 +6,8 @@
       .cache/<stage>/<key>/     a stage's output; complete only once it holds COMPLETE.json
       .cache/<stage>/<key>.lock held while a job computes that entry
 
+`python -m jobs rm ID` deletes a run folder; `python -m jobs gc` deletes the cache entries no job's state refers to.
+
 Every state write is atomic (temp file, fsync, rename), so a crash or a full disk leaves the previous state
 intact, and a cache entry counts as complete only once its marker is renamed into place, which a stage does
 after all its files are written. Locks are `flock`s: the kernel drops them when a holder dies, even by SIGKILL.
@@ -68,11 +70,22 @@ class CacheEntry:
     def mark_complete(self, summary: dict[str, Any]) -> None:
         write_atomic(self.path / COMPLETE_MARKER, json.dumps({"completed_at": now(), "summary": summary}, indent=2))
 
+    @property
+    def lock_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".lock")
+
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         """Held while computing: a second job asking for the same entry waits, then finds it complete."""
-        with file_lock(self.path.with_name(self.path.name + ".lock")):
+        with file_lock(self.lock_path):
             yield
+
+    def locked(self) -> bool:
+        """Whether some job holds the lock now (computing the entry, or about to reuse it)."""
+        if not self.lock_path.exists():
+            return False
+        with file_lock(self.lock_path, wait=False) as free:
+            return not free
 
 
 @dataclass(frozen=True)
@@ -156,3 +169,30 @@ class RunStore:
 
     def cache_entry(self, stage: str, key: str) -> CacheEntry:
         return CacheEntry(self.root / ".cache" / stage / key)
+
+    def cache_entries(self) -> list[CacheEntry]:
+        """Every stage output in the cache, complete or not."""
+        cache = self.root / ".cache"
+        if not cache.is_dir():
+            return []
+        return [CacheEntry(path) for stage in sorted(cache.iterdir()) if stage.is_dir()
+                for path in sorted(stage.iterdir()) if path.is_dir()]
+
+    def referenced_entries(self) -> set[Path]:
+        """The cache entries some job's state names as a stage output (resolved paths)."""
+        referenced = set()
+        for run in self.list():
+            for stage in run.read_state()["stages"].values():
+                if stage.get("output"):
+                    referenced.add(Path(stage["output"]).resolve())
+        return referenced
+
+
+def folder_bytes(path: Path) -> int:
+    """Bytes of the files under `path`, links not followed."""
+    total = 0
+    for folder, _, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(folder, name)).st_size
+    return total

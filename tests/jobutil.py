@@ -91,3 +91,25 @@ def parquet_rows(folder: Path) -> int:
 
 def jsonl_records(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def tensorboard_scalars(folder: Path) -> dict[str, dict[int, float]]:
+    """The scalars of every TensorBoard event file under `folder`, by tag then step (a later file wins).
+
+    Event files are TFRecord files of `Event` protos: per record a little-endian uint64 length, its CRC, the
+    bytes, their CRC. Read here with tensorboardX's protos, so nothing beyond what the project installs is needed.
+    """
+    import struct
+
+    from tensorboardX.proto.event_pb2 import Event
+
+    scalars: dict[str, dict[int, float]] = {}
+    for path in sorted(folder.rglob("events.out.tfevents.*")):
+        data, offset = path.read_bytes(), 0
+        while offset < len(data):
+            (length,) = struct.unpack_from("<Q", data, offset)
+            event = Event.FromString(data[offset + 12:offset + 12 + length])
+            offset += 12 + length + 4
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, {})[event.step] = value.simple_value
+    return scalars

@@ -6,9 +6,12 @@ No test here runs a job or starts Ray; run stores are written directly with `Run
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from jobs.cli import main
 from jobs.store import RunStore
@@ -19,6 +22,8 @@ HEAVY = ("torch", "transformers", "ray", "pyarrow")
 # runs the CLI in a fresh interpreter and prints which heavy packages it imported
 _IMPORTED = """
 import sys
+import pytest
+
 from jobs.cli import main
 try:
     main(sys.argv[1:])
@@ -97,3 +102,67 @@ def test_explain_an_unknown_field_suggests_the_nearest(capsys):
     assert "no spec field starts with 'nonsense.field'; did you mean " in error
     assert main(["explain", "zz"]) == 2
     assert "run `python -m jobs explain` for all of them" in capsys.readouterr().err
+
+
+def _cache_entry(store: RunStore, stage: str, key: str, size: int) -> Path:
+    entry = store.cache_entry(stage, key)
+    entry.path.mkdir(parents=True)
+    (entry.path / "data.bin").write_bytes(b"x" * size)
+    return entry.path
+
+
+def test_gc_frees_unreferenced_entries_and_keeps_referenced_and_locked_ones(tmp_path, capsys):
+    store = RunStore(tmp_path)
+    used = _cache_entry(store, "label", "used", 1000)
+    unused = _cache_entry(store, "label", "unused", 3_000_000)
+    computing = _cache_entry(store, "augment", "computing", 500)
+    run = store.create("job-20260101-120000-aaaaaa", "", ["label"], backend="local")
+    run.update_stage("label", status="completed", output=str(used))
+
+    assert main(["gc", "--root", str(tmp_path), "--dry-run"]) == 0
+    assert "would free 3.0 MB: 2 cache entries no job uses" in capsys.readouterr().out
+    assert unused.exists()
+    with store.cache_entry("augment", "computing").lock():   # a job computing it: gc must wait its turn
+        assert main(["gc", "--root", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "freed 3.0 MB: 1 cache entry no job uses; 1 in use by a running job kept" in out
+    assert "label/unused" in out
+    assert not unused.exists() and used.exists() and computing.exists()
+
+    assert main(["gc", "--root", str(tmp_path), "--older-than", "1"]) == 0   # written just now: too young
+    assert "freed 0.0 MB: 0 cache entries" in capsys.readouterr().out
+    assert computing.exists()
+    assert main(["gc", "--root", str(tmp_path)]) == 0
+    assert not computing.exists() and used.exists()
+
+
+def test_rm_deletes_a_finished_job_and_refuses_a_running_one(tmp_path, capsys):
+    store = _store_with_jobs(tmp_path)
+    finished = store.get("quickstart-20260101-120001-bbbbbb")
+    running = store.get("squad-20260101-120002-cccccc")
+    running.update_state(lambda s: s.update(status="running", pid=os.getpid()))
+    assert main(["rm", finished.job_id, "--root", str(tmp_path)]) == 0
+    assert "removed quickstart-20260101-120001-bbbbbb: " in capsys.readouterr().out
+    assert not finished.path.exists()
+    assert main(["rm", running.job_id, "--root", str(tmp_path)]) == 2
+    assert "is running; cancel it first" in capsys.readouterr().err
+    assert running.path.exists()
+    assert main(["rm", "nonsense", "--root", str(tmp_path)]) == 3
+
+
+def test_python_api_reads_a_jobs_status_and_outputs(tmp_path):
+    from jobs.api import get_job
+    from jobs.store import JobNotFound
+
+    store = _store_with_jobs(tmp_path)
+    run = store.get("quickstart-20260101-120001-bbbbbb")
+    run.update_stage("prepare", status="completed", output=str(tmp_path / ".cache" / "prepare" / "k"))
+    job = get_job(run.job_id, root=tmp_path)
+    assert (job.status, job.run_dir, job.error) == ("failed", run.path, None)
+    assert job.outputs == {"prepare": tmp_path / ".cache" / "prepare" / "k"}
+    assert job.report == run.path / "report" / "report.md"
+    dead = store.get("squad-20260101-120002-cccccc")
+    dead.update_state(lambda s: s.update(status="running", pid=2**22 + 12345))   # no such process
+    assert get_job(dead.job_id, root=tmp_path).status == "interrupted"
+    with pytest.raises(JobNotFound):
+        get_job("nonsense", root=tmp_path)

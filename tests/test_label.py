@@ -354,8 +354,8 @@ def test_concurrent_calls_on_one_actor_write_the_reference_bytes(reference, tmp_
     interval = sys.getswitchinterval()
     sys.setswitchinterval(1e-5)   # threads take turns every few bytecodes: unguarded shared state would collide
     try:
-        with ThreadPoolExecutor(4) as pool:   # as Ray calls it: one block per call, descriptors as numpy columns
-            list(pool.map(lambda b: labeller({k: np.array([v]) for k, v in asdict(b).items()}), blocks))
+        with ThreadPoolExecutor(4) as pool:   # as Ray calls a threaded actor: one block per call
+            list(pool.map(labeller.label_block, blocks))
     finally:
         sys.setswitchinterval(interval)
     assert shard_bytes(tmp_path) == shard_bytes(out)

@@ -209,3 +209,12 @@ def test_detached_submit_refuses_it_too(sst2, swapped_teacher, tmp_path, capsys)
                  "--root", str(root)]) == 2
     assert "another order" in capsys.readouterr().err
     assert not root.exists()
+
+
+def test_python_api_submit_refuses_a_misfit_job_before_creating_anything(sst2, tmp_path):
+    from jobs.api import PreflightError, submit
+
+    with pytest.raises(PreflightError) as caught:
+        submit(sst2.spec_path, root=tmp_path / "runs", overrides=["features.max_seq_len=1024"])
+    assert any("exceeds the model's 512 positions" in problem for problem in caught.value.problems)
+    assert not (tmp_path / "runs").exists()

@@ -31,7 +31,7 @@ import torch
 from augment.writers import read_shards
 from jobs.spec import JobSpec, load_spec
 from jobs.stages import STAGE_NAMES, STAGES
-from tests.jobutil import QUICKSTART, REPO, foreground_job_id, jsonl_records, parquet_rows
+from tests.jobutil import QUICKSTART, REPO, foreground_job_id, jsonl_records, parquet_rows, tensorboard_scalars
 
 QUICKSTART_INTRO = "Install and run the quickstart job"
 # the documented shape; the torch pin is captured so it can be checked against the torch installed here
@@ -306,6 +306,37 @@ def test_quickstart_distills_a_student_in_each_phase(quickstart, stage):
         terms = [term for term, used in (("kl", weight > 0), ("hard", weight < 1)) if used]
     assert_finite_losses(output / "metrics.jsonl", terms)
     assert (output / "train_config.json").is_file()
+
+
+LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (DEBUG|INFO|WARNING|ERROR) .*")
+
+
+def test_quickstart_log_shows_progress_and_its_stderr_only_the_jobs_own_lines(quickstart):
+    """Without a terminal the log is how a job is followed: a line per logged step of each training phase, lines
+    for the labelling and evaluation; the job's stderr holds its own log lines and nothing Ray or transformers
+    printed (those are kept in job.log at debug level)."""
+    log = (quickstart["run_dir"] / "logs" / "job.log").read_text()
+    for phase, stage in (("finetune", "finetune_teachers"), ("intermediate", "distill_intermediate"),
+                         ("prediction", "distill_prediction")):
+        steps = [(int(done), int(total)) for done, total in re.findall(rf" INFO {phase}: (\d+)/(\d+) step", log)]
+        metrics = next(stage_output(quickstart, stage).rglob("metrics.jsonl"))   # finetune: teacher_0/
+        logged = [record["step"] for record in jsonl_records(metrics)]
+        assert [done for done, _ in steps] == logged, (phase, steps, logged)
+        assert steps[-1][0] == steps[-1][1], phase
+        # the same lines as TensorBoard scalars, found from the run folder as `tensorboard --logdir` finds them
+        scalars = tensorboard_scalars(quickstart["run_dir"] / "artifacts" / stage)
+        assert {"loss", "lr", "examples_per_s"} <= set(scalars), (phase, sorted(scalars))
+        assert sorted(scalars["loss"]) == logged, phase
+    assert re.search(r" INFO label: (\d+)/\1 ex \(100\.0%\), features \d+, ", log)
+    assert re.search(r" INFO evaluate student: (\d+)/\1 ex \(100\.0%\)", log)
+
+    stderr = quickstart["result"].stderr.splitlines()
+    # pip's own warnings come first; the job's lines start with its first log line
+    first = next(i for i, line in enumerate(stderr) if LOG_LINE.fullmatch(line))
+    job_lines = [line for line in stderr[first:] if line.strip()]
+    strays = [line for line in job_lines if not LOG_LINE.fullmatch(line) or " DEBUG " in line]
+    assert not strays, "\n".join(strays[:20])
+    assert not [line for line in job_lines if re.search(r"\bray\b|core_worker|Loading weights", line, re.I)]
 
 
 def test_quickstart_evaluates_student_and_teacher_with_squad2_metrics(quickstart):

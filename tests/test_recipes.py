@@ -27,7 +27,7 @@ import pytest
 import yaml
 
 from augment.writers import read_shards
-from jobs.cli import effective_state
+from jobs.api import effective_state
 from jobs.spec import DataSource, JobSpec, load_spec
 from jobs.stages import STAGES
 from jobs.store import Run

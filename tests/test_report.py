@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.report import write_report
+from jobs.report import _load_run, _loss_keys, _lr_schedules, _training_logs, write_report
 from jobs.spec import JobSpec, dump_spec
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -121,6 +121,29 @@ def test_full_report_has_the_numbers_and_valid_plots(full_run: Path):
     assert matplotlib.image.imread(full_run / "report" / "scores.png").ndim == 3
 
 
+def test_report_written_by_the_job_gives_its_final_status_and_wall_time(full_run: Path):
+    """The job's report stage is still running as it writes; every other stage is done, so the job has succeeded."""
+    header = write_report(full_run).read_text(encoding="utf-8").split("## ", 1)[0]
+    assert "| squad | succeeded |" in header
+    assert "| wall time |" in header
+    text = (full_run / "report" / "report.md").read_text(encoding="utf-8")
+    assert "| `report` | completed (this report) |" in text
+
+
+def test_lr_schedule_is_drawn_from_step_0_and_one_term_losses_once(full_run: Path):
+    intermediate = full_run.parent / ".cache" / "distill_intermediate" / "k4"
+    _write(intermediate / "train_config.json", {"config": {"learning_rate": 4e-5},
+                                                "schedule": {"total_steps": 100, "warmup_steps": 10}})
+    run = _load_run(full_run)
+    schedule = dict(_lr_schedules(run)["distill_intermediate"])
+    assert schedule[0] == 0.0 and schedule[5] == pytest.approx(2e-5) and schedule[10] == pytest.approx(4e-5)
+    assert schedule[55] == pytest.approx(2e-5) and schedule[100] == 0.0
+    assert "distill_prediction" not in _lr_schedules(run)   # no train_config.json: only the logged points
+    logs = _training_logs(run)
+    assert _loss_keys(logs["distill_prediction"]) == ["loss"]   # loss/kl alone would be the same curve
+    assert _loss_keys(logs["distill_intermediate"]) == ["loss", "loss/attention", "loss/embeddings", "loss/hidden"]
+
+
 def test_report_of_a_run_that_has_only_started(tmp_path: Path):
     run = tmp_path / "job"
     _write(run / "spec.yaml", dump_spec(JobSpec(task="qa", augment={"enabled": False},
@@ -130,6 +153,7 @@ def test_report_of_a_run_that_has_only_started(tmp_path: Path):
     _write(run / "state.json", {"job_id": "job", "name": "job", "status": "failed", "created_at": "x",
                                 "pid": None, "stages": stages})
     text = write_report(run).read_text(encoding="utf-8")
+    assert "| job | failed |" in text
     assert "No data counts: stage `prepare` failed: DataReadError: no such file" in text
     assert "## Augmentation\n\nDisabled in the spec." in text
     assert "No metrics: stage `distill_intermediate` pending" in text
