@@ -284,10 +284,11 @@ def cmd_gc(args: argparse.Namespace) -> int:
     store = _store(args)
     cutoff = time.time() - 86400 * args.older_than if args.older_than is not None else None
     freed, removed, kept_locked = 0, [], 0
+    referenced = store.referenced_entries()   # every job's state, read once; a candidate is re-checked below
     for entry in store.cache_entries():
         if cutoff is not None and entry.path.stat().st_mtime > cutoff:
             continue
-        if entry.path.resolve() in store.referenced_entries():
+        if entry.path.resolve() in referenced:
             continue
         # under the entry's lock: a job that wants it now waits, then finds it gone and recomputes it
         with file_lock(entry.lock_path, wait=False) as free:
