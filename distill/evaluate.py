@@ -379,10 +379,12 @@ class _QAAnswers:
                                             examples.column("is_impossible").to_pylist()):
             self.gold[qid] = [] if impossible else list(answers["text"])
 
-    def score(self, predictions_path: Path, null_odds_path: Path) -> dict[str, Any]:
-        """Write the official files and score them with the SQuAD 2.0 metric."""
-        write_predictions(self.predictions, predictions_path)
-        write_null_odds(self.predictions, null_odds_path)
+    def score(self, predictions_path: Path | None = None, null_odds_path: Path | None = None) -> dict[str, Any]:
+        """Score with the SQuAD 2.0 metric, writing the official files where paths are given."""
+        if predictions_path is not None:
+            write_predictions(self.predictions, predictions_path)
+        if null_odds_path is not None:
+            write_null_odds(self.predictions, null_odds_path)
         # The predictions already say "" where the null odds exceed null_threshold; scoring with the same
         # threshold makes exact/f1 the scores of predictions.json exactly (best_* search their own threshold).
         scores = squad_v2_scores(self.gold, {qid: p.text for qid, p in self.predictions.items()},
@@ -408,12 +410,13 @@ class _ClassAnswers:
         self.labels.append(examples.column("label").to_numpy())  # no nulls: _check_labelled
         self.predicted.append(logits.argmax(axis=1))  # (N,)
 
-    def score(self, predictions_path: Path) -> dict[str, Any]:
-        """Write {id: label name} and score accuracy, macro scores and the per-class report."""
+    def score(self, predictions_path: Path | None = None) -> dict[str, Any]:
+        """Score accuracy, macro scores and the per-class report; write {id: label name} where a path is given."""
         names = self.label_names
         predicted = np.concatenate(self.predicted)
         predicted_names = [names[int(p)] for p in predicted]
-        write_json(predictions_path, dict(zip(self.ids, predicted_names)))
+        if predictions_path is not None:
+            write_json(predictions_path, dict(zip(self.ids, predicted_names)))
         report = classification_report(np.concatenate(self.labels).astype(np.int64), predicted, len(names), names)
         return {
             "accuracy": report.accuracy, "macro_f1": report.macro_f1, "macro_precision": report.macro_precision,
@@ -422,6 +425,64 @@ class _ClassAnswers:
                           for c in report.per_class},
             "degenerate": degenerate_predictions("classification", predicted_names),
         }
+
+
+@dataclass(frozen=True)
+class ValidationSet:
+    """The slice of the evaluation examples a training phase scores itself on every `eval_every` steps: the first
+    `examples` of `examples_dir`. Picklable, so a Ray Train worker builds its `Validator` from it."""
+
+    examples_dir: Path
+    examples: int
+    features: FeaturesSpec
+    config: EvaluateSpec
+    label_names: list[str] | None = None
+
+    def metric(self, task: Task) -> str:
+        """The score that picks the best checkpoint: SQuAD F1, or accuracy."""
+        return "f1" if task == "qa" else "accuracy"
+
+
+class Validator:
+    """Scores a model in training on a `ValidationSet`; the features are built once, nothing is written.
+
+    Example::
+
+        validator = Validator(ValidationSet(Path("runs/x/prepare/eval"), 1000, spec.features, spec.evaluate),
+                              "qa", tokenizer, device)
+        validator.score(student)["f1"]
+    """
+
+    def __init__(self, validation: ValidationSet, task: Task, tokenizer: Any, device: torch.device):
+        self.validation, self.task, self.device = validation, task, device
+        self.pad_token_id = tokenizer.pad_token_id
+        batches, rows = [], 0
+        for batch in iter_shard_batches(validation.examples_dir, EXAMPLES_PER_CHUNK):
+            batches.append(batch.slice(0, validation.examples - rows))
+            rows += batches[-1].num_rows
+            if rows >= validation.examples:
+                break
+        if not rows:
+            raise EvaluationError(f"{validation.examples_dir} holds no examples to validate on")
+        self.examples = pa.Table.from_batches(batches)
+        if task == "classification":
+            _check_labelled(validation.examples_dir)
+        self.table = build_features(self.examples, task, tokenizer, validation.features)
+
+    def score(self, model: torch.nn.Module) -> dict[str, float]:
+        """The model's scalar scores on the slice (QA: exact, f1, HasAns_*, NoAns_*; classification: accuracy,
+        macro_f1, ...), computed in eval mode; the model's mode is restored after."""
+        was_training = model.training
+        model.eval()
+        try:
+            outputs = _infer(model, self.table, self.pad_token_id, self.validation.config.batch_size, self.device)
+        finally:
+            model.train(was_training)
+        answers = (_QAAnswers(self.validation.config) if self.task == "qa"
+                   else _ClassAnswers(self.validation.label_names or []))
+        answers.add(self.examples, self.table, outputs)
+        return {key: float(value) for key, value in answers.score().items()
+                if isinstance(value, (int, float)) and not isinstance(value, bool)}
 
 
 def _measure(ref: ModelRef, task: Task, features: FeaturesSpec, config: EvaluateSpec,

@@ -26,6 +26,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from distill.attention_maps import recorded_attention, use_pre_dropout_attention
 from distill.ensemble import mix_teacher_logits
+from distill.evaluate import ValidationSet
 from distill.features import FlatFeatures
 from distill.layer_map import LayerMap, resolve_layer_map
 from distill.losses import AttentionMSE, HardLabelCE, HiddenStateMSE, SoftTargetKL
@@ -91,18 +92,23 @@ def distill_intermediate(student: StudentSpec, teacher: ModelRef, task: Task, fe
 
 def distill_prediction(student: StudentSpec | Path, teachers: list[ModelRef], task: Task, features_dir: Path,
                        config: PredictionSpec, ensemble: Ensemble, resources: ResourcesSpec, seed: int,
-                       out_dir: Path, num_labels: int | None = None, progress: bool = True) -> PhaseResult:
+                       out_dir: Path, num_labels: int | None = None, progress: bool = True,
+                       validation: ValidationSet | None = None) -> PhaseResult:
     """Phase 2: loss = w * KL(teacher || student) at temperature T (x T^2) + (1 - w) * hard-label CE.
 
     `student` is a folder saved by phase 1 or a StudentSpec to build fresh. Teacher logits come from the features
     (`config.teacher_logits == "labelled"`, written by the label stage) or from running `teachers` each step
     ("online", combined by `ensemble` with ModelRef.weight); with distill_weight 0 no teacher is used at all.
+    With `config.eval_every` the student is scored on `validation` that often, the best kept in out_dir/best/.
     """
+    if config.eval_every is not None and validation is None:
+        raise TrainingError("distill.prediction.eval_every is set but no validation examples were given")
     student_spec, student_dir = (None, Path(student)) if isinstance(student, (str, Path)) else (student, None)
     options = _PredictionOptions(student=student_spec, base=None if student_dir is None else ModelRef(str(student_dir)),
                                  teachers=tuple(teachers), ensemble=ensemble, num_labels=num_labels, output="student")
     return run_plan(TrainPlan("prediction", _build_prediction, options, task, Path(features_dir), config,
-                              resources, seed, Path(out_dir), progress))
+                              resources, seed, Path(out_dir), progress,
+                              validation if config.eval_every is not None else None, config.eval_every))
 
 
 # ---------------------------------------------------------------------------------------------------------------

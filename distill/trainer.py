@@ -15,6 +15,9 @@ an `Objective`: the trained module (student, projections), which maps a padded b
   dimensions), linear warm-up then linear decay, gradient clipping, mixed precision on GPU;
 - progress: every `log_every` steps a line in metrics.jsonl, the same as TensorBoard scalars in tensorboard/,
   and a progress line in the job log (`jobs.progress`);
+- validation (when the plan has a `ValidationSet`): every `validation_every` steps and at the end, rank 0 scores
+  the student on the slice (`distill.evaluate.Validator`), appends a line to validation.jsonl and TensorBoard's
+  validation/* scalars, and keeps the best student so far (by F1 or accuracy) in best/, beside the last;
 - outputs in `out_dir`: train_config.json (resolved config, every loss setting, code version), metrics.jsonl,
   tensorboard/, checkpoints/ (resumable; see `save_checkpoint`; every `checkpoint_minutes` of training, every
   `checkpoint_every` steps when set, at each epoch's end, the last KEEP_CHECKPOINTS kept), and whatever the
@@ -45,6 +48,7 @@ import torch.distributed as dist
 from torch import nn
 from transformers import get_linear_schedule_with_warmup
 
+from distill.evaluate import ValidationSet, Validator
 from distill.features import FlatFeatures
 from distill.models import Task, autocast, pick_device
 from distill.training_data import open_training_view, prefetch
@@ -60,6 +64,8 @@ COMPLETE_MARKER = "COMPLETE"  # written last into a checkpoint; a folder without
 LENGTH_GROUP_BATCHES = 50   # batches per length-sorted group of an epoch's shuffle (as HF's group_by_length)
 LOG_LINES_PER_PHASE = 200    # metric lines a phase aims for when log_every is unset ...
 LOG_EVERY_AT_MOST = 50       # ... logging at least every 50 steps
+# the job log (jobs.runner attaches its handlers to "distillery")
+log = logging.getLogger("distillery.train")
 HostBatch = tuple[dict[str, torch.Tensor], float]  # a micro-batch's tensors on the host and its share of the step
 
 
@@ -100,6 +106,9 @@ class TrainPlan:
     seed: int
     out_dir: Path
     progress: bool = True
+    # scored every `validation_every` steps; the objective must then have `student` and `tokenizer`
+    validation: ValidationSet | None = None
+    validation_every: int | None = None
 
 
 @dataclass(frozen=True)
@@ -117,6 +126,8 @@ class PhaseResult:
     checkpoints: str
     train_config: str
     projections: str | None = None  # phase 1 with projections: projections.safetensors
+    best: dict[str, Any] | None = None  # with validation: step, metric, value and model_dir of the best student
+    validation: str | None = None       # with validation: validation.jsonl
 
 
 @dataclass
@@ -284,6 +295,8 @@ class Recipe:
         self.out_dir = Path(plan.out_dir)
         self.checkpoints = self.out_dir / "checkpoints"
         self.metrics_path = self.out_dir / "metrics.jsonl"
+        self.validation_path = self.out_dir / "validation.jsonl"
+        self.best_dir = self.out_dir / "best"
         self._deterministic_before: tuple[bool, bool] | None = None
         self._progress: Progress | None = None
         self._events = None   # rank 0's TensorBoard writer
@@ -327,6 +340,10 @@ class Recipe:
         fp16 = where.device.type == "cuda" and not torch.cuda.is_bf16_supported()
         self.scaler = torch.amp.GradScaler(where.device.type, enabled=fp16)
 
+        self.validator = None
+        if plan.validation is not None and where.rank == 0:
+            self.validator = Validator(plan.validation, plan.task, self.objective.tokenizer, where.device)
+
         # position and logging state; a checkpoint overwrites all of it
         self.step, self.epoch, self.step_in_epoch = 0, 0, 0
         self.elapsed_before = 0.0
@@ -335,11 +352,13 @@ class Recipe:
         self.resumed_from = self._load_latest_checkpoint()
         if self.resumed_from is None:  # each worker its own dropout stream; a checkpoint restores it instead
             torch.manual_seed(plan.seed + 1 + where.rank)
+        self.best = self._best_so_far()
 
         self.model = self._wrap(module)
         if where.rank == 0:
             self._write_train_config()
-            self._trim_metrics()
+            for path in (self.metrics_path, self.validation_path):
+                _trim_jsonl(path, self.step)
             # a line per log step (from _log), a bar in a terminal
             self._progress = Progress(plan.phase, self.total_steps, "step", bar=plan.progress, every_s=None,
                                       initial=self.step)
@@ -406,6 +425,9 @@ class Recipe:
                     log_step = self.step % self.log_every == 0
                     if log_step or self.step == self.total_steps:
                         self._log(elapsed)
+                    if self.plan.validation_every is not None and (
+                            self.step % self.plan.validation_every == 0 or self.step == self.total_steps):
+                        self._validate()
                     if (end_of_epoch or self.step == self.total_steps
                             or (config.checkpoint_every is not None and self.step % config.checkpoint_every == 0)
                             or (log_step and self._checkpoint_due())):
@@ -423,6 +445,8 @@ class Recipe:
             "out_dir": str(self.out_dir), "model_dir": outputs.get("model_dir", ""),
             "projections": outputs.get("projections"), "metrics": str(self.metrics_path),
             "checkpoints": str(self.checkpoints), "train_config": str(self.out_dir / "train_config.json"),
+            "best": None if self.best is None else {**self.best, "model_dir": str(self.best_dir / "student")},
+            "validation": str(self.validation_path) if self.plan.validation is not None else None,
         }
 
     def _checkpoint_due(self) -> bool:
@@ -510,18 +534,52 @@ class Recipe:
         # would throttle short steps; metrics.jsonl is the record
         self._reset_window()
 
-    def _trim_metrics(self) -> None:
-        """Drop metric lines past the resumed step (written after the checkpoint by a killed run)."""
-        if not self.metrics_path.exists():
-            return
-        lines = [line for line in self.metrics_path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        if lines:
-            try:
-                json.loads(lines[-1])
-            except json.JSONDecodeError:  # the line a killed run was writing; the lines before it are whole
-                lines.pop()
-        kept = [line for line in lines if json.loads(line)["step"] <= self.step]
-        _atomic_write_text(self.metrics_path, "".join(line + "\n" for line in kept))
+    def _validate(self) -> None:
+        """Rank 0 scores the student on the validation slice and keeps it in best/ when it is the best so far;
+        the other workers wait."""
+        if self.where.rank == 0:
+            scores = self.validator.score(self.objective.student)
+            metric = self.plan.validation.metric(self.plan.task)
+            line = {"step": self.step, "epoch": round(self.epoch + self.step_in_epoch / self.steps_per_epoch, 6),
+                    **scores}
+            with open(self.validation_path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(line) + "\n")
+            if self._events is not None:
+                for key, value in scores.items():
+                    self._events.add_scalar(f"validation/{key}", value, self.step)
+                self._events.flush()
+            if self.best is None or scores[metric] > self.best["value"]:
+                self.best = {"step": self.step, "metric": metric, "value": scores[metric]}
+                self._save_best()
+            log.info("%s validation at step %d: %s %.4g (best %.4g at step %d)", self.plan.phase, self.step,
+                     metric, scores[metric], self.best["value"], self.best["step"])
+        self.where.barrier()
+
+    def _best_so_far(self) -> dict[str, Any] | None:
+        """best/'s best.json when resuming (step, metric, value), None for a fresh start (rank 0 clears best/).
+
+        best/ is replaced only by a strictly better score, so it holds the best student this run of the phase has
+        validated, also one validated after the checkpoint a killed run resumes from (the same student again on
+        CPU, where a resumed run repeats the killed one exactly); best/ and this record always agree."""
+        record = self.best_dir / "best.json"
+        if self.resumed_from is None:
+            if self.where.rank == 0:
+                shutil.rmtree(self.best_dir, ignore_errors=True)
+            return None
+        return json.loads(record.read_text(encoding="utf-8")) if record.exists() else None
+
+    def _save_best(self) -> None:
+        """The student as it is now into best/ (student/ and best.json), replacing the previous best whole."""
+        temp = self.out_dir / ".best.tmp"
+        shutil.rmtree(temp, ignore_errors=True)
+        self.objective.save_outputs(temp)
+        (temp / "best.json").write_text(json.dumps(self.best) + "\n", encoding="utf-8")
+        previous = self.out_dir / ".best.old"
+        shutil.rmtree(previous, ignore_errors=True)
+        if self.best_dir.exists():
+            os.replace(self.best_dir, previous)
+        os.replace(temp, self.best_dir)
+        shutil.rmtree(previous, ignore_errors=True)
 
     # -- checkpoints ----------------------------------------------------------------------------------------------
 
@@ -645,6 +703,20 @@ def _version(package: str) -> str | None:
         return version(package)
     except PackageNotFoundError:
         return None
+
+
+def _trim_jsonl(path: Path, step: int) -> None:
+    """Drop the lines of a metrics file past `step` (written after the checkpoint a run resumes from)."""
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if lines:
+        try:
+            json.loads(lines[-1])
+        except json.JSONDecodeError:  # the line a killed run was writing; the lines before it are whole
+            lines.pop()
+    kept = [line for line in lines if json.loads(line)["step"] <= step]
+    _atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
 def _atomic_write_text(path: Path, text: str) -> None:

@@ -87,7 +87,22 @@ def _run_in_foreground(run: Run, store: RunStore) -> int:
     return EXIT_OK if status == "succeeded" else EXIT_FAILED
 
 
+def _print_plan(args: argparse.Namespace, as_json: bool = False, train_examples: int | None = None) -> int:
+    from jobs.plan import format_plan, plan_job  # reads data and model configs: transformers
+
+    spec = _load(args)
+    plan = plan_job(spec, _store(args, spec), train_examples)
+    print(json.dumps(plan.to_json(), indent=2) if as_json else format_plan(plan))
+    return EXIT_OK
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    return _print_plan(args, args.json, args.train_examples)
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
+    if args.dry_run:
+        return _print_plan(args)
     spec = _load(args, check_paths=args.address is None)
     if args.name:
         spec = spec.model_copy(update={"name": args.name})
@@ -370,6 +385,7 @@ EXAMPLES = """\
 examples:
   python -m jobs validate configs/quickstart.yaml
   python -m jobs validate configs/quickstart.yaml --check-models   # also models and data, against each other
+  python -m jobs plan configs/squad2_tinybert_6l.yaml           # stages, cache hits, steps, disk, time; runs nothing
   python -m jobs submit configs/quickstart.yaml                 # run here, Ray in-process
   python -m jobs submit configs/quickstart.yaml --detach        # in the background; prints the job id last
   python -m jobs submit configs/squad2_tinybert_6l.yaml --address http://HEAD:8265   # on a Ray cluster
@@ -426,6 +442,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="Ray Jobs address of a cluster (http://HEAD:8265); default: run here")
     p.add_argument("--detach", action="store_true", help="run in the background and print the job id last")
     p.add_argument("--name", help="job name (prefix of the job id); default: the spec's name")
+    p.add_argument("--dry-run", action="store_true", help="print the job's plan (as `plan`) and run nothing")
+
+    p = _command(sub, "plan", cmd_plan, "say what a spec would run and cost: stages with cache hits, examples, "
+                 "features, optimizer steps, disk and a rough time; creates nothing",
+                 "python -m jobs plan configs/squad2_tinybert_6l.yaml")
+    _spec_arguments(p)
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.add_argument("--train-examples", type=int, metavar="N",
+                   help="the training set's size, for data that cannot be read here (a hub data set offline)")
 
     p = _command(sub, "run", cmd_run, "run a spec in this process (the entrypoint a cluster runs)",
                  "python -m jobs run spec.yaml --job-id quickstart-20260101-120000-abc123")

@@ -76,7 +76,7 @@ def check_job(spec: JobSpec) -> list[str]:
         if key not in loaded:
             # with the hub down, transformers retries each file for ~20 s before it looks in the cache
             if not Path(name).exists() and "up" not in hub:
-                hub["up"] = _hub_reachable()
+                hub["up"] = hub_reachable()
             cache_only = not Path(name).exists() and not hub["up"]
             try:
                 loaded[key] = (load_config(ref, cache_only), load_tokenizer(ref, cache_only))
@@ -102,7 +102,7 @@ def check_job(spec: JobSpec) -> list[str]:
     return problems
 
 
-def _hub_reachable(timeout_s: float = 3.0) -> bool:
+def hub_reachable(timeout_s: float = 3.0) -> bool:
     """Whether the hub answers a TCP connection within `timeout_s`; assumed so behind a proxy (which may be the only
     way out) and not asked at all in offline mode (transformers then reads only the cache anyway)."""
     from huggingface_hub import constants, is_offline_mode

@@ -8,6 +8,7 @@
                                 and speed
       loss_<stage>.png          total loss and each loss/<term> per logged step (one per training stage/teacher)
       lr.png                    learning rate per step, one panel per training stage
+      validation_<stage>.png    a phase run with eval_every: its validation scores per step, the best circled
       scores.png                teacher vs student scores, grouped bars
 
 A piece that is missing (a stage disabled, skipped, failed or still running, a file not written yet) is shown as
@@ -386,6 +387,43 @@ def _training_logs(run: _Run) -> dict[str, list[dict[str, Any]]]:
     return logs
 
 
+@dataclass(frozen=True)
+class _Validation:
+    """A phase run with eval_every: its validation.jsonl records and the student best/ holds."""
+
+    records: list[dict[str, Any]]
+    metrics: list[str]        # the score that picks the best (SQuAD F1 or accuracy), then its companion
+    best_step: int
+    best_value: float
+
+
+def _validations(run: _Run) -> dict[str, _Validation]:
+    """Per training run (by `_training_folders` names) with validation.jsonl; the best from best/best.json, else
+    the first step with the top score (as the trainer keeps it)."""
+    found = {}
+    for name, folder in _training_folders(run).items():
+        records = run.jsonl(folder / "validation.jsonl")
+        metrics = [key for key in ("f1", "exact", "accuracy", "macro_f1") if records and key in records[0]]
+        if not metrics:
+            continue
+        recorded = run.json(folder / "best" / "best.json")
+        if isinstance(recorded, dict) and {"step", "value"} <= set(recorded):
+            step, value = recorded["step"], recorded["value"]
+        else:
+            best = max(records, key=lambda r: (r[metrics[0]], -r["step"]))
+            step, value = best["step"], best[metrics[0]]
+        found[name] = _Validation(records, metrics, step, value)
+    return found
+
+
+def _validation_rows(validation: _Validation) -> list[list[Any]]:
+    metric, last = validation.metrics[0], validation.records[-1]
+    return [["validations", len(validation.records)],
+            [f"best validation {metric}", f"{_fmt(validation.best_value, 4)} at step {validation.best_step} "
+                                          "(kept in best/)"],
+            [f"last validation {metric}", f"{_fmt(last[metric], 4)} at step {last['step']}"]]
+
+
 def _lr_schedules(run: _Run) -> dict[str, list[tuple[int, float]]]:
     """Each training run's learning rate at every step from 0 (at most ~500 points), from its train_config.json:
     the trainer's linear warm-up then linear decay to 0. The logged points start only at the first log step."""
@@ -411,7 +449,8 @@ def _loss_keys(records: list[dict[str, Any]]) -> list[str]:
     return ordered[:1] if len(ordered) == 2 and ordered[0] == "loss" else ordered
 
 
-def _training_section(run: _Run, logs: dict[str, list[dict[str, Any]]], plots: dict[str, str]) -> str:
+def _training_section(run: _Run, logs: dict[str, list[dict[str, Any]]], validations: dict[str, _Validation],
+                      plots: dict[str, str]) -> str:
     lines = ["## Training"]
     enabled = {stage.name: stage.enabled for stage in STAGES}
     for stage in TRAINING_STAGES:
@@ -431,9 +470,13 @@ def _training_section(run: _Run, logs: dict[str, list[dict[str, Any]]], plots: d
             rows = [["logged steps", len(records)], ["last step", last.get("step")], ["last epoch", last.get("epoch")]]
             rows += [[f"last {key}", last.get(key)] for key in _loss_keys(records)]
             rows.append(["mean examples/s", sum(speeds) / len(speeds) if speeds else None])
+            if name in validations:
+                rows += _validation_rows(validations[name])
             lines += ["", f"### `{name}`", "", _table(["", "value"], rows)]
             if name in plots:
                 lines += ["", f"![loss of {name}]({plots[name]})"]
+            if f"validation_{name}" in plots:
+                lines += ["", f"![validation of {name}]({plots[f'validation_{name}']})"]
     if "lr" in plots:
         lines += ["", "### Learning rate", "", f"![learning rate per step]({plots['lr']})"]
     return "\n".join(lines)
@@ -547,6 +590,20 @@ def _plot_losses(name: str, records: list[dict[str, Any]], path: Path) -> bool:
     return True
 
 
+def _plot_validation(name: str, validation: _Validation, path: Path) -> None:
+    figure = Figure(figsize=(7, 4), layout="constrained")
+    axes = figure.subplots()
+    for key in validation.metrics:
+        axes.plot([r["step"] for r in validation.records], [r[key] for r in validation.records], marker="o",
+                  markersize=3, label=key, linewidth=2 if key == validation.metrics[0] else 1)
+    axes.scatter([validation.best_step], [validation.best_value], s=80, facecolors="none", edgecolors="black",
+                 label=f"best {validation.metrics[0]} (best/)", zorder=3)
+    axes.set(title=f"validation: {name}", xlabel="step", ylabel="score")
+    axes.legend(fontsize="small")
+    axes.grid(alpha=0.3)
+    figure.savefig(path, dpi=100)
+
+
 def _plot_lr(logs: dict[str, list[dict[str, Any]]], schedules: dict[str, list[tuple[int, float]]],
              path: Path) -> bool:
     """One panel per training run: the schedule from step 0 as a line, the logged learning rates as dots."""
@@ -619,11 +676,15 @@ def write_report(run_dir: Path) -> Path:
     run = _load_run(run_dir)
     metrics = _evaluation_metrics(run)
     logs = _training_logs(run)
+    validations = _validations(run)
 
     plots: dict[str, str] = {}
     for name, records in logs.items():
         if _plot_losses(name, records, report_dir / f"loss_{name}.png"):
             plots[name] = f"loss_{name}.png"
+    for name, validation in validations.items():
+        _plot_validation(name, validation, report_dir / f"validation_{name}.png")
+        plots[f"validation_{name}"] = f"validation_{name}.png"
     if _plot_lr(logs, _lr_schedules(run), report_dir / "lr.png"):
         plots["lr"] = "lr.png"
     if metrics is not None:
@@ -632,7 +693,7 @@ def write_report(run_dir: Path) -> Path:
 
     sections = [
         _header(run), _warnings_section(metrics), _spec_section(run), _stages_section(run), _data_section(run),
-        _augment_section(run), _label_section(run), _training_section(run, logs, plots),
+        _augment_section(run), _label_section(run), _training_section(run, logs, validations, plots),
         _results_section(run, metrics, plots), _speed_section(run, metrics),
     ]
     sections.append(_export_section(run))

@@ -261,6 +261,10 @@ class PredictionSpec(PhaseSpec):
         1.0, ge=0, le=1, description="loss = w * KL(teacher || student) + (1 - w) * hard-label loss")
     teacher_logits: Literal["labelled", "online"] = Field(
         "labelled", description="read teacher logits from the label stage, or run the teacher each step")
+    eval_every: int | None = Field(
+        None, gt=0, description="score the student every this many steps (and at the end) on the first "
+                                "eval_examples of data.eval, keeping the best in best/ beside the last; null: off")
+    eval_examples: int = Field(1000, gt=0, description="evaluation examples scored every eval_every steps")
 
 
 class DistillSpec(StrictModel):

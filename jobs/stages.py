@@ -188,15 +188,19 @@ def _distill_intermediate(ctx: StageContext) -> dict[str, Any]:
 
 
 def _distill_prediction(ctx: StageContext) -> dict[str, Any]:
+    from distill.evaluate import ValidationSet
     from distill.phases import distill_prediction
 
     spec = ctx.spec
     student: StudentSpec | Path = spec.student
     if "distill_intermediate" in ctx.inputs:
         student = ctx.inputs["distill_intermediate"] / "student"
-    result = distill_prediction(student, teacher_refs(ctx), spec.task, ctx.inputs["label"], spec.distill.prediction,
+    config = spec.distill.prediction
+    validation = ValidationSet(ctx.inputs["prepare"] / "eval", config.eval_examples, spec.features, spec.evaluate,
+                               label_names(ctx)) if config.eval_every is not None else None
+    result = distill_prediction(student, teacher_refs(ctx), spec.task, ctx.inputs["label"], config,
                                 spec.label.ensemble, spec.resources, spec.seed, ctx.out_dir, num_labels(ctx),
-                                ctx.progress)
+                                ctx.progress, validation)
     return _summary(result)
 
 
@@ -273,7 +277,9 @@ STAGES: tuple[Stage, ...] = (
           enabled=lambda s: s.distill.prediction.enabled,
           config=lambda s: {"task": s.task, "student": s.student, "prediction": s.distill.prediction,
                             "ensemble": s.label.ensemble, "seed": s.seed,
-                            "teachers": s.teachers if _phase_needs_online_teacher(s) else None},
+                            "teachers": s.teachers if _phase_needs_online_teacher(s) else None,
+                            # how the validation slice is scored, only where there is one
+                            **({"evaluate": s.evaluate} if s.distill.prediction.eval_every is not None else {})},
           run=_distill_prediction, uses_ray=True),
     Stage("evaluate", "score teachers and student; measure size and speed",
           inputs=("prepare", "finetune_teachers", "distill_intermediate", "distill_prediction"),

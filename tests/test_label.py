@@ -343,8 +343,9 @@ def test_other_settings_in_out_dir_are_refused(reference, qa_examples, qa_teache
 
 
 def test_concurrent_calls_on_one_actor_write_the_reference_bytes(reference, tmp_path, qa_examples, qa_teachers):
-    """Ray runs two calls at once on each labelling actor, one tokenizing while the other is in the teachers; calls
-    racing on one actor's tokenizer and teachers still write every block's bytes as the reference run did."""
+    """With a GPU, Ray runs two calls at once on each labelling actor, one tokenizing while the other is in the
+    teachers; calls racing on one actor's tokenizer and teachers still write every block's bytes as the reference
+    run did."""
     out, _ = reference
     refs = ensemble_refs(qa_teachers)
     blocks, _ = _plan(qa_examples, PER_SHARD)

@@ -22,6 +22,7 @@ from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClas
 from augment.readers import read_examples
 from augment.writers import read_shards
 from distill.attention_maps import recorded_attention, use_pre_dropout_attention
+from distill.evaluate import ValidationSet, Validator
 from distill.features import classification_features, pad_batch, qa_features
 from distill.label import TeacherEnsemble
 from distill.losses import HeadCountMismatch
@@ -30,8 +31,9 @@ from distill.phases import (_build_intermediate, _build_prediction, _Intermediat
                             distill_intermediate, distill_prediction, finetune_teacher, pretrain_masked_lm)
 from distill.student import build_student
 from distill.trainer import COMPLETE_MARKER, Recipe, TrainingError, TrainPlan, Worker
-from jobs.spec import (DataSource, FeaturesSpec, FinetuneSpec, IntermediateSpec, LabelSpec, MaskedLMTrainingSpec,
-                       PredictionSpec, ResourcesSpec, StudentArchitecture, StudentSpec)
+from jobs.spec import (DataSource, EvaluateSpec, FeaturesSpec, FinetuneSpec, IntermediateSpec, LabelSpec,
+                       MaskedLMTrainingSpec, PredictionSpec, ResourcesSpec, StudentArchitecture, StudentSpec)
+from tests.jobutil import tensorboard_scalars
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -331,20 +333,14 @@ distill_intermediate(StudentSpec(architecture=StudentArchitecture(**args["archit
 """
 
 
-def test_sigkilled_phase_resumes_to_the_same_weights(plain_features, tiny_model_factory, tmp_path):
-    """Phase 1 (projections, dropout on) killed after its first checkpoint, resumed, equals an unbroken run."""
-    architecture = dict(num_hidden_layers=2, hidden_size=16, num_attention_heads=2, intermediate_size=32)
-    config = dict(batch_size=4, epochs=4, learning_rate=1e-3, log_every=2, checkpoint_every=4)
-    teacher = str(tiny_model_factory("qa", layers=4, hidden=32, heads_count=2))
-    args = {"architecture": architecture, "config": config, "teacher": teacher, "features": str(plain_features),
-            "out": str(tmp_path / "killed")}
+def _sigkill_after_first_checkpoint(script: str, args: dict, out: Path) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    process = subprocess.Popen([sys.executable, "-c", RUNNER, json.dumps(args)], env=env,
+    process = subprocess.Popen([sys.executable, "-c", script, json.dumps(args)], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 60
-        while not list((tmp_path / "killed" / "checkpoints").glob("step-*/COMPLETE")):
+        while not list((out / "checkpoints").glob("step-*/COMPLETE")):
             assert process.poll() is None, process.stderr.read().decode()[-2000:]
             assert time.monotonic() < deadline, "no checkpoint within 60 s"
             time.sleep(0.01)
@@ -352,7 +348,17 @@ def test_sigkilled_phase_resumes_to_the_same_weights(plain_features, tiny_model_
     finally:
         process.wait()
     assert process.returncode == -signal.SIGKILL
-    assert not (tmp_path / "killed" / "student").exists(), "the run finished before it was killed"
+    assert not (out / "student").exists(), "the run finished before it was killed"
+
+
+def test_sigkilled_phase_resumes_to_the_same_weights(plain_features, tiny_model_factory, tmp_path):
+    """Phase 1 (projections, dropout on) killed after its first checkpoint, resumed, equals an unbroken run."""
+    architecture = dict(num_hidden_layers=2, hidden_size=16, num_attention_heads=2, intermediate_size=32)
+    config = dict(batch_size=4, epochs=4, learning_rate=1e-3, log_every=2, checkpoint_every=4)
+    teacher = str(tiny_model_factory("qa", layers=4, hidden=32, heads_count=2))
+    args = {"architecture": architecture, "config": config, "teacher": teacher, "features": str(plain_features),
+            "out": str(tmp_path / "killed")}
+    _sigkill_after_first_checkpoint(RUNNER, args, tmp_path / "killed")
 
     spec = StudentSpec(architecture=StudentArchitecture(**architecture))
     resumed = distill_intermediate(spec, ModelRef(teacher), "qa", plain_features, IntermediateSpec(**config),
@@ -370,6 +376,55 @@ def test_sigkilled_phase_resumes_to_the_same_weights(plain_features, tiny_model_
     losses = {run: [line["loss"] for line in _metrics(tmp_path / run)] for run in ("killed", "unbroken")}
     assert losses["killed"] == pytest.approx(losses["unbroken"], abs=1e-6)
 
+
+
+VALIDATING_RUNNER = """
+import json, sys
+from pathlib import Path
+import torch
+torch.set_num_threads(1)
+from distill.evaluate import ValidationSet
+from distill.models import ModelRef
+from distill.phases import distill_prediction
+from jobs.spec import EvaluateSpec, FeaturesSpec, PredictionSpec, ResourcesSpec, StudentArchitecture, StudentSpec
+args = json.loads(sys.argv[1])
+validation = ValidationSet(Path(args["eval"]), args["eval_examples"], FeaturesSpec(**args["features_spec"]),
+                           EvaluateSpec())
+distill_prediction(StudentSpec(architecture=StudentArchitecture(**args["architecture"])),
+                   [ModelRef(path, weight) for path, weight in args["teachers"]], "qa", Path(args["features"]),
+                   PredictionSpec(**args["config"]), "probs", ResourcesSpec(workers=1, gpus_per_worker=0), 0,
+                   Path(args["out"]), progress=False, validation=validation)
+"""
+
+
+def test_sigkilled_validating_phase_resumes_to_the_same_scores_and_best(teachers, labelled, squad_dev_path,
+                                                                        tmp_path):
+    _, features_dir = labelled
+    read_examples(DataSource(path=str(squad_dev_path), limit=30), "qa", None, tmp_path / "eval")
+    features = FeaturesSpec(max_seq_len=128, doc_stride=48, max_query_len=32)
+    config = dict(batch_size=4, epochs=2, learning_rate=3e-3, warmup_ratio=0.0, log_every=4, checkpoint_every=4,
+                  distill_weight=0.5, eval_every=3, eval_examples=24)
+    architecture = NARROW.model_dump()
+    args = {"architecture": architecture, "teachers": [[t.name_or_path, t.weight] for t in teachers],
+            "features": str(features_dir), "config": config, "eval": str(tmp_path / "eval"), "eval_examples": 24,
+            "features_spec": features.model_dump(), "out": str(tmp_path / "killed")}
+    _sigkill_after_first_checkpoint(VALIDATING_RUNNER, args, tmp_path / "killed")
+
+    validation = ValidationSet(tmp_path / "eval", 24, features, EvaluateSpec())
+    runs = {}
+    for name in ("killed", "unbroken"):
+        runs[name] = distill_prediction(StudentSpec(architecture=NARROW), teachers, "qa", features_dir,
+                                        PredictionSpec(**config), "probs", ONE_WORKER, 0, tmp_path / name,
+                                        progress=False, validation=validation)
+    lines = {name: [json.loads(line) for line in (tmp_path / name / "validation.jsonl").read_text().splitlines()]
+             for name in runs}
+    assert [line["step"] for line in lines["killed"]] == list(range(3, 32, 3)) + [32]
+    assert lines["killed"] == pytest.approx(lines["unbroken"], abs=1e-9)
+    assert runs["killed"].best["step"] == runs["unbroken"].best["step"]
+    assert runs["killed"].best["value"] == pytest.approx(runs["unbroken"].best["value"], abs=1e-9)
+    a, b = (load_file(tmp_path / name / "best" / "student" / "model.safetensors") for name in runs)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
 
 
 # -- teacher fine-tuning and students ---------------------------------------------------------------------------
@@ -443,3 +498,40 @@ def test_build_student_from_each_source(teachers):
 
     by_path = build_student(StudentSpec(model=teachers[0].name_or_path), None, "qa", None)
     assert torch.equal(by_path.state_dict()["qa_outputs.weight"], teacher_state["qa_outputs.weight"])
+
+
+def test_phase2_validates_every_n_steps_and_keeps_the_best_student(teachers, labelled, squad_dev_path,
+                                                                   bert_tokenizer_dir, tmp_path):
+    _, features_dir = labelled
+    read_examples(DataSource(path=str(squad_dev_path), limit=30), "qa", None, tmp_path / "eval")
+    features = FeaturesSpec(max_seq_len=128, doc_stride=48, max_query_len=32)
+    validation = ValidationSet(tmp_path / "eval", 24, features, EvaluateSpec())
+    config = PredictionSpec(batch_size=8, epochs=2, learning_rate=3e-3, warmup_ratio=0.0, log_every=4,
+                            distill_weight=0.5, eval_every=3, eval_examples=24)
+    student = StudentSpec(architecture=NARROW)
+    result = distill_prediction(student, teachers, "qa", features_dir, config, "probs", ONE_WORKER, 0,
+                                tmp_path / "p2", progress=False, validation=validation)
+    assert result.steps == 16
+    lines = [json.loads(line) for line in (tmp_path / "p2" / "validation.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [3, 6, 9, 12, 15, 16]   # every 3 steps, and the last
+    assert all({"exact", "f1", "HasAns_f1", "NoAns_f1"} <= set(line) for line in lines)
+    best = max(lines, key=lambda line: (line["f1"], -line["step"]))
+    assert result.best == {"step": best["step"], "metric": "f1", "value": best["f1"],
+                           "model_dir": str(tmp_path / "p2" / "best" / "student")}
+    assert json.loads((tmp_path / "p2" / "best" / "best.json").read_text())["step"] == best["step"]
+    # best/ holds the student of that step: scored again from disk, it gets the recorded score
+    tokenizer = AutoTokenizer.from_pretrained(bert_tokenizer_dir)
+    rescored = Validator(validation, "qa", tokenizer, CPU).score(
+        AutoModelForQuestionAnswering.from_pretrained(result.best["model_dir"]))
+    assert rescored["f1"] == pytest.approx(best["f1"], abs=1e-9)
+    # the last student is still the phase's output; the scores are TensorBoard scalars too
+    assert Path(result.model_dir) == tmp_path / "p2" / "student"
+    scalars = tensorboard_scalars(tmp_path / "p2" / "tensorboard")["validation/f1"]
+    assert scalars == pytest.approx({line["step"]: line["f1"] for line in lines}, rel=1e-6)
+
+
+def test_phase2_eval_every_without_validation_examples_is_refused(labelled, tmp_path):
+    _, features_dir = labelled
+    with pytest.raises(TrainingError, match="eval_every is set but no validation examples"):
+        distill_prediction(StudentSpec(architecture=NARROW), [], "qa", features_dir, PredictionSpec(eval_every=5),
+                           "probs", ONE_WORKER, 0, tmp_path, progress=False)

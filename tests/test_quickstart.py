@@ -379,3 +379,47 @@ def test_quickstart_exports_the_student_with_a_model_card(quickstart):
     _, rows = markdown_table_after(card, "## Results")
     assert [float(cell) for cell in rows["f1"]] == pytest.approx(
         [metrics["student"]["f1"], metrics["teacher_0"]["f1"]], abs=0.006)
+
+
+def quickstart_plan(quickstart: dict[str, Any], root: Path) -> dict[str, Any]:
+    """`python -m jobs plan configs/quickstart.yaml --json` in the copy, as its user would run it."""
+    result = subprocess.run([str(quickstart["venv"] / "bin" / "python"), "-m", "jobs", "plan", "configs/quickstart.yaml",
+                             "--root", str(root), "--json"], cwd=quickstart["copy"], env=quickstart["env"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads(result.stdout)
+
+
+def files_under(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.lstat().st_mtime_ns for p in folder.rglob("*")}
+
+
+def test_quickstart_plan_estimates_what_the_run_did_and_then_finds_it_cached(quickstart, tmp_path):
+    empty = tmp_path / "runs"
+    fresh = {stage["name"]: stage for stage in quickstart_plan(quickstart, empty)["stages"]}
+    assert not empty.exists()   # creates nothing
+    enabled = expected_stages(quickstart["spec"])
+    assert [name for name, stage in fresh.items() if stage["cache"] != "skipped"] == enabled
+    assert all(fresh[name]["cache"] in ("run", "always") for name in enabled)
+
+    # the estimates against what the run recorded: steps as the trainer counted them, examples, features
+    def total_steps(folder: Path) -> int:
+        return json.loads((folder / "train_config.json").read_text())["schedule"]["total_steps"]
+
+    for phase in ("distill_intermediate", "distill_prediction"):
+        assert fresh[phase]["steps"] == total_steps(stage_output(quickstart, phase)), phase
+    assert fresh["finetune_teachers"]["steps"] == total_steps(stage_output(quickstart, "finetune_teachers")
+                                                              / "teacher_0")
+    augmented = json.loads((stage_output(quickstart, "augment") / "stats.json").read_text())
+    labelled = json.loads((stage_output(quickstart, "label") / "stats.json").read_text())
+    assert fresh["augment"]["examples"] == augmented["examples_out"]
+    assert fresh["label"]["features"] == labelled["features"]
+    for name in enabled:
+        assert fresh[name]["seconds"] is not None and fresh[name]["disk_bytes"] is not None, name
+
+    before = files_under(quickstart["root"])
+    again = {stage["name"]: stage for stage in quickstart_plan(quickstart, quickstart["root"])["stages"]}
+    assert files_under(quickstart["root"]) == before
+    assert {name: again[name]["cache"] for name in enabled} == {
+        name: "always" if name == "report" else "cached" for name in enabled}
+    assert again["distill_prediction"]["output"] == str(stage_output(quickstart, "distill_prediction"))

@@ -223,3 +223,31 @@ def test_healthy_models_get_no_warnings(full_run: Path, capsys):
     assert "## Warnings" not in write_report(full_run).read_text(encoding="utf-8")
     assert main(["status", full_run.name, "--root", str(full_run.parent)]) == 0
     assert "warning" not in capsys.readouterr().out
+
+
+def test_validation_curve_and_the_best_beside_the_last(full_run: Path):
+    prediction = full_run.parent / ".cache" / "distill_prediction" / "k5"
+    scores = [(10, 41.0, 38.0), (20, 55.5, 50.0), (30, 55.5, 51.0), (40, 52.25, 49.0)]
+    (prediction / "validation.jsonl").write_text("".join(
+        json.dumps({"step": step, "epoch": step / 40, "f1": f1, "exact": exact}) + "\n"
+        for step, f1, exact in scores), encoding="utf-8")
+    text = write_report(full_run).read_text(encoding="utf-8")
+    # the best is the first step with the top F1, as the trainer keeps it
+    assert "| best validation f1 | 55.5000 at step 20 (kept in best/) |" in text
+    assert "| last validation f1 | 52.2500 at step 40 |" in text
+    data = (full_run / "report" / "validation_distill_prediction.png").read_bytes()
+    assert data.startswith(PNG_MAGIC) and len(data) > 1000
+    assert "](validation_distill_prediction.png)" in text
+    assert not (full_run / "report" / "validation_distill_intermediate.png").exists()
+
+
+def test_the_best_is_what_best_json_says_when_there_is_one(full_run: Path):
+    """best/ can hold a student validated after the checkpoint a killed run resumed from (its line is gone from
+    validation.jsonl); the report names what best/ holds."""
+    prediction = full_run.parent / ".cache" / "distill_prediction" / "k5"
+    (prediction / "validation.jsonl").write_text("".join(
+        json.dumps({"step": step, "f1": f1, "exact": f1 - 3}) + "\n" for step, f1 in ((10, 41.0), (20, 50.0))),
+        encoding="utf-8")
+    _write(prediction / "best" / "best.json", {"step": 25, "metric": "f1", "value": 52.0})
+    text = write_report(full_run).read_text(encoding="utf-8")
+    assert "| best validation f1 | 52.0000 at step 25 (kept in best/) |" in text
