@@ -25,7 +25,7 @@ import hashlib
 import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -294,10 +294,12 @@ class MaskedLMProposer:
         seed: seed for "random" init.
         device: "cpu" or "cuda".
         batch_size: sequences per forward pass.
+        precision: "fp32", "fp16" or "bf16" (`distill.models.choose_precision` for the device); the scores are
+            ranked in fp32 either way.
     """
 
     def __init__(self, model: str, init: Literal["pretrained", "random"] = "pretrained", seed: int = 0,
-                 device: str = "cpu", batch_size: int = 32):
+                 device: str = "cpu", batch_size: int = 32, precision: str = "fp32"):
         import torch
         from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer
 
@@ -315,6 +317,7 @@ class MaskedLMProposer:
         self.model.eval().to(device)
         self.device = device
         self.batch_size = batch_size
+        self.precision = precision
 
         probe = self.tokenizer("word")["input_ids"]
         inner = self.tokenizer("word", add_special_tokens=False)["input_ids"]
@@ -419,12 +422,19 @@ class MaskedLMProposer:
                     originals.append(sequences[i][m])
             ids[rows, cols] = self.tokenizer.mask_token_id
             rows_t, cols_t = torch.tensor(rows, device=self.device), torch.tensor(cols, device=self.device)
-            with torch.inference_mode(), lm_head_only_at(self.model, rows_t, cols_t):
+            with torch.inference_mode(), self._autocast(), lm_head_only_at(self.model, rows_t, cols_t):
                 logits = self.model(input_ids=ids.to(self.device), attention_mask=attention.to(self.device)).logits[0]
             found = iter(self.candidate_words(logits, originals, top_k))  # (M, V) -> M tuples
             for r, i in enumerate(batch):
                 results[i] = [next(found) for _ in masks[i]]
         return results
+
+    def _autocast(self) -> AbstractContextManager:
+        import torch
+
+        if self.precision == "fp32":
+            return nullcontext()
+        return torch.autocast(self.device, dtype=torch.bfloat16 if self.precision == "bf16" else torch.float16)
 
     def _window(self, length: int, position: int) -> tuple[int, int]:
         """The longest span of a text of `length` wordpieces that fits one row, around `position`."""
@@ -505,7 +515,7 @@ class MaskedLMProposer:
             row = self._prefix + encoded.ids[start:end] + self._suffix
             col = len(self._prefix) + position - start
             row[col] = self.tokenizer.mask_token_id
-            with torch.inference_mode():
+            with torch.inference_mode(), self._autocast():
                 logits = self.model(input_ids=torch.tensor([row], device=self.device)).logits  # (1, T, V)
             result[span] = self.candidate_words(logits[0, col:col + 1], [encoded.ids[position]], top_k)[0]
         return result

@@ -470,8 +470,10 @@ class _BlockAugmenter:
     counts."""
 
     def __init__(self, task: str, config: AugmentSpec, seed: int, shards_dir: str, out_dir: str, device: str,
-                 threads: int):
+                 precision: str, threads: int):
         import torch
+
+        from distill.models import device_precision
 
         torch.set_num_threads(threads)  # actors share the machine's cores; one each unless given more
         self.task, self.config, self.seed = task, config, seed
@@ -480,7 +482,9 @@ class _BlockAugmenter:
         self.neighbours = pa.ipc.open_file(pa.memory_map(str(self.out_dir / NEIGHBOURS_FILE))).read_all()
         self.mlm = None
         if config.mlm_model is not None:
-            self.mlm = MaskedLMProposer(config.mlm_model, config.mlm_init, seed, device, config.mlm_batch_size)
+            # resolved here, on the worker's own device
+            self.mlm = MaskedLMProposer(config.mlm_model, config.mlm_init, seed, device, config.mlm_batch_size,
+                                        device_precision(torch.device(device), precision))
 
     def _neighbours_of(self, rows: list[dict[str, Any]]) -> dict[str, list[str]]:
         """The neighbour table's entries for the words of `rows`."""
@@ -523,6 +527,10 @@ def _run_blocks(items: list[dict[str, Any]], task: str, config: AugmentSpec, res
         import torch
 
         gpus = 1.0 if torch.cuda.is_available() and config.mlm_model is not None else 0.0
+    if gpus == 0 and config.mlm_model is not None:   # refused here, not in every worker (a GPU's is checked there)
+        from distill.models import choose_precision
+
+        choose_precision("cpu", None, resources.precision)
     workers = min(resources.workers, len(items))
     started_ray = not ray.is_initialized()
     if started_ray:
@@ -539,7 +547,7 @@ def _run_blocks(items: list[dict[str, Any]], task: str, config: AugmentSpec, res
             _BlockAugmenter,
             fn_constructor_kwargs={"task": task, "config": config, "seed": seed,
                                    "shards_dir": str(examples_dir / "shards"), "out_dir": str(out_dir),
-                                   "device": "cuda" if gpus > 0 else "cpu",
+                                   "device": "cuda" if gpus > 0 else "cpu", "precision": resources.precision,
                                    "threads": max(1, int(resources.cpus_per_worker))},
             batch_size=1,
             # one block in flight per actor: blocks are large, so queueing them would only unbalance the end

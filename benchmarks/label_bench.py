@@ -75,7 +75,7 @@ def bare_forward_seconds(model, tables, batch_size: int, pad_token_id: int, devi
     import numpy as np
     import torch
 
-    from distill.models import autocast
+    from distill.models import autocast, device_precision
 
     batches = []
     for table in tables:   # one table per block of examples, as the stage sees them
@@ -94,7 +94,7 @@ def bare_forward_seconds(model, tables, batch_size: int, pad_token_id: int, devi
                 token_types[i, :lengths[r]] = torch.tensor(types[r])
                 mask[i, :lengths[r]] = 1
             batches.append((input_ids.to(device), token_types.to(device), mask.to(device)))
-    with torch.inference_mode(), autocast(device):
+    with torch.inference_mode(), autocast(device, device_precision(device)):
         model(input_ids=batches[0][0][:2], token_type_ids=batches[0][1][:2], attention_mask=batches[0][2][:2])
         if device.type == "cuda":
             torch.cuda.synchronize()

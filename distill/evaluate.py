@@ -46,8 +46,8 @@ from augment.writers import iter_shard_batches, shard_paths, write_json
 from distill import speed
 from distill.classification_metrics import classification_report
 from distill.features import CLS_INDEX, FlatFeatures, build_features
-from distill.models import (ModelRef, autocast, check_label_order, check_max_seq_len, load_model, load_tokenizer,
-                            pick_device)
+from distill.models import (ModelRef, autocast, check_label_order, check_max_seq_len, device_precision, load_model,
+                            load_tokenizer, pick_device)
 from distill.postprocess import (QAExample, QAPrediction, QAWindow, postprocess_qa_predictions, write_null_odds,
                                  write_predictions)
 from distill.squad_metric import squad_v2_scores
@@ -152,20 +152,21 @@ def evaluate_models(models: dict[str, ModelRef], task: Task, examples_dir: Path,
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = pick_device(resources.gpus_per_worker)
+    precision = device_precision(device, resources.precision)
     write_json(out_dir / "settings.json", {
         "task": task, "examples_dir": str(examples_dir), "examples": num_examples,
         "features": features.model_dump(mode="json"), "evaluate": config.model_dump(mode="json"),
         "models": {name: asdict(ref) for name, ref in models.items()}, "device": str(device),
-        "label_names": label_names,
+        "precision": precision, "label_names": label_names,
     })
 
     evaluations: dict[str, ModelEvaluation] = {}
     speed_reports: dict[str, dict[str, speed.SpeedReport]] = {}
     for name, ref in models.items():
         evaluations[name] = _evaluate_one(name, ref, task, examples_dir, num_examples, features, config, device,
-                                          out_dir / name, label_names, progress)
+                                          precision, out_dir / name, label_names, progress)
         if config.measure_speed:
-            speed_reports[name] = _measure(ref, task, features, config, device)
+            speed_reports[name] = _measure(ref, task, features, config, device, resources.precision)
             evaluations[name] = _with_speed(evaluations[name], speed_reports[name])
 
     comparisons: dict[str, dict[str, dict[str, Any]]] = {}
@@ -230,7 +231,7 @@ def _check_labelled(examples_dir: Path) -> None:
 
 
 def _evaluate_one(name: str, ref: ModelRef, task: Task, examples_dir: Path, num_examples: int,
-                  features: FeaturesSpec, config: EvaluateSpec, device: torch.device, model_dir: Path,
+                  features: FeaturesSpec, config: EvaluateSpec, device: torch.device, precision: str, model_dir: Path,
                   label_names: list[str] | None, progress: bool) -> ModelEvaluation:
     """Features, inference and scores of one model, EXAMPLES_PER_CHUNK examples at a time; writes its predictions
     into `model_dir`."""
@@ -251,7 +252,8 @@ def _evaluate_one(name: str, ref: ModelRef, task: Task, examples_dir: Path, num_
         for chunk in iter_shard_batches(examples_dir, EXAMPLES_PER_CHUNK):
             examples = pa.Table.from_batches([chunk])
             table = build_features(examples, task, tokenizer, features)
-            answers.add(examples, table, _infer(model, table, tokenizer.pad_token_id, config.batch_size, device))
+            answers.add(examples, table, _infer(model, table, tokenizer.pad_token_id, config.batch_size, device,
+                                                       precision))
             examples_seen += examples.num_rows
             features_seen += table.num_rows
             done.update(examples.num_rows, features=features_seen)
@@ -274,7 +276,7 @@ def _evaluate_one(name: str, ref: ModelRef, task: Task, examples_dir: Path, num_
 
 
 def _infer(model: torch.nn.Module, table: pa.Table, pad_token_id: int, batch_size: int,
-           device: torch.device) -> Any:
+           device: torch.device, precision: str) -> Any:
     """Model outputs for every feature row of one chunk, in row order.
 
     Rows are run longest first within the chunk, so a batch holds rows of similar length and little padding.
@@ -288,7 +290,7 @@ def _infer(model: torch.nn.Module, table: pa.Table, pad_token_id: int, batch_siz
     order = np.argsort(-lengths, kind="stable")
     takes_token_types = "token_type_ids" in _forward_parameters(model)
     results: list[Any] = [None] * table.num_rows
-    with torch.inference_mode(), autocast(device):
+    with torch.inference_mode(), autocast(device, precision):
         for begin in range(0, table.num_rows, batch_size):
             indices = order[begin:begin + batch_size]
             batch = inputs.batch(indices, pad_token_id)  # (B, T) tensors
@@ -453,8 +455,9 @@ class Validator:
         validator.score(student)["f1"]
     """
 
-    def __init__(self, validation: ValidationSet, task: Task, tokenizer: Any, device: torch.device):
-        self.validation, self.task, self.device = validation, task, device
+    def __init__(self, validation: ValidationSet, task: Task, tokenizer: Any, device: torch.device,
+                 precision: str = "fp32"):
+        self.validation, self.task, self.device, self.precision = validation, task, device, precision
         self.pad_token_id = tokenizer.pad_token_id
         batches, rows = [], 0
         for batch in iter_shard_batches(validation.examples_dir, EXAMPLES_PER_CHUNK):
@@ -475,7 +478,8 @@ class Validator:
         was_training = model.training
         model.eval()
         try:
-            outputs = _infer(model, self.table, self.pad_token_id, self.validation.config.batch_size, self.device)
+            outputs = _infer(model, self.table, self.pad_token_id, self.validation.config.batch_size, self.device,
+                             self.precision)
         finally:
             model.train(was_training)
         answers = (_QAAnswers(self.validation.config) if self.task == "qa"
@@ -486,10 +490,12 @@ class Validator:
 
 
 def _measure(ref: ModelRef, task: Task, features: FeaturesSpec, config: EvaluateSpec,
-             device: torch.device) -> dict[str, speed.SpeedReport]:
+             device: torch.device, precision: str) -> dict[str, speed.SpeedReport]:
     """Speed on CPU always (the usual serving target), and on the GPU too when evaluation runs on one."""
     devices = ["cpu"] + (["cuda"] if device.type == "cuda" else [])
-    return {dev: speed.measure_model(ref, features.max_seq_len, config.speed_repeats, dev, task=task)
+    # the requested precision applies to the GPU; CPU is measured in fp32, what auto picks there
+    return {dev: speed.measure_model(ref, features.max_seq_len, config.speed_repeats, dev, task=task,
+                                     precision=precision if dev == "cuda" else "auto")
             for dev in devices}
 
 

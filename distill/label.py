@@ -65,6 +65,8 @@ from distill.models import (
     check_label_order,
     check_max_seq_len,
     check_same_vocabulary,
+    choose_precision,
+    device_precision,
     load_config,
     load_model,
     load_tokenizer,
@@ -169,16 +171,19 @@ class TeacherEnsemble:
         task: "qa" or "classification".
         num_labels: classification: the number of classes (checked against each teacher's head).
         config: batch size, ensemble mode, whether to keep each teacher's logits.
-        device: where the teachers run; CUDA runs under mixed precision (`models.autocast`), CPU in fp32.
+        device: where the teachers run.
         temperature: the distillation temperature the labels are for; a probs mix of several teachers depends on it.
+        precision: resources.precision, resolved for `device` (`models.choose_precision`: auto is fp32 on CPU, bf16
+            or fp16 on a GPU).
     """
 
     def __init__(self, teachers: list[ModelRef], task: Task, num_labels: int | None, config: LabelSpec,
-                 device: torch.device, pad_token_id: int, temperature: float = 1.0):
+                 device: torch.device, pad_token_id: int, temperature: float = 1.0, precision: str = "auto"):
         if not teachers:
             raise ValueError("TeacherEnsemble needs at least one teacher")
         self.task, self.config, self.device, self.pad_token_id = task, config, device, pad_token_id
         self.temperature = temperature
+        self.precision = device_precision(device, precision)
         self.models = [load_model(ref, task, num_labels).to(device).eval() for ref in teachers]
         # token_type_ids go only to models whose forward takes them (not DistilBERT, for one)
         self.takes_types = ["token_type_ids" in inspect.signature(m.forward).parameters for m in self.models]
@@ -225,7 +230,7 @@ class TeacherEnsemble:
             outputs: dict[str, list[torch.Tensor]] = {h: [] for h in heads}
             for model, takes_types in zip(self.models, self.takes_types):
                 extra = {"token_type_ids": torch.from_numpy(token_types).to(self.device)} if takes_types else {}
-                with autocast(self.device):
+                with autocast(self.device, self.precision):
                     output = model(**inputs, **extra)
                 for h in heads:
                     outputs[h].append(getattr(output, h).float())                     # (B, T) or (B, C)
@@ -288,8 +293,8 @@ class _BlockLabeller:
     """
 
     def __init__(self, task: Task, teachers: list[ModelRef], tokenizer: ModelRef, features: FeaturesSpec,
-                 config: LabelSpec, temperature: float, num_labels: int | None, gpus: float, threads: int,
-                 shards_dir: str):
+                 config: LabelSpec, temperature: float, num_labels: int | None, gpus: float, precision: str,
+                 threads: int, shards_dir: str):
         # whole cores for the maths even on a fractional reservation, and as many for the Rust tokenizer: the job's
         # environment turns its threads off for processes that fork, which an actor does not, and on a GPU node
         # one core's tokenizing would keep the teachers waiting
@@ -300,7 +305,7 @@ class _BlockLabeller:
         self.tokenizer = load_tokenizer(tokenizer)
         device = pick_device(gpus)
         self.ensemble = (TeacherEnsemble(teachers, task, num_labels, config, device, self.tokenizer.pad_token_id,
-                                         temperature) if teachers else None)
+                                         temperature, precision) if teachers else None)
         self.tokenizing, self.labelling = threading.Lock(), threading.Lock()
 
     def label_block(self, block: _Block) -> tuple[int, int, dict[str, float]]:
@@ -381,11 +386,12 @@ def _check_models(task: Task, teachers: list[ModelRef], tokenizer: ModelRef, fea
 
 
 def _settings(task: Task, teachers: list[ModelRef], tokenizer: ModelRef, features: FeaturesSpec, config: LabelSpec,
-              temperature: float, num_labels: int | None, examples_per_shard: int, device: str,
+              temperature: float, num_labels: int | None, examples_per_shard: int, device: str, precision: str,
               inputs: list[dict[str, Any]]) -> dict:
     settings = {"task": task, "teachers": [asdict(t) for t in teachers], "tokenizer": asdict(tokenizer),
                 "features": features.model_dump(), "label": config.model_dump(), "num_labels": num_labels,
-                "examples_per_shard": examples_per_shard, "device": device, "inputs": inputs}
+                "examples_per_shard": examples_per_shard, "device": device, "precision": precision,
+                "inputs": inputs}
     # only where the shards depend on it: other label folders stay valid whatever the temperature
     if labels_depend_on_temperature(config.ensemble, len(teachers)):
         settings["temperature"] = temperature
@@ -453,7 +459,7 @@ def _run_blocks(pending: list[_Block], task: Task, teachers: list[ModelRef], tok
     labeller = ray.remote(num_cpus=resources.cpus_per_worker, num_gpus=gpus, max_concurrency=in_flight,
                           max_restarts=2, max_task_retries=2)(_BlockLabeller)
     actors = [labeller.remote(task, teachers, tokenizer, features, config, temperature, num_labels, gpus,
-                              max(1, math.ceil(resources.cpus_per_worker)), str(shards_dir))
+                              resources.precision, max(1, math.ceil(resources.cpus_per_worker)), str(shards_dir))
               for _ in range(min(resources.workers, len(pending)))]
     # each actor listed once per call it runs at once: the pool then keeps that many blocks in flight on it
     pool = ActorPool([actor for actor in actors for _ in range(in_flight)])
@@ -536,8 +542,10 @@ def label_examples(examples_dir: Path, task: Literal["qa", "classification"], te
     _ensure_ray()
     gpus = _resolve_gpus(resources) if teachers else 0.0
     _check_capacity(resources, gpus)
+    if gpus == 0:   # a GPU's capability is known only on its node, where the actors check it
+        choose_precision("cpu", None, resources.precision)
     settings = _settings(task, teachers, tokenizer, features, config, temperature, num_labels, examples_per_shard,
-                         "cuda" if gpus > 0 else "cpu", inputs)
+                         "cuda" if gpus > 0 else "cpu", resources.precision, inputs)
     shards_dir = _claim_out_dir(out_dir, settings)
     expected = {b.name for b in blocks}
     unknown = sorted(p.name for p in shards_dir.glob(SHARD_GLOB) if p.name not in expected)

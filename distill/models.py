@@ -177,12 +177,53 @@ def pick_device(gpus_per_worker: float | None) -> torch.device:
     return torch.device("cuda" if want_gpu else "cpu")
 
 
+#: What resources.precision may ask for; "auto" is resolved per device by `choose_precision`.
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+#: The first compute capability with native bf16 (Ampere, 8.0); torch emulates it below, without tensor cores.
+NATIVE_BF16_CAPABILITY = (8, 0)
+
+
+class PrecisionError(ModelCheckError):
+    """A precision the device cannot compute in well: bf16 on a GPU without it, half precision on CPU."""
+
+
+def choose_precision(device_type: str, capability: tuple[int, int] | None, requested: str = "auto") -> str:
+    """The precision ("fp32", "fp16" or "bf16") to compute in on a device; pure, so every case is testable anywhere.
+
+    auto: bf16 on a GPU of compute capability 8.0 or newer (A100, H100, ...), fp16 with a loss scaler on older ones
+    (a V100: `torch.cuda.is_bf16_supported()` says yes there, but emulates bf16 without tensor cores), fp32 on CPU
+    (half precision on a CPU without native support is ~100x slower). An explicit choice is kept where the device
+    computes it natively and refused with the reason where it does not.
+    """
+    if requested not in PRECISIONS:
+        raise PrecisionError(f"resources.precision must be one of {', '.join(PRECISIONS)}, got {requested!r}")
+    if device_type != "cuda":
+        if requested in ("fp16", "bf16"):
+            raise PrecisionError(f"resources.precision {requested} on CPU: training and inference there run in fp32 "
+                                 "(half precision is emulated, about 100x slower); use auto or fp32")
+        return "fp32"
+    native_bf16 = capability is not None and tuple(capability) >= NATIVE_BF16_CAPABILITY
+    if requested == "auto":
+        return "bf16" if native_bf16 else "fp16"
+    if requested == "bf16" and not native_bf16:
+        major, minor = capability or (0, 0)
+        raise PrecisionError(f"resources.precision bf16 needs a GPU of compute capability 8.0 or newer (Ampere); "
+                             f"this one is {major}.{minor}, where bf16 is emulated without tensor cores; use fp16 "
+                             "(or auto, which picks it)")
+    return requested
+
+
+def device_precision(device: torch.device, requested: str = "auto") -> str:
+    """`choose_precision` for a device of this process (its compute capability read here, where the work runs)."""
+    capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+    return choose_precision(device.type, capability, requested)
+
+
 @contextlib.contextmanager
-def autocast(device: torch.device) -> Iterator[None]:
-    """Mixed precision on GPU (bf16 where supported, else fp16); plain fp32 on CPU, where bf16 is far slower."""
-    if device.type != "cuda":
+def autocast(device: torch.device, precision: str) -> Iterator[None]:
+    """Run the block in `precision` (from `device_precision`): fp32 as it is, fp16/bf16 under torch.autocast."""
+    if precision == "fp32":
         yield
         return
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    with torch.autocast("cuda", dtype=dtype):
+    with torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16):
         yield

@@ -1,8 +1,8 @@
 """Size and speed of a model: parameters, bytes of weights on disk, latency at batch 1, throughput at batch 32.
 
 Timings use fixed-length synthetic inputs (every example padded to the same length, so that the numbers do not
-depend on the data), `torch.inference_mode`, and the same precision as evaluation (`models.autocast`: fp32 on CPU,
-bf16/fp16 on GPU). Each measurement runs `warmup` untimed passes (allocator, kernel selection, caches), then
+depend on the data), `torch.inference_mode`, and the same precision as evaluation (`models.choose_precision`: fp32
+on CPU, bf16 on GPUs that have it natively, else fp16, unless resources.precision says otherwise). Each measurement runs `warmup` untimed passes (allocator, kernel selection, caches), then
 `repeats` timed passes; the median is the headline number and the 90th percentile shows the slow tail.
 
 Example::
@@ -49,7 +49,7 @@ class SpeedReport:
         model: the folder or hub name measured.
         device: "cpu" or "cuda".
         device_name: the GPU's name, or "cpu" with the number of torch threads.
-        precision: "fp32", "bf16" or "fp16" (what `models.autocast` chose for the device).
+        precision: "fp32", "bf16" or "fp16" (what `models.choose_precision` chose for the device).
         parameters: number of parameters (shared tensors counted once).
         size_bytes: bytes of weight files on disk (safetensors preferred over .bin when a folder holds both);
             None when the weights are not on local disk (a model built from its config alone).
@@ -139,11 +139,11 @@ def _synthetic_batch(model: torch.nn.Module, vocab_size: int, batch_size: int, s
     return {key: value.to(device) for key, value in batch.items()}
 
 
-def _time_passes(model: torch.nn.Module, batch: dict[str, torch.Tensor], device: torch.device, warmup: int,
-                 repeats: int) -> list[float]:
+def _time_passes(model: torch.nn.Module, batch: dict[str, torch.Tensor], device: torch.device, precision: str,
+                 warmup: int, repeats: int) -> list[float]:
     """Seconds per forward pass, for `repeats` passes after `warmup` untimed ones."""
     seconds = []
-    with torch.inference_mode(), models.autocast(device):
+    with torch.inference_mode(), models.autocast(device, precision):
         for index in range(warmup + repeats):
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
@@ -157,15 +157,9 @@ def _time_passes(model: torch.nn.Module, batch: dict[str, torch.Tensor], device:
     return seconds
 
 
-def _precision(device: torch.device) -> str:
-    if device.type != "cuda":
-        return "fp32"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-
-
 def measure_model(model_dir_or_ref: str | Path | ModelRef, seq_len: int, repeats: int,
                   device: str | torch.device = "cpu", *, task: Task | None = None, warmup: int = DEFAULT_WARMUP,
-                  batch_size: int = THROUGHPUT_BATCH_SIZE) -> SpeedReport:
+                  batch_size: int = THROUGHPUT_BATCH_SIZE, precision: str = "auto") -> SpeedReport:
     """Measure one model's size, latency at batch 1 and throughput at `batch_size` on one device.
 
     Args:
@@ -176,6 +170,7 @@ def measure_model(model_dir_or_ref: str | Path | ModelRef, seq_len: int, repeats
         task: "qa" or "classification"; read from the config's architectures when None.
         warmup: untimed passes before the timed ones.
         batch_size: examples per pass of the throughput measurement.
+        precision: resources.precision, resolved for the device (`models.choose_precision`).
 
     Raises:
         SpeedError: repeats, warmup or batch_size out of range, or CUDA asked for but absent.
@@ -199,9 +194,11 @@ def measure_model(model_dir_or_ref: str | Path | ModelRef, seq_len: int, repeats
     size_bytes = weights_size_bytes(folder) if folder is not None else None
 
     vocab_size = config.vocab_size
-    single = _time_passes(model, _synthetic_batch(model, vocab_size, 1, seq_len, device), device, warmup, repeats)
-    batched = _time_passes(model, _synthetic_batch(model, vocab_size, batch_size, seq_len, device), device, warmup,
-                           repeats)
+    computed_in = models.device_precision(device, precision)
+    single = _time_passes(model, _synthetic_batch(model, vocab_size, 1, seq_len, device), device, computed_in, warmup,
+                          repeats)
+    batched = _time_passes(model, _synthetic_batch(model, vocab_size, batch_size, seq_len, device), device,
+                           computed_in, warmup, repeats)
     device_name = (torch.cuda.get_device_name(device) if device.type == "cuda"
                    else f"cpu ({torch.get_num_threads()} threads)")
     del model
@@ -211,7 +208,7 @@ def measure_model(model_dir_or_ref: str | Path | ModelRef, seq_len: int, repeats
         model=ref.name_or_path,
         device=device.type,
         device_name=device_name,
-        precision=_precision(device),
+        precision=computed_in,
         parameters=parameters,
         size_bytes=size_bytes,
         seq_len=seq_len,

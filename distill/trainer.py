@@ -50,7 +50,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from distill.evaluate import ValidationSet, Validator
 from distill.features import FlatFeatures
-from distill.models import Task, autocast, pick_device
+from distill.models import Task, autocast, device_precision, pick_device
 from distill.training_data import open_training_view, prefetch
 from jobs.progress import LOG_FORMATTER, Progress
 from jobs.spec import PhaseSpec, ResourcesSpec
@@ -337,12 +337,14 @@ class Recipe:
             [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=config.learning_rate, betas=ADAM_BETAS, eps=ADAM_EPS)
         self.scheduler = get_linear_schedule_with_warmup(self.optimizer, self.warmup_steps, self.total_steps)
-        fp16 = where.device.type == "cuda" and not torch.cuda.is_bf16_supported()
-        self.scaler = torch.amp.GradScaler(where.device.type, enabled=fp16)
+        # decided here, on the worker and its device, not in the process that started the job
+        self.precision = device_precision(where.device, plan.resources.precision)
+        self.scaler = torch.amp.GradScaler(where.device.type, enabled=self.precision == "fp16")
 
         self.validator = None
         if plan.validation is not None and where.rank == 0:
-            self.validator = Validator(plan.validation, plan.task, self.objective.tokenizer, where.device)
+            self.validator = Validator(plan.validation, plan.task, self.objective.tokenizer, where.device,
+                                       self.precision)
 
         # position and logging state; a checkpoint overwrites all of it
         self.step, self.epoch, self.step_in_epoch = 0, 0, 0
@@ -392,7 +394,9 @@ class Recipe:
                          "micro_batch_per_worker": plan.config.batch_size / self.where.world},
             "optimizer": {"name": "AdamW", "betas": ADAM_BETAS, "eps": ADAM_EPS,
                           "no_weight_decay": "parameters with fewer than 2 dims (biases, LayerNorm weights)"},
-            "precision": _precision(self.where.device),
+            "precision": {"fp32": "fp32", "bf16": "bf16 autocast",
+                          "fp16": "fp16 autocast + GradScaler"}[self.precision],
+            "device": _device_name(self.where.device),
             "objective": self.objective.settings(),
             "code_version": _code_version(),
             "versions": {"torch": torch.__version__, "transformers": _version("transformers")},
@@ -480,7 +484,7 @@ class Recipe:
             last = index == len(micro_batches) - 1
             no_sync = self.model.no_sync() if (where.world > 1 and not last) else contextlib.nullcontext()
             with no_sync:
-                with autocast(where.device):
+                with autocast(where.device, self.precision):
                     terms = self.model(batch)
                     loss = sum(weight * terms[name] for name, weight in weights.items())
                 # DDP averages over workers, hence the * world
@@ -680,10 +684,11 @@ class Recipe:
 # Small helpers
 
 
-def _precision(device: torch.device) -> str:
+def _device_name(device: torch.device) -> str:
     if device.type != "cuda":
-        return "fp32"
-    return "bf16 autocast" if torch.cuda.is_bf16_supported() else "fp16 autocast + GradScaler"
+        return "cpu"
+    major, minor = torch.cuda.get_device_capability(device)
+    return f"{torch.cuda.get_device_name(device)} (compute capability {major}.{minor})"
 
 
 def _code_version() -> str | None:

@@ -453,6 +453,7 @@ def _training_section(run: _Run, logs: dict[str, list[dict[str, Any]]], validati
                       plots: dict[str, str]) -> str:
     lines = ["## Training"]
     enabled = {stage.name: stage.enabled for stage in STAGES}
+    folders = _training_folders(run)
     for stage in TRAINING_STAGES:
         if run.spec is not None and not enabled[stage](run.spec):
             if stage.startswith("distill_"):  # a phase turned off is worth saying; the others simply do not apply
@@ -470,6 +471,9 @@ def _training_section(run: _Run, logs: dict[str, list[dict[str, Any]]], validati
             rows = [["logged steps", len(records)], ["last step", last.get("step")], ["last epoch", last.get("epoch")]]
             rows += [[f"last {key}", last.get(key)] for key in _loss_keys(records)]
             rows.append(["mean examples/s", sum(speeds) / len(speeds) if speeds else None])
+            trained = run.json(folders[name] / "train_config.json") or {}
+            if trained.get("precision"):
+                rows.append(["precision", f"{trained['precision']} on {trained.get('device', '?')}"])
             if name in validations:
                 rows += _validation_rows(validations[name])
             lines += ["", f"### `{name}`", "", _table(["", "value"], rows)]

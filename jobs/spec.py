@@ -290,6 +290,10 @@ class ResourcesSpec(StrictModel):
     gpus_per_worker: float | None = Field(
         None, ge=0, description="GPUs per worker; unset: 1 when CUDA is available, else 0")
     address: str | None = Field(None, description="Ray Jobs address (http://HEAD:8265); unset: Ray in-process")
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
+        "auto", description="what every stage computes in on a GPU. auto: bf16 on compute capability 8.0+ (A100, "
+                            "H100), fp16 with a loss scaler on older GPUs (V100), fp32 on CPU; bf16 on an older GPU "
+                            "or half precision on CPU is refused")
 
 
 class OutputSpec(StrictModel):

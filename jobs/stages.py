@@ -230,7 +230,7 @@ def _label_config(spec: JobSpec) -> dict[str, Any]:
     from distill.ensemble import labels_depend_on_temperature  # torch: only when a job keys its label stage
 
     config = {"task": spec.task, "teachers": spec.teachers, "student": spec.student.model, "features": spec.features,
-              "label": spec.label}
+              "label": spec.label, "precision": spec.resources.precision}
     # keyed only where the labels depend on it, so that a change of temperature relabels nothing else
     if labels_depend_on_temperature(spec.label.ensemble, len(spec.teachers)):
         config["temperature"] = spec.distill.prediction.temperature
@@ -249,19 +249,21 @@ STAGES: tuple[Stage, ...] = (
     Stage("finetune_teachers", "fine-tune base teachers on the original training data (or their own)",
           inputs=("prepare",),
           enabled=lambda s: any(t.finetune is not None for t in s.teachers),
-          config=lambda s: {"task": s.task, "teachers": s.teachers, "features": s.features, "seed": s.seed},
+          config=lambda s: {"task": s.task, "teachers": s.teachers, "features": s.features, "seed": s.seed,
+                            "precision": s.resources.precision},
           run=_finetune_teachers, uses_ray=True),
     Stage("train_mlm", "train the masked LM that proposes substitutions, on the corpus or training texts",
           inputs=("prepare",),
           enabled=lambda s: s.augment.enabled and s.augment.mlm_training is not None,
           config=lambda s: {"task": s.task, "mlm_model": s.augment.mlm_model, "mlm_init": s.augment.mlm_init,
                             "mlm_training": s.augment.mlm_training, "corpus": s.augment.corpus,
-                            "features": s.features},
+                            "features": s.features, "precision": s.resources.precision},
           run=_train_mlm, uses_ray=True),
     Stage("augment", "expand the training set by word substitution",
           inputs=("prepare", "train_mlm"),
           enabled=lambda s: s.augment.enabled,
-          config=lambda s: {"task": s.task, "augment": s.augment, "seed": s.seed}, run=_augment, uses_ray=True),
+          config=lambda s: {"task": s.task, "augment": s.augment, "seed": s.seed, "precision": s.resources.precision},
+          run=_augment, uses_ray=True),
     Stage("label", "tokenize into features and store the teachers' soft logits",
           inputs=("prepare", "finetune_teachers", "augment"),
           enabled=lambda s: True,
@@ -270,13 +272,14 @@ STAGES: tuple[Stage, ...] = (
           inputs=("prepare", "finetune_teachers", "label"),
           enabled=lambda s: s.distill.intermediate.enabled,
           config=lambda s: {"task": s.task, "student": s.student, "teachers": s.teachers,
-                            "intermediate": s.distill.intermediate, "seed": s.seed},
+                            "intermediate": s.distill.intermediate, "seed": s.seed,
+                            "precision": s.resources.precision},
           run=_distill_intermediate, uses_ray=True),
     Stage("distill_prediction", "phase 2: soft start/end or class logits with temperature",
           inputs=("prepare", "finetune_teachers", "label", "distill_intermediate"),
           enabled=lambda s: s.distill.prediction.enabled,
           config=lambda s: {"task": s.task, "student": s.student, "prediction": s.distill.prediction,
-                            "ensemble": s.label.ensemble, "seed": s.seed,
+                            "ensemble": s.label.ensemble, "seed": s.seed, "precision": s.resources.precision,
                             "teachers": s.teachers if _phase_needs_online_teacher(s) else None,
                             # how the validation slice is scored, only where there is one
                             **({"evaluate": s.evaluate} if s.distill.prediction.eval_every is not None else {})},
@@ -285,6 +288,7 @@ STAGES: tuple[Stage, ...] = (
           inputs=("prepare", "finetune_teachers", "distill_intermediate", "distill_prediction"),
           enabled=lambda s: s.evaluate.enabled,
           config=lambda s: {"task": s.task, "evaluate": s.evaluate, "features": s.features,
+                            "precision": s.resources.precision,
                             "teachers": s.teachers if s.evaluate.evaluate_teachers else None},
           run=_evaluate),
     Stage("report", "write the report and plots; export the student",

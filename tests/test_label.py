@@ -350,8 +350,8 @@ def test_concurrent_calls_on_one_actor_write_the_reference_bytes(reference, tmp_
     refs = ensemble_refs(qa_teachers)
     blocks, _ = _plan(qa_examples, PER_SHARD)
     (tmp_path / "shards").mkdir()
-    labeller = _BlockLabeller("qa", refs, refs[0], FEATURES, ENSEMBLE_LABEL, 1.0, None, gpus=0, threads=1,
-                              shards_dir=str(tmp_path / "shards"))
+    labeller = _BlockLabeller("qa", refs, refs[0], FEATURES, ENSEMBLE_LABEL, 1.0, None, gpus=0, precision="auto",
+                              threads=1, shards_dir=str(tmp_path / "shards"))
     interval = sys.getswitchinterval()
     sys.setswitchinterval(1e-5)   # threads take turns every few bytecodes: unguarded shared state would collide
     try:
