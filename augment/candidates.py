@@ -25,7 +25,7 @@ import hashlib
 import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -432,9 +432,9 @@ class MaskedLMProposer:
     def _autocast(self) -> AbstractContextManager:
         import torch
 
-        if self.precision == "fp32":
-            return nullcontext()
-        return torch.autocast(self.device, dtype=torch.bfloat16 if self.precision == "bf16" else torch.float16)
+        from distill.models import autocast
+
+        return autocast(torch.device(self.device), self.precision)
 
     def _window(self, length: int, position: int) -> tuple[int, int]:
         """The longest span of a text of `length` wordpieces that fits one row, around `position`."""

@@ -256,16 +256,26 @@ SIZES = {"100k": 100_000, "1m": 1_000_000, "3m": 3_000_000}
 
 def _synthetic_shard(args: tuple[Path, int, int]) -> int:
     """Write shard `index` of `count` synthetic QA features in the label stage's schema and Parquet options."""
-    import numpy as np
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from distill.features import QA_FEATURE_SCHEMA
     from distill.label import _PARQUET_OPTIONS
 
     path, index, count = args
+    table = synthetic_features(index, count)
+    pq.write_table(table, path / f"part-{index:05d}.parquet", **_PARQUET_OPTIONS)
+    return len(table.column("input_ids").combine_chunks().values)
+
+
+def synthetic_features(index: int, count: int, mean: float = LENGTH_MEAN, max_length: int = MAX_LENGTH):
+    """`count` synthetic labelled QA features (a pyarrow Table in the label stage's schema), lengths drawn like
+    SQuAD's (mean `mean`, at most `max_length`), seeded by `index`."""
+    import numpy as np
+    import pyarrow as pa
+
+    from distill.features import QA_FEATURE_SCHEMA
+
     rng = np.random.default_rng([SEED, index])
-    lengths = np.clip(rng.gamma(LENGTH_SHAPE, LENGTH_MEAN / LENGTH_SHAPE, count).round(), MIN_LENGTH, MAX_LENGTH)
+    lengths = np.clip(rng.gamma(LENGTH_SHAPE, mean / LENGTH_SHAPE, count).round(), MIN_LENGTH, max_length)
     lengths = lengths.astype(np.int64)
     tokens = int(lengths.sum())
     offsets = np.zeros(count + 1, dtype=np.int32)
@@ -282,7 +292,7 @@ def _synthetic_shard(args: tuple[Path, int, int]) -> int:
     start = rng.integers(16, lengths).astype(np.int32)
     feature_ids = [f"f{index}-{i}" for i in range(count)]
     half = pa.list_(pa.float16())
-    table = pa.Table.from_arrays([
+    return pa.Table.from_arrays([
         pa.array([f"{f}/0" for f in feature_ids]), pa.array(feature_ids), pa.array(np.zeros(count, np.int32)),
         listed(ids, pa.int32()), listed((~question).astype(np.int8), pa.int8()),
         listed(char, pa.int32()), listed(np.where(question, -1, char + 4).astype(np.int32), pa.int32()),
@@ -291,8 +301,6 @@ def _synthetic_shard(args: tuple[Path, int, int]) -> int:
         listed(rng.normal(size=tokens).astype(np.float16), pa.float16()),
         pa.nulls(count, pa.list_(half)), pa.nulls(count, pa.list_(half)),
     ], schema=QA_FEATURE_SCHEMA)
-    pq.write_table(table, path / f"part-{index:05d}.parquet", **_PARQUET_OPTIONS)
-    return tokens
 
 
 def write_synthetic_features(folder: Path, features: int) -> dict:
