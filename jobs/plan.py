@@ -43,7 +43,8 @@ SAMPLE_EXAMPLES = 2_000
 #: bert-base-uncased wordpieces per whitespace-separated word of SQuAD 2.0 dev contexts (questions: 1.23); used
 #: where the tokenizer cannot be loaded.
 WORDPIECES_PER_WORD = 1.29
-#: fp32 transformer forward on one core of the 2-core development CPU (benchmarks/label_bench.py's bare forward).
+#: fp32 FLOP/s per core of the 2-core development CPU: label_bench.py's bare forward reaches ~60 GFLOP/s, training
+#: less; 40 predicts the quickstart's job within 10% (56 s planned, 45-53 s run).
 CPU_FLOPS_PER_CORE = 40e9
 #: assumed: one data-centre GPU under mixed precision at about a third of its dense peak.
 GPU_FLOPS = 50e12
@@ -400,7 +401,7 @@ def _device(spec: JobSpec) -> tuple[str, float]:
         return (f"{workers} x {gpus:g} GPU, assumed {GPU_FLOPS / 1e12:.0f} TFLOP/s each (mixed precision)",
                 GPU_FLOPS * gpus)
     cores = max(1, math.ceil(resources.cpus_per_worker))
-    return (f"{workers} x {cores} CPU core(s), {CPU_FLOPS_PER_CORE / 1e9:.0f} GFLOP/s per core (fp32, measured on "
+    return (f"{workers} x {cores} CPU core(s), {CPU_FLOPS_PER_CORE / 1e9:.0f} GFLOP/s per core (fp32, calibrated on "
             "the development CPU)", CPU_FLOPS_PER_CORE * cores)
 
 
