@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from distill.squad_metric import DEFAULT_NA_PROB_THRESH, SquadFormatError, squad_scores
@@ -82,7 +82,8 @@ def _run_squad_metric(args: argparse.Namespace) -> int:
 def _add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the ``evaluate`` options on ``parser``; unset options take the job spec's defaults."""
     parser.add_argument("model", metavar="MODEL",
-                        help="model folder (or cached hub name) with a QA or classification head")
+                        help="model folder (or cached hub name) with a QA or classification head, or an .onnx graph "
+                             "written by export-onnx")
     parser.add_argument("--data", required=True, help="evaluation data: SQuAD JSON, TSV/CSV/JSONL file or HF dataset")
     parser.add_argument("--format", choices=["squad", "tsv", "csv", "jsonl", "hf"], help="default: from the suffix")
     parser.add_argument("--split", help="split of an HF dataset (e.g. validation)")
@@ -93,16 +94,19 @@ def _add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--label-names", help="classification: comma-separated label names in id order "
                         "(default: the model's id2label, unless it is the generic LABEL_0, LABEL_1, ...)")
     parser.add_argument("--limit", type=int, help="evaluate only the first N examples")
-    parser.add_argument("--max-seq-len", type=int, help="tokens per window (default: 384)")
-    parser.add_argument("--doc-stride", type=int, help="QA: overlap between context windows (default: 128)")
-    parser.add_argument("--max-query-len", type=int, help="QA: question tokens kept (default: 64)")
+    parser.add_argument("--max-seq-len", type=int, help="tokens per window (default: the exported model's "
+                        "setting, else 384)")
+    parser.add_argument("--doc-stride", type=int, help="QA: overlap between context windows (default: the "
+                        "export's, else 128)")
+    parser.add_argument("--max-query-len", type=int, help="QA: question tokens kept (default: the export's, else 64)")
     parser.add_argument("--batch-size", type=int, help="features per forward pass (default: 64)")
     parser.add_argument("--null-threshold", type=float, help="QA: answer \"\" when null - best span score > this "
-                        "(default: 0.0)")
+                        "(default: the export's, else 0.0)")
     parser.add_argument("--speed", action="store_true", help="also measure size, latency and throughput")
     parser.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is present")
     parser.add_argument("--name", default="model", help="the model's name in metrics.json and its output folder")
     parser.add_argument("--out", default="evaluation", help="output folder (default: ./evaluation)")
+    parser.add_argument("--json", action="store_true", help="print the metrics as JSON instead of a summary table")
 
 
 def _given(args: argparse.Namespace, **names: str) -> dict[str, Any]:
@@ -116,7 +120,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     import tempfile
     from pathlib import Path
 
-    if args.model.startswith((".", "/", "~")) and not Path(args.model).expanduser().is_dir():
+    if args.model.startswith((".", "/", "~")) and not Path(args.model).expanduser().exists():
         print(f"python -m distill evaluate: error: no model folder {args.model}", file=sys.stderr)
         return 2
 
@@ -124,6 +128,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
     from augment.readers import DataReadError, read_examples
     from distill.evaluate import EvaluationError, evaluate_models
+    from distill.export import saved_settings
     from distill.models import ModelCheckError, ModelRef, load_config
     from distill.speed import task_of
     from jobs.spec import DataSource, EvaluateSpec, FeaturesSpec, ResourcesSpec
@@ -136,12 +141,18 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         if task == "classification" and label_names is None:
             names = [config.id2label[i] for i in range(config.num_labels)]
             label_names = None if names == [f"LABEL_{i}" for i in range(len(names))] else names
+        saved = saved_settings(config, task)
+        for option, key in (("max_seq_len", "max_seq_len"), ("doc_stride", "doc_stride"),
+                            ("max_query_len", "max_question_len"), ("null_threshold", "null_threshold")):
+            if getattr(args, option) is None and key in saved:
+                setattr(args, option, saved[key])
+        answer_settings = {key: saved[key] for key in ("max_answer_len", "n_best") if key in saved}
         source = DataSource(path=args.data, **_given(args, format="format", split="split", limit="limit",
                                                       text_column="text_column", label_column="label_column",
                                                       text_pair_column="text_pair_column"))
         features = FeaturesSpec(**_given(args, max_seq_len="max_seq_len", doc_stride="doc_stride",
                                          max_query_len="max_query_len"))
-        evaluate = EvaluateSpec(measure_speed=args.speed, evaluate_teachers=False, export=False,
+        evaluate = EvaluateSpec(measure_speed=args.speed, evaluate_teachers=False, export=False, **answer_settings,
                                 **_given(args, batch_size="batch_size", null_threshold="null_threshold"))
         resources = ResourcesSpec(gpus_per_worker=0 if args.cpu else None)
         out_dir = Path(args.out)
@@ -162,9 +173,128 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     except (OSError, DataReadError, EvaluationError, ModelCheckError) as err:
         print(f"python -m distill evaluate: error: {err}", file=sys.stderr)
         return 2
-    print(json.dumps(json.loads(Path(result.metrics_path).read_text(encoding="utf-8"))[args.name], indent=2))
+    metrics = json.loads(Path(result.metrics_path).read_text(encoding="utf-8"))[args.name]
+    print(json.dumps(metrics, indent=2) if args.json else _summary(task, metrics, result.models[args.name]))
     print(f"wrote {result.metrics_path} and {Path(result.models[args.name].predictions_path).parent}/",
           file=sys.stderr)
+    return 0
+
+
+def _summary(task: str, metrics: dict[str, Any], evaluation: Any) -> str:
+    """The headline scores as an aligned two-column table."""
+    if task == "qa":
+        rows = [("exact match", metrics["exact"]), ("F1", metrics["f1"])]
+        for group, label in (("HasAns", "answerable"), ("NoAns", "unanswerable")):
+            if f"{group}_total" in metrics:
+                rows += [(f"exact / F1, {label} ({metrics[f'{group}_total']})",
+                          f"{metrics[f'{group}_exact']:.2f} / {metrics[f'{group}_f1']:.2f}")]
+        rows += [("best F1 (threshold)", f"{metrics['best_f1']:.2f} ({metrics['best_f1_thresh']:.3g})")]
+    else:
+        rows = [("accuracy", metrics["accuracy"]), ("macro F1", metrics["macro_f1"])]
+        rows += [(f"F1 {name} ({entry['support']})", entry["f1"]) for name, entry in metrics["per_class"].items()]
+    for device, report in (metrics.get("speed") or {}).items():
+        rows += [(f"latency b1, {device} (ms)", report["latency_ms"]),
+                 (f"throughput b32, {device} (ex/s)", report["throughput"])]
+    rows += [("examples / features", f"{evaluation.examples:,} / {evaluation.features:,}")]
+    if metrics.get("degenerate"):
+        rows += [("warning", metrics["degenerate"])]
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value:.2f}" if isinstance(value, float) else f"{name:<{width}}  {value}"
+                     for name, value in rows)
+
+
+def _add_answer_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare the ``answer`` options on ``parser``."""
+    parser.add_argument("model", metavar="MODEL", help="QA model folder (an export, a student) or cached hub name")
+    given = parser.add_mutually_exclusive_group(required=True)
+    given.add_argument("--question", help="the question (with --context)")
+    given.add_argument("--file", help='JSONL file, one {"question": ..., "context": ..., "id": optional} per line')
+    parser.add_argument("--context", help="the text to find the answer in (with --question)")
+    parser.add_argument("--json", action="store_true", help="one JSON object per answer instead of a table")
+    parser.add_argument("--null-threshold", type=float, help="answer \"\" when null odds exceed this (default: "
+                        "the model's evaluated setting)")
+    parser.add_argument("--max-answer-len", type=int, help="longest answer in tokens (default: the model's setting)")
+    parser.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is present")
+
+
+def _questions_file(path: str) -> list[dict[str, Any]]:
+    rows = []
+    try:
+        with open(path, encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise InputFileError(f"--file {path}, line {number}: not valid JSON ({err})") from err
+                if not isinstance(row, dict):
+                    raise InputFileError(f"--file {path}, line {number}: expected an object with question and "
+                                         "context")
+                rows.append(row)
+    except OSError as err:
+        raise InputFileError(f"cannot read --file {path}: {err.strerror}") from err
+    return rows
+
+
+def _run_answer(args: argparse.Namespace) -> int:
+    """Answer one question or a JSONL file of them with the model, as the evaluation would."""
+    from pathlib import Path
+
+    if args.question is not None and args.context is None:
+        raise InputFileError("--question needs --context")
+    questions = (_questions_file(args.file) if args.file
+                 else [{"id": "0", "question": args.question, "context": args.context}])
+    looks_local = args.model.startswith((".", "/", "~")) or Path(args.model).exists()
+    if looks_local and not (Path(args.model).expanduser() / "config.json").is_file():
+        raise InputFileError(f"no model in {args.model}: it holds no config.json")
+
+    from distill.answer import AnswerError, QuestionAnswerer
+
+    try:
+        answerer = QuestionAnswerer(Path(args.model).expanduser() if looks_local else args.model, cpu=args.cpu,
+                                    null_threshold=args.null_threshold, max_answer_len=args.max_answer_len)
+        answers = list(answerer.answer(questions))
+    except (AnswerError, OSError) as err:
+        print(f"python -m distill answer: error: {err}", file=sys.stderr)
+        return 2
+    if args.json:
+        for answer in answers:
+            print(json.dumps(asdict(answer)))
+    else:
+        print("id\tanswer\tscore\tnull odds")
+        for answer in answers:
+            print(f"{answer.id}\t{answer.answer or '(no answer)'}\t{answer.score:.3f}\t{answer.null_odds:.3f}")
+    return 0
+
+
+def _add_export_onnx_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare the ``export-onnx`` options on ``parser``."""
+    parser.add_argument("model", metavar="MODEL", help="exported student folder (or any QA/classification folder)")
+    parser.add_argument("--out", help="output folder (default: MODEL/onnx)")
+    parser.add_argument("--no-int8", action="store_true", help="skip the int8 dynamically quantized copy")
+
+
+def _run_export_onnx(args: argparse.Namespace) -> int:
+    """Write MODEL's ONNX graphs (fp32, int8), checked against PyTorch."""
+    from pathlib import Path
+
+    if not (Path(args.model) / "config.json").is_file():
+        raise InputFileError(f"no model in {args.model}: it holds no config.json")
+    from distill.models import ModelCheckError
+    from distill.onnx_export import OnnxExportError, export_onnx
+
+    try:
+        files = export_onnx(Path(args.model), quantize=not args.no_int8,
+                            out_dir=Path(args.out) if args.out else None)
+    except (OnnxExportError, ModelCheckError, ImportError) as err:
+        print(f"python -m distill export-onnx: error: {err}", file=sys.stderr)
+        return 2
+    for path in (files.fp32, files.int8):
+        if path is not None:
+            print(f"{path}  {path.stat().st_size / 1e6:.1f} MB")
+    print(f"fp32 logits within {files.max_abs_diff:.1e} of PyTorch; evaluate either graph with "
+          f"python -m distill evaluate {files.fp32} --data ...", file=sys.stderr)
     return 0
 
 
@@ -178,6 +308,16 @@ SUBCOMMANDS: dict[str, Subcommand] = {
         help="score a model folder on a data file (SQuAD 2.0 metric or accuracy/macro-F1), optionally its speed",
         add_arguments=_add_evaluate_arguments,
         run=_run_evaluate,
+    ),
+    "answer": Subcommand(
+        help="answer questions about a context with a QA model folder, as the evaluation does",
+        add_arguments=_add_answer_arguments,
+        run=_run_answer,
+    ),
+    "export-onnx": Subcommand(
+        help="write a model folder as ONNX (fp32 and int8) for onnxruntime, checked against PyTorch",
+        add_arguments=_add_export_onnx_arguments,
+        run=_run_export_onnx,
     ),
 }
 

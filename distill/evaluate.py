@@ -342,6 +342,31 @@ def degenerate_predictions(task: Task, predictions: list[str]) -> str | None:
     return None
 
 
+def predict_qa(model: torch.nn.Module, tokenizer: Any, examples: pa.Table, features: FeaturesSpec,
+               config: EvaluateSpec, device: torch.device, precision: str) -> dict[str, QAPrediction]:
+    """Answers to one chunk of QA examples (id, question, context, answers): windows, batched inference and
+    post-processing, as evaluation runs them. `distill.answer` serves questions through this."""
+    table = build_features(examples, "qa", tokenizer, features)
+    outputs = _infer(model, table, tokenizer.pad_token_id, config.batch_size, device, precision)
+    return _qa_predictions(examples, table, outputs, config)
+
+
+def _qa_predictions(examples: pa.Table, table: pa.Table, outputs: list[tuple[np.ndarray, np.ndarray]],
+                    config: EvaluateSpec) -> dict[str, QAPrediction]:
+    """{id: prediction} of `examples` from the logits `outputs` of their features `table`, in row order."""
+    ids = examples.column("id").to_pylist()
+    windows: dict[str, list[QAWindow]] = {qid: [] for qid in ids}
+    rows = zip(table.column("example_id").to_pylist(), _per_row(table, "offset_start"),
+               _per_row(table, "offset_end"), outputs)
+    for example_id, offset_start, offset_end, (start_logits, end_logits) in rows:
+        offsets = np.stack([offset_start, offset_end], axis=1)  # (T, 2), -1 outside the context
+        windows[example_id].append(QAWindow(start_logits, end_logits, offsets, CLS_INDEX))
+    qa_examples = [QAExample(qid, context, tuple(windows[qid]))
+                   for qid, context in zip(ids, examples.column("context").to_pylist())]
+    return postprocess_qa_predictions(qa_examples, n_best_size=config.n_best, max_answer_length=config.max_answer_len,
+                                      null_threshold=config.null_threshold)
+
+
 class _QAAnswers:
     """Each QA example's answer (text, null odds) and gold answers, gathered chunk by chunk.
 
@@ -360,18 +385,7 @@ class _QAAnswers:
         """Post-process one chunk: `table` holds the features of `examples` (all windows of each), `outputs` their
         logits in row order."""
         ids = examples.column("id").to_pylist()
-        windows: dict[str, list[QAWindow]] = {qid: [] for qid in ids}
-        rows = zip(table.column("example_id").to_pylist(), _per_row(table, "offset_start"),
-                   _per_row(table, "offset_end"), outputs)
-        for example_id, offset_start, offset_end, (start_logits, end_logits) in rows:
-            offsets = np.stack([offset_start, offset_end], axis=1)  # (T, 2), -1 outside the context
-            windows[example_id].append(QAWindow(start_logits, end_logits, offsets, CLS_INDEX))
-        qa_examples = [QAExample(qid, context, tuple(windows[qid]))
-                       for qid, context in zip(ids, examples.column("context").to_pylist())]
-        predictions = postprocess_qa_predictions(qa_examples, n_best_size=self.config.n_best,
-                                                 max_answer_length=self.config.max_answer_len,
-                                                 null_threshold=self.config.null_threshold)
-        for qid, prediction in predictions.items():
+        for qid, prediction in _qa_predictions(examples, table, outputs, self.config).items():
             # postprocess_qa_predictions refuses a repeated id within a chunk; this is the check across chunks
             if qid in self.predictions:
                 raise EvaluationError(f"question id {qid!r} appears in two examples; give each question one "

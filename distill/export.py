@@ -4,39 +4,57 @@ Classification folders load with the built-in pipeline and answer with the label
 
     pipeline("text-classification", model=DIR)("a charming journey")  # [{"label": "positive", "score": 0.93}]
 
-transformers 5 removed the built-in "question-answering" pipeline (its registry sends users to chat models), so a
-QA folder carries its own extractive pipeline, `distillery_qa.py`, registered in `config.json` under
-`custom_pipelines`. Loading it runs that file, which is why transformers asks for `trust_remote_code=True`::
+transformers 5 removed the built-in "question-answering" pipeline. A QA folder serves three ways:
 
-    qa = pipeline("question-answering", model=DIR, trust_remote_code=True)
-    qa(question="Where is the Eiffel Tower?", context="The Eiffel Tower is in Paris.")
-    # {"answer": "Paris", "score": 0.71, "start": 22, "end": 27, "null_odds": -3.2}
+    import distill                                        # registers Distillery's pipeline, no remote code
+    qa = pipeline("extractive-question-answering", model=DIR)
+    qa = pipeline("question-answering", model=DIR, trust_remote_code=True)   # without Distillery installed
+    python -m distill answer DIR --question Q --context C                    # the evaluation's own path
 
-The pipeline's window and answer settings default to the ones the student was evaluated with, stored in
-`config.task_specific_params["question-answering"]`.
+For the second, the folder carries `distillery_qa.py`, `qa_windows.py` and `postprocess.py`, byte-for-byte copies
+of the package modules, registered in `config.json` under `custom_pipelines`. The settings the student was
+evaluated with (windows, answer length, null threshold; the sequence length for classification) are stored in
+`config.task_specific_params[<pipeline task>]` and are every route's defaults, `python -m distill evaluate DIR`'s
+too. The model card (README.md) is written with huggingface_hub's ModelCard: license, base model, datasets, tags,
+a model-index of the scores, the recipe; it names models and data by hub name or file name, never by a path on
+the machine that made it. Every file is world-readable.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
+
+from distill.qa_windows import DEFAULT_SETTINGS
 
 Task = Literal["qa", "classification"]
 
 PIPELINE_TASK = {"qa": "question-answering", "classification": "text-classification"}
 QA_PIPELINE_FILE = "distillery_qa.py"
 QA_PIPELINE_CLASS = "ExtractiveQuestionAnsweringPipeline"
-#: Pipeline defaults when the card gives none: the reference recipe's features and evaluation settings.
-QA_INFERENCE_DEFAULTS = {"max_seq_len": 384, "doc_stride": 128, "max_question_len": 64, "max_answer_len": 30,
-                         "n_best": 20, "null_threshold": 0.0}
+# The standalone QA pipeline of an export: file in the folder -> package module it is copied from.
+QA_PIPELINE_SOURCES = {QA_PIPELINE_FILE: "qa_pipeline.py", "qa_windows.py": "qa_windows.py",
+                       "postprocess.py": "postprocess.py"}
 
 # Metrics shown in the card, per task, in this order (keys of metrics.json; percentages for QA, 0-1 otherwise).
 CARD_METRICS = {
     "qa": ["exact", "f1", "HasAns_exact", "HasAns_f1", "NoAns_exact", "NoAns_f1", "best_exact", "best_f1"],
     "classification": ["accuracy", "macro_f1", "macro_precision", "macro_recall"],
 }
+# Of those, the ones in the card's model-index, with their display names.
+_INDEXED_METRICS = {
+    "qa": {"exact": "Exact match", "f1": "F1", "HasAns_exact": "Exact match (answerable)",
+           "HasAns_f1": "F1 (answerable)", "NoAns_exact": "Exact match (unanswerable)",
+           "NoAns_f1": "F1 (unanswerable)"},
+    "classification": {"accuracy": "Accuracy", "macro_f1": "Macro F1"},
+}
+# A hub repository id, "name" or "owner/name".
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+_DATA_FILE_SUFFIXES = (".json", ".jsonl", ".tsv", ".csv", ".txt", ".gz", ".parquet", ".arrow")
 
 
 class ExportError(ValueError):
@@ -60,11 +78,13 @@ class ModelCardInfo:
             student under "student" and teachers under "teacher_<i>".
         label_names: classification: the class names in id order; written to config.id2label / label2id.
         inference: serving defaults: QA max_seq_len, doc_stride, max_question_len, max_answer_len, n_best,
-            null_threshold (see QA_INFERENCE_DEFAULTS); classification max_seq_len.
+            null_threshold (see DEFAULT_SETTINGS); classification max_seq_len.
         name: the model's name, the card's title.
         job_id: the Distillery job that made it, if any.
         intended_use: replaces the default "intended use" paragraph.
         limitations: replaces the default "limitations" paragraph.
+        license: the card's license; the student's weights derive from its teachers and data, whose licenses
+            bind too.
     """
 
     task: Task
@@ -80,15 +100,24 @@ class ModelCardInfo:
     job_id: str | None = None
     intended_use: str | None = None
     limitations: str | None = None
+    license: str = "apache-2.0"
 
 
-def export_student(student_dir: Path, out_dir: Path, card: ModelCardInfo) -> Path:
+def saved_settings(config: Any, task: Task) -> dict[str, Any]:
+    """The settings an exported folder's `config` stores for `task` (QA: windows, answer length, null threshold;
+    classification: max_seq_len); {} for a folder that was not exported by Distillery."""
+    return dict((getattr(config, "task_specific_params", None) or {}).get(PIPELINE_TASK[task]) or {})
+
+
+def export_student(student_dir: Path, out_dir: Path, card: ModelCardInfo, onnx_graphs: Path | None = None) -> Path:
     """Write the student in `student_dir` as a pipeline-ready folder at `out_dir` and return `out_dir`.
 
     The folder holds `model.safetensors`, `config.json` (label names for classification; the QA pipeline's
-    registration and defaults for QA), the tokenizer files, `README.md` (the model card) and, for QA,
-    `distillery_qa.py`. It is written beside `out_dir` first and moved into place at the end, so `out_dir` is
-    either the previous export or the complete new one.
+    registration and defaults for QA), the tokenizer files, `README.md` (the model card) and, for QA, the
+    standalone pipeline (`QA_PIPELINE_SOURCES`). `onnx_graphs`, a folder of `.onnx` files exported from the same
+    student (distill.onnx_export), is carried as `onnx/` with this config and tokenizer beside the graphs. The
+    folder is written beside `out_dir` first and moved into place at the end, so `out_dir` is either the previous
+    export or the complete new one.
 
     Raises:
         ExportError: `student_dir` holds no model or no tokenizer, the model's head does not fit `card.task`,
@@ -120,11 +149,12 @@ def export_student(student_dir: Path, out_dir: Path, card: ModelCardInfo) -> Pat
         if max_seq_len is not None:
             # the text-classification pipeline truncates to this when called with truncation=True
             tokenizer.model_max_length = max_seq_len
+            model.config.task_specific_params = {PIPELINE_TASK["classification"]: {"max_seq_len": max_seq_len}}
     else:
-        unknown = sorted(set(card.inference) - set(QA_INFERENCE_DEFAULTS))
+        unknown = sorted(set(card.inference) - set(DEFAULT_SETTINGS))
         if unknown:
-            raise ExportError(f"unknown QA inference settings {unknown}; valid: {sorted(QA_INFERENCE_DEFAULTS)}")
-        settings = QA_INFERENCE_DEFAULTS | card.inference
+            raise ExportError(f"unknown QA inference settings {unknown}; valid: {sorted(DEFAULT_SETTINGS)}")
+        settings = DEFAULT_SETTINGS | card.inference
         if positions is not None:
             settings["max_seq_len"] = min(settings["max_seq_len"], positions)
         model.config.task_specific_params = {PIPELINE_TASK["qa"]: settings}
@@ -141,8 +171,20 @@ def export_student(student_dir: Path, out_dir: Path, card: ModelCardInfo) -> Pat
     model.save_pretrained(staging)  # safetensors: the only format transformers 5 writes
     tokenizer.save_pretrained(staging)
     if card.task == "qa":
-        (staging / QA_PIPELINE_FILE).write_text(QA_PIPELINE_SOURCE, encoding="utf-8")
+        package = Path(__file__).parent
+        for name, module in QA_PIPELINE_SOURCES.items():
+            shutil.copyfile(package / module, staging / name)
+    if onnx_graphs is not None:
+        (staging / "onnx").mkdir()
+        for graph in sorted(Path(onnx_graphs).glob("*.onnx")):
+            shutil.copyfile(graph, staging / "onnx" / graph.name)
+        model.config.save_pretrained(staging / "onnx")
+        tokenizer.save_pretrained(staging / "onnx")
     (staging / "README.md").write_text(model_card(card, model.num_parameters()), encoding="utf-8")
+    # safetensors writes its file 0600; a served folder is read by other users (a model server, a container)
+    for path in staging.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    staging.chmod(0o755)
     if out_dir.exists():
         shutil.rmtree(out_dir)
     staging.rename(out_dir)
@@ -220,22 +262,82 @@ def _speed_section(card: ModelCardInfo) -> str:
 
 def _usage(card: ModelCardInfo) -> str:
     if card.task == "qa":
-        return ("```python\nfrom transformers import pipeline\n\n"
-                "# transformers 5 has no built-in question-answering pipeline; this folder brings its own\n"
-                "qa = pipeline(\"question-answering\", model=\"path/to/this/folder\", trust_remote_code=True)\n"
-                "qa(question=\"Where is the Eiffel Tower?\", context=\"The Eiffel Tower is in Paris.\")\n```\n\n"
-                "An empty `answer` means the model judges the question unanswerable from the context "
-                "(`null_odds` above `null_threshold`); pass `handle_impossible_answer=False` to always get a span.")
+        return (
+            "With Distillery installed, no remote code:\n\n"
+            "```python\nimport distill  # registers the extractive-question-answering pipeline\n"
+            "from transformers import pipeline\n\n"
+            "qa = pipeline(\"extractive-question-answering\", model=\"path/to/this/folder\")\n"
+            "qa(question=\"Where is the Eiffel Tower?\", context=\"The Eiffel Tower is in Paris.\")\n"
+            "# {'answer': 'Paris', 'score': ..., 'start': 23, 'end': 28, 'null_odds': ...}\n```\n\n"
+            "or from the command line, answering as the evaluation did:\n\n"
+            "```bash\npython -m distill answer path/to/this/folder --question \"Where is the Eiffel Tower?\" "
+            "--context \"The Eiffel Tower is in Paris.\"\n```\n\n"
+            "Without Distillery (transformers 5 has no built-in question-answering pipeline; this folder brings "
+            "its own, `distillery_qa.py`):\n\n"
+            "```python\nfrom transformers import pipeline\n\n"
+            "qa = pipeline(\"question-answering\", model=\"path/to/this/folder\", trust_remote_code=True)\n```\n\n"
+            "Like transformers' old pipeline, it always returns a span; pass `handle_impossible_answer=True` to get "
+            "`\"\"` where the model judges the question unanswerable (`null_odds` above `null_threshold`, as in "
+            "the evaluation). Haystack's extractive reader and onnxruntime (`python -m distill export-onnx "
+            "path/to/this/folder`) serve it too.")
     return ("```python\nfrom transformers import pipeline\n\n"
             "classify = pipeline(\"text-classification\", model=\"path/to/this/folder\")\n"
-            "classify(\"a charming and often affecting journey\", truncation=True)\n```")
+            "classify(\"a charming and often affecting journey\", truncation=True)\n```\n\n"
+            "onnxruntime serves it too: `python -m distill export-onnx path/to/this/folder`.")
+
+
+def public_name(value: str) -> str:
+    """A path as its last part ("dev-v2.0.json"); anything else (a hub name, a description) as it is."""
+    if os.path.isabs(value) or value.startswith(("~", "./", "../")):
+        return Path(value).name
+    return value
+
+
+def _hub_id(value: Any) -> str | None:
+    """`value` when it names a hub repository rather than a file or folder here."""
+    if (isinstance(value, str) and _HUB_ID.fullmatch(value) and not value.lower().endswith(_DATA_FILE_SUFFIXES)
+            and not Path(value).exists()):
+        return value
+    return None
+
+
+def _public(value: Any) -> Any:
+    """`value` with every path in it (nested in dicts and lists too) cut to its last part."""
+    if isinstance(value, str):
+        return public_name(value)
+    if isinstance(value, dict):
+        return {key: _public(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_public(item) for item in value]
+    return value
+
+
+def _eval_results(card: ModelCardInfo) -> list[Any]:
+    """The student's scores as huggingface_hub EvalResults (the card's model-index)."""
+    from huggingface_hub import EvalResult
+
+    scores = card.metrics.get("student") or {}
+    dataset = str(card.data.get("eval") or ("squad_v2" if card.task == "qa" else "evaluation data"))
+    return [EvalResult(task_type=PIPELINE_TASK[card.task], dataset_type=_hub_id(dataset) or dataset,
+                       dataset_name=dataset, metric_type=key, metric_name=name,
+                       metric_value=round(float(scores[key]), 4))
+            for key, name in _INDEXED_METRICS[card.task].items() if isinstance(scores.get(key), (int, float))]
 
 
 def model_card(card: ModelCardInfo, parameters: int) -> str:
-    """The README.md of an exported student: front matter, usage, recipe, results, size and speed, limits."""
-    tags = ["distillation", "knowledge-distillation", "distillery"]
-    front = ["---", "library_name: transformers", f"pipeline_tag: {PIPELINE_TASK[card.task]}",
-             "tags:", *(f"  - {tag}" for tag in tags), "---", ""]
+    """The README.md of an exported student: metadata (huggingface_hub's ModelCardData), usage, recipe, results,
+    size and speed, intended use and limits; no path of the machine that made it."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    card = replace(card, **{f.name: _public(getattr(card, f.name)) for f in fields(card)
+                            if f.name not in ("metrics", "license")})
+    eval_results = _eval_results(card)
+    datasets = sorted({name for name in map(_hub_id, (card.data.get("train"), card.data.get("eval"))) if name})
+    metadata = ModelCardData(
+        license=card.license, library_name="transformers", pipeline_tag=PIPELINE_TASK[card.task],
+        tags=["distillation", "knowledge-distillation", "distillery"], base_model=_hub_id(card.student_source),
+        datasets=datasets or None, model_name=card.name, eval_results=eval_results or None,
+        teachers=card.teachers or None)
     teachers = ", ".join(f"`{t}`" for t in card.teachers) or "none (trained on hard labels only)"
     recipe = [f"- Teachers: {teachers}", f"- Student initialised from: `{card.student_source}`"]
     if card.data:
@@ -274,147 +376,4 @@ def model_card(card: ModelCardInfo, parameters: int) -> str:
         "## Intended use", intended,
         "## Limitations", limits,
     ]
-    return "\n".join(front) + "\n\n".join(sections) + "\n"
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The QA pipeline written into exported QA folders. It must stand alone (torch, numpy and transformers only):
-# it runs wherever the folder is served, without Distillery installed.
-
-QA_PIPELINE_SOURCE = '''\
-"""Extractive question answering for this model (written by Distillery's export).
-
-transformers 5 removed the built-in "question-answering" pipeline; this file brings it back for this folder:
-
-    from transformers import pipeline
-    qa = pipeline("question-answering", model="path/to/this/folder", trust_remote_code=True)
-    qa(question="Where is the Eiffel Tower?", context="The Eiffel Tower is in Paris.")
-    # {"answer": "Paris", "score": 0.71, "start": 22, "end": 27, "null_odds": -3.2}
-
-A long context is split into overlapping windows. In every window the n_best best start and end tokens inside the
-context are paired into spans of at most max_answer_len tokens; the best span over all windows competes with "no
-answer", scored at the [CLS] token (minimum over windows): the answer is "" when null score - best span score (the
-null odds) exceeds null_threshold. Defaults come from config.task_specific_params["question-answering"], the
-settings the model was evaluated with.
-"""
-
-import numpy as np
-import torch
-from transformers import Pipeline
-
-_DEFAULTS = {"max_seq_len": 384, "doc_stride": 128, "max_question_len": 64, "max_answer_len": 30, "n_best": 20,
-             "null_threshold": 0.0}
-
-
-def _softmax(scores):
-    shifted = np.exp(scores - scores.max())
-    return shifted / shifted.sum()
-
-
-class ExtractiveQuestionAnsweringPipeline(Pipeline):
-    """question + context -> {"answer", "score", "start", "end", "null_odds"}; "" when unanswerable."""
-
-    _load_tokenizer = True
-    _load_processor = False
-    _load_image_processor = False
-    _load_feature_extractor = False
-    _load_video_processor = False
-
-    def _settings(self):
-        params = getattr(self.model.config, "task_specific_params", None) or {}
-        return {**_DEFAULTS, **params.get("question-answering", {})}
-
-    def __call__(self, inputs=None, question=None, context=None, **kwargs):
-        if inputs is None:
-            if question is None or context is None:
-                raise ValueError("give question= and context=, or a dict {'question': ..., 'context': ...}")
-            if isinstance(question, list):
-                inputs = [{"question": q, "context": c} for q, c in zip(question, context, strict=True)]
-            else:
-                inputs = {"question": question, "context": context}
-        return super().__call__(inputs, **kwargs)
-
-    def _sanitize_parameters(self, max_seq_len=None, doc_stride=None, max_question_len=None, max_answer_len=None,
-                             n_best=None, null_threshold=None, handle_impossible_answer=None, top_k=None):
-        given = {"max_seq_len": max_seq_len, "doc_stride": doc_stride, "max_question_len": max_question_len}
-        preprocess = {key: value for key, value in given.items() if value is not None}
-        given = {"max_answer_len": max_answer_len, "n_best": n_best, "null_threshold": null_threshold,
-                 "handle_impossible_answer": handle_impossible_answer, "top_k": top_k}
-        postprocess = {key: value for key, value in given.items() if value is not None}
-        return preprocess, {}, postprocess
-
-    def preprocess(self, inputs, max_seq_len=None, doc_stride=None, max_question_len=None):
-        settings = self._settings()
-        max_seq_len = max_seq_len or settings["max_seq_len"]
-        doc_stride = doc_stride or settings["doc_stride"]
-        max_question_len = max_question_len or settings["max_question_len"]
-        question, context = inputs["question"].lstrip(), inputs["context"]
-        # keep at most max_question_len question tokens, cut at a token boundary of the original text
-        question_offsets = self.tokenizer(question, add_special_tokens=False,
-                                          return_offsets_mapping=True)["offset_mapping"]
-        if len(question_offsets) > max_question_len:
-            question = question[:question_offsets[max_question_len - 1][1]]
-        encoded = self.tokenizer(question, context, truncation="only_second", max_length=max_seq_len,
-                                 stride=doc_stride, return_overflowing_tokens=True, return_offsets_mapping=True,
-                                 padding=True, return_tensors="pt")
-        # (W, T) per window W: offsets only for context tokens, (-1, -1) elsewhere
-        offsets = encoded.pop("offset_mapping").numpy()
-        encoded.pop("overflow_to_sample_mapping", None)
-        for window in range(offsets.shape[0]):
-            sequence_ids = encoded.sequence_ids(window)
-            for token, sequence in enumerate(sequence_ids):
-                if sequence != 1:
-                    offsets[window, token] = (-1, -1)
-        cls_index = (encoded["input_ids"] == self.tokenizer.cls_token_id).int().argmax(dim=1).numpy()
-        model_inputs = {key: value for key, value in encoded.items()}
-        return {"model_inputs": model_inputs, "offsets": offsets, "cls_index": cls_index, "context": context}
-
-    def _forward(self, inputs):
-        outputs = self.model(**inputs["model_inputs"])
-        return {"start": outputs.start_logits, "end": outputs.end_logits, "offsets": inputs["offsets"],
-                "cls_index": inputs["cls_index"], "context": inputs["context"]}
-
-    def postprocess(self, outputs, max_answer_len=None, n_best=None, null_threshold=None,
-                    handle_impossible_answer=True, top_k=1):
-        settings = self._settings()
-        max_answer_len = max_answer_len or settings["max_answer_len"]
-        n_best = n_best or settings["n_best"]
-        null_threshold = settings["null_threshold"] if null_threshold is None else null_threshold
-        starts = outputs["start"].float().numpy()  # (W, T)
-        ends = outputs["end"].float().numpy()
-        offsets, context = outputs["offsets"], outputs["context"]
-        null_score, null_probability = float("inf"), 0.0
-        spans = []
-        for window in range(starts.shape[0]):
-            cls = int(outputs["cls_index"][window])
-            in_context = np.flatnonzero(offsets[window, :, 0] >= 0)
-            if not in_context.size:
-                continue
-            # probabilities over the tokens a prediction can point at: [CLS] and the context
-            allowed = np.concatenate([[cls], in_context])
-            start_probs = dict(zip(allowed, _softmax(starts[window, allowed])))
-            end_probs = dict(zip(allowed, _softmax(ends[window, allowed])))
-            window_null = float(starts[window, cls] + ends[window, cls])
-            if window_null < null_score:
-                null_score, null_probability = window_null, float(start_probs[cls] * end_probs[cls])
-            best_starts = in_context[np.argsort(-starts[window, in_context], kind="stable")[:n_best]]
-            best_ends = in_context[np.argsort(-ends[window, in_context], kind="stable")[:n_best]]
-            for start in best_starts:
-                for end in best_ends:
-                    if end < start or end - start + 1 > max_answer_len:
-                        continue
-                    char_start, char_end = int(offsets[window, start, 0]), int(offsets[window, end, 1])
-                    spans.append({"score": float(start_probs[start] * end_probs[end]),
-                                  "logit": float(starts[window, start] + ends[window, end]),
-                                  "start": char_start, "end": char_end, "answer": context[char_start:char_end]})
-        spans.sort(key=lambda span: span["logit"], reverse=True)
-        null_odds = null_score - spans[0]["logit"] if spans else float("inf")
-        answers = [{"answer": s["answer"], "score": s["score"], "start": s["start"], "end": s["end"],
-                    "null_odds": null_odds} for s in spans[:top_k]]
-        if handle_impossible_answer and null_odds > null_threshold:
-            answers = [{"answer": "", "score": null_probability, "start": 0, "end": 0, "null_odds": null_odds},
-                       *answers][:top_k]
-        if not answers:
-            answers = [{"answer": "", "score": null_probability, "start": 0, "end": 0, "null_odds": null_odds}]
-        return answers[0] if top_k == 1 else answers
-'''
+    return str(ModelCard(f"---\n{metadata.to_yaml()}\n---\n\n" + "\n\n".join(sections) + "\n"))

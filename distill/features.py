@@ -36,10 +36,9 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from augment.schema import Task
+from distill.qa_windows import NOT_CONTEXT, encode_windows
 from jobs.spec import FeaturesSpec
 
-# Where a token outside the context points in `offset_start` / `offset_end`.
-NOT_CONTEXT = -1
 # The [CLS] position: the "no answer" target and the gold position of answers a window does not hold.
 CLS_INDEX = 0
 # Fills teacher logits past a row's end in `pad_batch`: softmax gives those positions 0 exactly in float32 and the
@@ -144,20 +143,6 @@ def _flat(nested: list[list[int]], dtype: type) -> np.ndarray:
     return np.fromiter(chain.from_iterable(nested), dtype=dtype)
 
 
-def _truncate_questions(questions: list[str], tokenizer: PreTrainedTokenizerBase, max_query_len: int) -> list[str]:
-    """Questions without leading whitespace, each cut after its `max_query_len`-th token.
-
-    Cutting the string at the end of the last kept token (rather than truncating ids) keeps the question text and
-    its tokens in step, so the pair can go through the tokenizer's own overflow handling as text.
-    """
-    # some SQuAD questions start with runs of spaces, which would only waste window room
-    questions = [q.lstrip() for q in questions]
-    encoded = tokenizer(questions, add_special_tokens=False, return_offsets_mapping=True,
-                        return_attention_mask=False, return_token_type_ids=False)
-    return [q if len(offsets) <= max_query_len else q[:offsets[max_query_len - 1][1]]
-            for q, offsets in zip(questions, encoded["offset_mapping"])]
-
-
 def qa_features(examples: Sequence[Mapping[str, Any]] | pa.Table, tokenizer: PreTrainedTokenizerBase,
                 features: FeaturesSpec) -> pa.Table:
     """QA examples (augment.schema.QA_SCHEMA rows, or squad_v2-style dicts) as windows, in QA_FEATURE_SCHEMA.
@@ -177,10 +162,8 @@ def qa_features(examples: Sequence[Mapping[str, Any]] | pa.Table, tokenizer: Pre
     n_examples = len(cols["id"])
     if n_examples == 0:
         return QA_FEATURE_SCHEMA.empty_table()
-    questions = _truncate_questions(cols["question"], tokenizer, features.max_query_len)
-    encoded = tokenizer(questions, cols["context"], truncation="only_second", max_length=features.max_seq_len,
-                        stride=features.doc_stride, return_overflowing_tokens=True, return_offsets_mapping=True,
-                        return_token_type_ids=True, return_attention_mask=False, padding=False)
+    encoded = encode_windows(tokenizer, cols["question"], cols["context"], features.max_seq_len, features.doc_stride,
+                             features.max_query_len, return_attention_mask=False, padding=False)
     input_ids = encoded["input_ids"]
     n = len(input_ids)
     sample_of = np.asarray(encoded["overflow_to_sample_mapping"], dtype=np.int64)

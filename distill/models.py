@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator, Literal
 
 import torch
@@ -45,9 +46,15 @@ class ModelRef:
     seed: int | None = None
 
 
+def _folder(ref: ModelRef) -> str:
+    """Where the config and tokenizer are: the model's folder or hub name, or the folder of an ONNX graph."""
+    path = ref.name_or_path
+    return str(Path(path).parent) if path.endswith(".onnx") else path
+
+
 def load_config(ref: ModelRef, local_files_only: bool = False) -> PretrainedConfig:
     """`local_files_only`: a hub name only from the hub cache, never asking the hub (jobs.preflight, hub down)."""
-    return AutoConfig.from_pretrained(ref.name_or_path, trust_remote_code=ref.trust_remote_code,
+    return AutoConfig.from_pretrained(_folder(ref), trust_remote_code=ref.trust_remote_code,
                                       local_files_only=local_files_only)
 
 
@@ -62,7 +69,7 @@ def from_config(ref: ModelRef, head: type, config: PretrainedConfig) -> PreTrain
 
 
 def load_tokenizer(ref: ModelRef, local_files_only: bool = False) -> PreTrainedTokenizerBase:
-    tokenizer = AutoTokenizer.from_pretrained(ref.name_or_path, trust_remote_code=ref.trust_remote_code,
+    tokenizer = AutoTokenizer.from_pretrained(_folder(ref), trust_remote_code=ref.trust_remote_code,
                                               local_files_only=local_files_only)
     if not tokenizer.is_fast:
         raise ModelCheckError(f"{ref.name_or_path}: a fast tokenizer is needed for character offsets")
@@ -70,9 +77,14 @@ def load_tokenizer(ref: ModelRef, local_files_only: bool = False) -> PreTrainedT
 
 
 def load_model(ref: ModelRef, task: Task, num_labels: int | None = None) -> PreTrainedModel:
-    """A model with the task's head, in eval mode."""
+    """A model with the task's head, in eval mode. A path to an `.onnx` graph (`distill.onnx_export`) loads as an
+    `OnnxModel`, which evaluation and speed measurement call like the PyTorch model."""
     if ref.init == "pretrained":
         check_task_head(load_config(ref), task, num_labels, ref.name_or_path)
+    if ref.name_or_path.endswith(".onnx"):
+        from distill.onnx_export import OnnxModel
+
+        return OnnxModel(ref.name_or_path)
     kwargs = {}
     if task == "classification" and num_labels is not None:
         kwargs["num_labels"] = num_labels

@@ -4,7 +4,9 @@ A long context is tokenized into overlapping windows; the model gives every toke
 an end logit. Per example this module picks the best span inside the context over all its windows, scores
 "no answer" from the [CLS] token (the minimum over windows, as the official BERT code and the transformers
 question-answering example do), and answers "" when the null score beats the best span by more than a threshold.
-Everything here is a pure function of arrays and strings; only ``write_*`` touch the disk.
+A span is widened to whole words, so an answer never starts or ends inside a word. Everything here is a pure
+function of arrays and strings (numpy only: exported QA folders carry a copy for their standalone pipeline);
+only ``write_*`` touch the disk.
 
 Example::
 
@@ -153,12 +155,12 @@ class SpanCandidate:
     """One answer span proposed by one window.
 
     Attributes:
-        text: ``context[char_start:char_end]``.
+        text: ``context[char_start:char_end]``, whole words (see :func:`whole_words`).
         score: ``start_logit + end_logit``.
         start_logit: the start logit of the span's first token.
         end_logit: the end logit of the span's last token.
-        char_start: first character of the span in the context.
-        char_end: one past the last character of the span in the context.
+        char_start: first character of the span in the context, at the start of a word.
+        char_end: one past the last character of the span in the context, at the end of a word.
         window_index: which of the example's windows proposed it.
     """
 
@@ -192,6 +194,31 @@ class QAPrediction:
     n_best: tuple[SpanCandidate, ...]
 
 
+def _inside_word(before: str, after: str) -> bool:
+    """Whether a boundary between two characters cuts a word: both are letters or digits, and neither is a CJK
+    ideograph (BERT tokenizers make each ideograph a word of its own)."""
+    return before.isalnum() and after.isalnum() and not (_is_ideograph(before) or _is_ideograph(after))
+
+
+def _is_ideograph(char: str) -> bool:
+    code = ord(char)
+    return (0x3400 <= code <= 0x4DBF or 0x4E00 <= code <= 0x9FFF or 0xF900 <= code <= 0xFAFF
+            or 0x20000 <= code <= 0x2FA1F)
+
+
+def whole_words(context: str, char_start: int, char_end: int) -> tuple[int, int]:
+    """``[char_start, char_end)`` widened to whole words of ``context``.
+
+    A span's first or last token can be a piece of a word ("##32" of "1632"); the answer is the words it touches,
+    never a fragment. Punctuation next to a word is not pulled in.
+    """
+    while char_start > 0 and _inside_word(context[char_start - 1], context[char_start]):
+        char_start -= 1
+    while char_end < len(context) and _inside_word(context[char_end - 1], context[char_end]):
+        char_end += 1
+    return char_start, char_end
+
+
 def _window_candidates(
     window: QAWindow, window_index: int, context: str, n_best_size: int, max_answer_length: int
 ) -> list[SpanCandidate]:
@@ -206,7 +233,7 @@ def _window_candidates(
         for end in ends:
             if end < start or end - start + 1 > max_answer_length:
                 continue
-            char_start, char_end = int(window.offsets[start, 0]), int(window.offsets[end, 1])
+            char_start, char_end = whole_words(context, int(window.offsets[start, 0]), int(window.offsets[end, 1]))
             start_logit, end_logit = float(window.start_logits[start]), float(window.end_logits[end])
             candidates.append(
                 SpanCandidate(
@@ -238,6 +265,15 @@ def _predict(example: QAExample, n_best_size: int, max_answer_length: int, null_
     null_odds = null_score - n_best[0].score if n_best else math.inf
     text = "" if null_odds > null_threshold else n_best[0].text
     return QAPrediction(qid=example.qid, text=text, null_score=null_score, null_odds=null_odds, n_best=n_best)
+
+
+def answer_probabilities(prediction: QAPrediction) -> tuple[np.ndarray, float]:
+    """(probability of each n-best span, probability of no answer): a softmax over the n-best span scores and the
+    null score together, as the official BERT code scores its n-best list."""
+    scores = np.array([span.score for span in prediction.n_best] + [prediction.null_score])
+    shifted = np.exp(scores - scores.max())
+    probabilities = shifted / shifted.sum()
+    return probabilities[:-1], float(probabilities[-1])
 
 
 def postprocess_qa_predictions(

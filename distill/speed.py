@@ -163,7 +163,8 @@ def measure_model(model_dir_or_ref: str | Path | ModelRef, seq_len: int, repeats
     """Measure one model's size, latency at batch 1 and throughput at `batch_size` on one device.
 
     Args:
-        model_dir_or_ref: a model folder, a hub name, or a ModelRef (`init="random"` builds it from its config).
+        model_dir_or_ref: a model folder, a hub name, an `.onnx` graph (`distill.onnx_export`), or a ModelRef
+            (`init="random"` builds it from its config).
         seq_len: tokens per synthetic example, usually `features.max_seq_len`; capped at the model's positions.
         repeats: timed passes per measurement (the median is reported).
         device: "cpu", "cuda" or a torch.device.
@@ -189,9 +190,12 @@ def measure_model(model_dir_or_ref: str | Path | ModelRef, seq_len: int, repeats
     seq_len = min(seq_len, positions) if positions else seq_len
 
     model = models.load_model(ref, task).to(device)
-    parameters = sum(p.numel() for p in model.parameters())  # .parameters() yields tied tensors once
-    folder = _local_folder(ref)
-    size_bytes = weights_size_bytes(folder) if folder is not None else None
+    parameters = model.num_parameters()  # tied tensors once
+    if ref.name_or_path.endswith(".onnx"):
+        size_bytes = Path(ref.name_or_path).stat().st_size
+    else:
+        folder = _local_folder(ref)
+        size_bytes = weights_size_bytes(folder) if folder is not None else None
 
     vocab_size = config.vocab_size
     computed_in = models.device_precision(device, precision)

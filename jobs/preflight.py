@@ -99,7 +99,19 @@ def check_job(spec: JobSpec) -> list[str]:
     problems += _length_problems(spec, [*teachers, student, mlm if spec.augment.mlm_training is not None else None])
     problems += _head_problems(spec, teachers)
     problems += _layer_problems(spec, teachers, student)
+    problems += _extra_problems(spec)
     return problems
+
+
+def _extra_problems(spec: JobSpec) -> list[str]:
+    """Optional packages the spec needs: found now rather than after hours of training."""
+    import importlib.util
+
+    if spec.evaluate.enabled and spec.evaluate.onnx:
+        missing = [name for name in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(name) is None]
+        if missing:
+            return [f"evaluate.onnx: needs {', '.join(missing)}; pip install -e \".[onnx]\" (or set it false)"]
+    return []
 
 
 def hub_reachable(timeout_s: float = 3.0) -> bool:

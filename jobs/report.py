@@ -530,17 +530,19 @@ def _speed_section(run: _Run, metrics: dict[str, dict[str, Any]] | None) -> str:
         for device, report in ((metrics[name].get("speed") or {}).items()):
             if not isinstance(report, dict):
                 continue
-            size = report.get("size_bytes")
+            size, throughput = report.get("size_bytes"), report.get("throughput")
             rows.append([f"`{name}`", device, report.get("parameters"),
                          _fmt(size / 1e6 if isinstance(size, (int, float)) else None, 1),
                          report.get("latency_ms"), report.get("latency_p90_ms"),
-                         _fmt(report.get("throughput"), 1), report.get("seq_len")])
+                         _fmt(1000 / throughput if isinstance(throughput, (int, float)) and throughput else None, 2),
+                         _fmt(throughput, 1), report.get("seq_len")])
     if not rows:
         return f"## Size and speed\n\nNo measurements: {run.stage_note('evaluate')}."
-    text = ("## Size and speed\n\nSynthetic fixed-length inputs; latency per example at batch 1, throughput at "
-            "batch 32; median of the timed runs (p90 beside it).\n\n"
+    text = ("## Size and speed\n\nSynthetic fixed-length inputs; latency per example at batch 1 and at batch 32 "
+            "(and the throughput that gives); median of the timed runs (p90 of batch 1 beside it). `_onnx` rows are "
+            "the student's ONNX graphs on onnxruntime (evaluate.onnx).\n\n"
             + _table(["model", "device", "parameters", "size (MB)", "latency b1 (ms)", "p90 (ms)",
-                      "throughput b32 (ex/s)", "seq len"], rows))
+                      "per example b32 (ms)", "throughput b32 (ex/s)", "seq len"], rows))
     comparisons = ((metrics or {}).get("student") or {}).get("vs_teachers") or {}
     compare_rows = [[f"`{teacher}`", device, f"{c['speedup']:.2f}x" if c.get("speedup") else _NONE,
                      f"{c['throughput_ratio']:.2f}x" if c.get("throughput_ratio") else _NONE,
@@ -748,10 +750,13 @@ def card_info(run_dir: Path) -> ModelCardInfo:
         task=spec.task, teachers=_teacher_names(spec), student_source=_student_source(spec), data=data,
         augmentation=augmentation, phases=_phase_settings(spec), metrics=_evaluation_metrics(run) or {},
         label_names=label_names if spec.task == "classification" else None, inference=inference,
-        name=f"{spec.name}-student", job_id=run.state.get("job_id"))
+        name=f"{spec.name}-student", job_id=run.state.get("job_id"), license=spec.evaluate.license)
 
 
 def export_final_student(run_dir: Path, student_dir: Path) -> Path:
-    """Export the run's final student to run_dir/export (see distill.export) with a card from the run's files."""
+    """Export the run's final student to run_dir/export (see distill.export) with a card from the run's files,
+    carrying the ONNX graphs the evaluation scored (evaluate.onnx)."""
     run_dir = Path(run_dir)
-    return export_student(Path(student_dir), run_dir / "export", card_info(run_dir))
+    evaluated = _load_run(run_dir).output("evaluate")
+    graphs = evaluated / "onnx" if evaluated is not None and (evaluated / "onnx").is_dir() else None
+    return export_student(Path(student_dir), run_dir / "export", card_info(run_dir), onnx_graphs=graphs)

@@ -282,6 +282,10 @@ class EvaluateSpec(StrictModel):
     measure_speed: bool = Field(True, description="measure size, latency and throughput of teacher and student")
     speed_repeats: int = Field(20, gt=0, description="timed repeats per measurement (median is reported)")
     export: bool = Field(True, description="write the final student as a pipeline-ready folder with a model card")
+    license: str = Field("apache-2.0", description="license named in the exported model card; the teachers' and "
+                                                   "the data's licenses bind the student too")
+    onnx: bool = Field(False, description="also score and time the student as ONNX fp32 and int8 graphs (needs "
+                                          "the onnx extra); the export carries them in onnx/")
 
 
 class ResourcesSpec(StrictModel):

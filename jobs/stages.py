@@ -210,6 +210,11 @@ def _evaluate(ctx: StageContext) -> dict[str, Any]:
 
     spec = ctx.spec
     models = {"student": ModelRef(str(final_student(ctx)))}
+    if spec.evaluate.onnx:
+        from distill.onnx_export import export_onnx
+
+        graphs = export_onnx(final_student(ctx), out_dir=ctx.out_dir / "onnx")
+        models |= {"student_onnx": ModelRef(str(graphs.fp32)), "student_onnx_int8": ModelRef(str(graphs.int8))}
     if spec.evaluate.evaluate_teachers:
         models |= {f"teacher_{i}": ref for i, ref in enumerate(teacher_refs(ctx))}
     result = evaluate_models(models, spec.task, ctx.inputs["prepare"] / "eval", spec.features, spec.evaluate,

@@ -306,7 +306,7 @@ def test_cli_evaluates_a_model_folder_on_a_squad_file(squad_dev_path, tiny_model
     model = tiny_model_factory(task="qa", layers=1, hidden=32)
     out = tmp_path / "eval"
     done = _cli(str(model), "--data", str(squad_dev_path), "--limit", "8", "--max-seq-len", "128",
-                "--doc-stride", "32", "--max-query-len", "32", "--cpu", "--out", str(out))
+                "--doc-stride", "32", "--max-query-len", "32", "--cpu", "--out", str(out), "--json")
     assert done.returncode == 0, done.stderr
     printed = json.loads(done.stdout)
     assert printed["total"] == 8 and "HasAns_f1" in printed

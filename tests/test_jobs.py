@@ -66,6 +66,25 @@ def test_resubmission_reuses_every_stage_the_change_does_not_touch(baseline, tmp
     assert stages["distill_prediction"]["output"] != baseline["state"]["stages"]["distill_prediction"]["output"]
 
 
+def test_onnx_evaluation_scores_and_times_both_graphs_and_exports_them(baseline, tmp_path):
+    result = jobs_cli("submit", str(write_spec(tmp_path, tiny_qa_spec(**{"evaluate.onnx": True}))),
+                      "--root", str(baseline["root"]))
+    job_id = _last_line(result.stdout).split()[1].rstrip(":")
+    state = job_state(baseline["root"], job_id)
+    assert state["stages"]["distill_prediction"]["status"] == "cached"
+    metrics = json.loads((Path(state["stages"]["evaluate"]["output"]) / "metrics.json").read_text())
+    assert {"student", "student_onnx", "student_onnx_int8", "teacher_0"} == set(metrics)
+    assert metrics["student_onnx"]["f1"] == pytest.approx(metrics["student"]["f1"], abs=1e-6)
+    for name in ("student_onnx", "student_onnx_int8"):
+        assert metrics[name]["speed"]["cpu"]["size_bytes"] > 0 and metrics[name]["speed"]["cpu"]["latency_ms"] > 0
+    run_dir = baseline["root"] / job_id
+    report = (run_dir / "report" / "report.md").read_text()
+    speed = report[report.index("## Size and speed"):]
+    assert "| `student_onnx` | cpu |" in speed and "| `student_onnx_int8` | cpu |" in speed
+    assert {p.name for p in (run_dir / "export" / "onnx").iterdir()} >= {"model.onnx", "model_int8.onnx",
+                                                                         "config.json", "tokenizer.json"}
+
+
 def test_job_killed_in_each_stage_resumes_to_identical_outputs(baseline, tmp_path):
     """One job SIGKILLed part-way through each resumable stage in turn and resumed each time ends with the data and
     the student of the uninterrupted run."""

@@ -15,6 +15,7 @@ from distill.postprocess import (
     QAWindow,
     examples_from_windows,
     postprocess_qa_predictions,
+    whole_words,
     write_null_odds,
     write_predictions,
 )
@@ -186,3 +187,18 @@ def test_settings_and_duplicate_ids_raise():
         postprocess_qa_predictions([example], n_best_size=0)
     with pytest.raises(PostprocessError, match="appears in two examples"):
         postprocess_qa_predictions([example, example])
+
+
+def test_an_answer_is_widened_to_whole_words_never_a_fragment():
+    context = "In 1632 a miller named Tobias Wren arrived."
+    # [CLS] in 16 ##32 a miller named tob ##ias wren . [SEP]
+    offsets = [None, (0, 2), (3, 5), (5, 7), (8, 9), (10, 16), (17, 22), (23, 26), (26, 29), (30, 34), (41, 42), None]
+    start, end = np.zeros(len(offsets)), np.zeros(len(offsets))
+    start[3], end[7] = 5.0, 5.0  # the best span runs from "##32" to "tob"
+    [example] = examples_from_windows(["q"], [context], [start], [end], [offsets], [0])
+    prediction = postprocess_qa_predictions([example], null_threshold=1e9)["q"]
+    assert prediction.text == "1632 a miller named Tobias"
+    assert (prediction.n_best[0].char_start, prediction.n_best[0].char_end) == (3, 29)
+    assert whole_words(context, 30, 34) == (30, 34)       # "Wren", not "Wren arrived" or "Wren."
+    assert whole_words("北京大学", 1, 2) == (1, 2)         # each ideograph is a word of its own
+    assert whole_words("state-of-the-art", 6, 8) == (6, 8)

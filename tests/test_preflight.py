@@ -148,6 +148,19 @@ def test_attention_term_between_different_head_counts(sst2, capsys):
                                   "the student has 2 heads and the teacher 4")
 
 
+def test_onnx_evaluation_without_onnxruntime_installed(sst2, monkeypatch, capsys):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None if name == "onnxruntime"
+                        else find_spec(name, *args))
+    code, problems, _ = validate(sst2.spec_path, "evaluate.onnx=true", capsys=capsys)
+    assert code == 2
+    assert problems == ['evaluate.onnx: needs onnxruntime; pip install -e ".[onnx]" (or set it false)']
+    monkeypatch.undo()
+    assert validate(sst2.spec_path, "evaluate.onnx=true", capsys=capsys)[0] == 0
+
+
 def test_two_problems_are_both_listed(sst2, swapped_teacher, capsys):
     code, problems, _ = validate(sst2.spec_path, f"teachers.0.model={swapped_teacher}",
                                  "distill.intermediate.layer_map=[0, 9]", capsys=capsys)

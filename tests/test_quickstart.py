@@ -381,6 +381,28 @@ def test_quickstart_exports_the_student_with_a_model_card(quickstart):
         [metrics["student"]["f1"], metrics["teacher_0"]["f1"]], abs=0.006)
 
 
+def test_distill_answer_on_the_export_gives_the_evaluated_answers(quickstart, tmp_path):
+    """The serving path (`python -m distill answer`) and the evaluate stage answer every dev question alike."""
+    evaluated = stage_output(quickstart, "evaluate") / "student"
+    predictions = json.loads((evaluated / "predictions.json").read_text())
+    null_odds = json.loads((evaluated / "null_odds.json").read_text())
+    dataset = json.loads((QUICKSTART / "sample-dev.json").read_text(encoding="utf-8"))["data"]
+    questions = [{"id": qa["id"], "question": qa["question"], "context": paragraph["context"]}
+                 for article in dataset for paragraph in article["paragraphs"] for qa in paragraph["qas"]
+                 if qa["id"] in predictions]  # those the prepare stage did not reject
+    path = tmp_path / "questions.jsonl"
+    path.write_text("".join(json.dumps(question) + "\n" for question in questions), encoding="utf-8")
+    result = subprocess.run([str(quickstart["venv"] / "bin" / "python"), "-m", "distill", "answer",
+                             str(quickstart["run_dir"] / "export"), "--file", str(path), "--json"],
+                            cwd=quickstart["copy"], env=quickstart["env"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    answers = {row["id"]: row for row in map(json.loads, result.stdout.splitlines())}
+    assert set(answers) == set(predictions) and len(answers) == len(questions)
+    for qid, answer in answers.items():
+        assert answer["answer"] == predictions[qid], qid
+        assert answer["null_odds"] == pytest.approx(null_odds[qid], abs=1e-3), qid
+
+
 def quickstart_plan(quickstart: dict[str, Any], root: Path) -> dict[str, Any]:
     """`python -m jobs plan configs/quickstart.yaml --json` in the copy, as its user would run it."""
     result = subprocess.run([str(quickstart["venv"] / "bin" / "python"), "-m", "jobs", "plan", "configs/quickstart.yaml",
