@@ -1,4 +1,4 @@
-"""Reading training data into example shards: SQuAD JSON, Hugging Face datasets, TSV/CSV and JSONL.
+"""Reading training data into example shards: SQuAD JSON, MRQA JSONL, Hugging Face datasets, TSV/CSV and JSONL.
 
 `read_examples` is the one entry point. It turns a `DataSource` into an examples folder::
 
@@ -7,7 +7,8 @@
       rejects.jsonl                   one JSON object per bad record: source, location, id, reason, detail, record
       meta.json                       task, label_names (in id order), source, counts; written last
 
-Bad records are never dropped silently: each one is written to rejects.jsonl with a reason from
+A file whose name ends in .gz is read through gzip (the MRQA shared task ships `<dataset>.jsonl.gz`). Bad
+records are never dropped silently: each one is written to rejects.jsonl with a reason from
 `REJECT_REASONS`, and `read == written + rejected` always holds. A file that cannot be read at all (missing,
 broken JSON, not UTF-8 text, a needed column absent) raises `DataReadError` and leaves no outputs behind.
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import gzip
 import itertools
 import json
 import os
@@ -173,7 +175,8 @@ def read_examples(source: DataSource, task: Task, label_names: list[str] | None,
 # of a SQuAD JSON, never the whole of a large file.
 PEEK_BYTES = 1 << 20
 _SQUAD_FOUND = "SQuAD JSON (QA data: an object whose 'data' lists articles with paragraphs and questions)"
-_EXPECTED = {"qa": "SQuAD JSON, JSONL records with fields context, question, answers, or an HF dataset",
+_EXPECTED = {"qa": "SQuAD JSON, MRQA JSONL (format mrqa), JSONL records with fields context, question, answers, "
+                    "or an HF dataset",
              "classification": "TSV, CSV or JSONL records with a text and a label column, or an HF dataset"}
 
 
@@ -202,7 +205,7 @@ def peek_source(source: DataSource, task: Task) -> SourcePeek | None:
         What was found and any problem; None for a hub dataset, which is not fetched here.
     """
     columns = _Columns(source.text_column, source.text_pair_column, source.label_column)
-    needed = _QA_COLUMNS if task == "qa" else columns.needed
+    needed = _MRQA_COLUMNS if source.format == "mrqa" else _QA_COLUMNS if task == "qa" else columns.needed
     path = Path(source.path)
     if source.format == "hf":
         return _peek_hf(source, task, columns) if path.exists() else None
@@ -229,6 +232,11 @@ def peek_source(source: DataSource, task: Task) -> SourcePeek | None:
     if fields is None:
         return SourcePeek(found, f"{path}: format {source.format} cannot read it: found {found}; expected "
                                  f"{_EXPECTED[task]}")
+    if source.format == "mrqa":
+        if task != "qa":
+            return SourcePeek(found, f"{path}: MRQA files hold QA data, but the task is {task}; set task: qa")
+        if fields == ["header"]:  # only the header fits in the head: the reader checks the rest
+            return SourcePeek(found, None)
     try:
         if source.format in ("tsv", "csv"):
             # the reader's own header checks (and its refusal of QA data in TSV/CSV), on the header row only
@@ -702,6 +710,8 @@ class _Columns:
 
 
 _QA_COLUMNS = ["context", "question", "answers"]
+# What an MRQA line holds: one context and the questions about it (the first line is a {"header": ...}).
+_MRQA_COLUMNS = ["context", "qas"]
 
 
 def _items(source: DataSource, task: Task) -> tuple[Iterator[_Item], list[str] | None]:
@@ -714,6 +724,10 @@ def _items(source: DataSource, task: Task) -> tuple[Iterator[_Item], list[str] |
         if task != "qa":
             raise DataReadError(f"{path}: SQuAD JSON holds QA data, but the task is {task}")
         return _squad_items(path), None
+    if source.format == "mrqa":
+        if task != "qa":
+            raise DataReadError(f"{path}: MRQA files hold QA data, but the task is {task}")
+        return _mrqa_items(path), None
     if source.format == "jsonl":
         return _jsonl_items(path, task, columns), None
     return _delimited_items(path, task, columns, delimiter="\t" if source.format == "tsv" else ","), None
@@ -753,10 +767,9 @@ def _squad_items(path: Path) -> Iterator[_Item]:
                 yield _Item(f"{where}.qas[{q}]", raw, partial(_squad_question, article, paragraph, qa))
 
 
-def _jsonl_items(path: Path, task: Task, columns: _Columns) -> Iterator[_Item]:
-    needed = _QA_COLUMNS if task == "qa" else columns.needed
-    fields_seen: set[str] = set()
-    objects = 0
+def _json_lines(path: Path) -> Iterator[_Item | tuple[int, str, dict[str, Any]]]:
+    """The non-blank lines of a JSON Lines file: (line number, text, object) for each JSON object, an _Item that
+    rejects the line for anything else (bytes that are not UTF-8, text that is not JSON, JSON that is no object)."""
     for lineno, text, error in _text_lines(path):
         if not text.strip():
             continue
@@ -774,15 +787,85 @@ def _jsonl_items(path: Path, task: Task, columns: _Columns) -> Iterator[_Item]:
             yield _Item(where, text, partial(_fail, "malformed_line", f"a JSON {type(record).__name__}, expected "
                                                                        "an object"))
             continue
+        yield lineno, text, record
+
+
+def _jsonl_items(path: Path, task: Task, columns: _Columns) -> Iterator[_Item]:
+    needed = _QA_COLUMNS if task == "qa" else columns.needed
+    fields_seen: set[str] = set()
+    objects = 0
+    for line in _json_lines(path):
+        if isinstance(line, _Item):
+            yield line
+            continue
+        lineno, text, record = line
         objects += 1
         fields_seen.update(record)
         default_id = f"{path.stem}-{lineno}"
         convert = (partial(_flat_question, record, default_id) if task == "qa"
                    else partial(_classification_row, record, default_id, columns))
-        yield _Item(where, text, convert)
+        yield _Item(f"line {lineno}", text, convert)
     # A field that no line has is a file in another layout, not a few bad records.
     if objects:
         _require_columns(str(path), sorted(fields_seen), needed)
+
+
+def _mrqa_items(path: Path) -> Iterator[_Item]:
+    """The questions of an MRQA shared-task file: a {"header": {"dataset", "split"}} line, then one line per context
+    with its "qas". A line that is not such an object is one reject; each of its questions is a record."""
+    dataset = ""
+    first = True
+    for line in _json_lines(path):
+        if isinstance(line, _Item):
+            yield line
+            continue
+        lineno, text, record = line
+        if first and "header" in record:
+            header = record["header"] if isinstance(record["header"], dict) else {}
+            dataset = str(header.get("dataset") or "")  # the title of every example
+            first = False
+            continue
+        first = False
+        where = f"line {lineno}"
+        if not isinstance(record.get("qas"), list):
+            yield _Item(where, text, partial(_fail, "missing_field", "no 'qas' list"))
+            continue
+        for q, qa in enumerate(record["qas"]):
+            # the question first: rejects.jsonl cuts records at 2,000 characters and the context can be long
+            raw = {"qa": qa, "context": record.get("context")}
+            yield _Item(f"{where}.qas[{q}]", raw, partial(_mrqa_question, dataset, record, qa))
+
+
+def _mrqa_question(dataset: str, paragraph: dict[str, Any], qa: Any) -> dict[str, Any]:
+    """One MRQA question: `detected_answers` give each answer's character spans, end inclusive; an answer is the
+    context's text at its first span (the span, not the answer's `text`, is what the shared task trains on)."""
+    if not isinstance(qa, dict):
+        raise _BadRecord("wrong_type", f"question is {type(qa).__name__}, expected an object")
+    example_id = _str_field(qa, "qid")
+    with _known_id(example_id):
+        context = _str_field(paragraph, "context")
+        detected = qa.get("detected_answers", _ABSENT)
+        if detected is _ABSENT or detected is None:
+            raise _BadRecord("missing_field", "no 'detected_answers'")
+        if not isinstance(detected, list) or not all(isinstance(a, dict) for a in detected):
+            raise _BadRecord("wrong_type", "'detected_answers' must be a list of objects with char_spans")
+        texts, starts = [], []
+        for i, answer in enumerate(detected):
+            spans = answer.get("char_spans")
+            if not isinstance(spans, list) or not spans or not all(
+                    isinstance(span, list) and len(span) == 2 and all(isinstance(x, int) and not isinstance(x, bool)
+                                                                      for x in span) for span in spans):
+                raise _BadRecord("wrong_type", f"detected answer {i}: 'char_spans' must be a non-empty list of "
+                                               "[start, end] integer pairs (end inclusive)")
+            start, end = spans[0]
+            if start < 0 or end < start or end >= len(context):
+                raise _BadRecord("answer_out_of_range", f"detected answer {i}: span [{start}, {end}] lies outside "
+                                                        f"the context (0..{len(context) - 1})")
+            texts.append(context[start:end + 1])
+            starts.append(start)
+        return {"id": example_id, "source_id": example_id, "variant": 0, "title": dataset, "context": context,
+                "question": _str_field(qa, "question"), "answers": {"text": texts, "answer_start": starts},
+                "is_impossible": False, "substitutions": []}
 
 
 def _delimited_items(path: Path, task: Task, columns: _Columns, delimiter: str) -> Iterator[_Item]:
@@ -895,7 +978,7 @@ _NOT_UTF8_MARKS = {b"\xff\xfe": "UTF-16 (little-endian)", b"\xfe\xff": "UTF-16 (
 
 def _open_binary(path: Path):
     try:
-        return open(path, "rb")
+        return gzip.open(path, "rb") if path.suffix.lower() == ".gz" else open(path, "rb")
     except FileNotFoundError:
         raise DataReadError(f"{path}: no such file") from None
     except OSError as err:

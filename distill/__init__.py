@@ -31,6 +31,8 @@ class _RegisterAfterImport(importlib.abc.MetaPathFinder):
             return None
         sys.meta_path.remove(self)
         spec = importlib.util.find_spec(name)
+        if spec is None:
+            return None
         run_module = spec.loader.exec_module
 
         def exec_module(module):

@@ -31,7 +31,7 @@ from pydantic import (
 DEFAULT_TEACHER = "deepset/bert-base-uncased-squad2"
 DEFAULT_STUDENT = "huawei-noah/TinyBERT_General_6L_768D"
 DEFAULT_MLM = "bert-base-uncased"
-DATA_FILE_FORMATS = {".json": "squad", ".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl"}
+DATA_FILE_FORMATS = {".json": "squad", ".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".gz": "mrqa"}
 
 
 class SpecError(Exception):
@@ -68,9 +68,11 @@ class StrictModel(BaseModel):
 
 
 class DataSource(StrictModel):
-    path: Ref = Field(description="SQuAD JSON, TSV/CSV/JSONL file, local HF dataset folder, or hub dataset name")
-    format: Literal["squad", "tsv", "csv", "jsonl", "hf"] | None = Field(
-        None, description="input format; inferred from the file suffix (a folder or hub name is 'hf') when unset")
+    path: Ref = Field(description="SQuAD JSON, MRQA .jsonl.gz, TSV/CSV/JSONL file, local HF dataset folder, or hub "
+                                  "dataset name")
+    format: Literal["squad", "mrqa", "tsv", "csv", "jsonl", "hf"] | None = Field(
+        None, description="input format; inferred from the file suffix (.gz is mrqa; a folder or hub name is 'hf') "
+                          "when unset")
     split: str | None = Field(None, description="split to read from an HF dataset (e.g. train, validation)")
     text_column: str = Field("sentence", description="classification: column holding the text")
     text_pair_column: str | None = Field(None, description="classification: column holding the second text")

@@ -35,7 +35,9 @@ from tests.jobutil import QUICKSTART, REPO, jobs_cli, jsonl_records, parquet_row
 
 RECIPES = sorted(path for path in (REPO / "configs").glob("*.yaml") if path.name != "quickstart.yaml")
 RECIPE_NAMES = [path.name for path in RECIPES]
-CONCURRENT_JOBS = 1  # one at a time: local Ray instances started together collide on the dashboard agent port (52365)
+# Two jobs at a time, the second started once the first's Ray is up: local Ray instances that start together race for
+# the dashboard agent's port (52365) and the loser's raylet dies at start-up; once one holds it, another starts fine.
+CONCURRENT_JOBS = 2
 JOBS_TIMEOUT_S = 1200
 
 
@@ -259,28 +261,34 @@ def tiny_recipes(stand_in, sst2_dir, tmp_path_factory) -> dict[str, TinyRecipe]:
 def recipe_jobs(tiny_recipes) -> dict[str, dict[str, Any]]:
     """Every tiny recipe submitted through the CLI with --detach, CONCURRENT_JOBS at a time, and waited for.
 
-    One at a time: local Ray instances that start together race for the dashboard agent's port, and the loser's
-    raylet dies at start-up ("node timed out during startup"). Each has its own run store.
+    A job starts only when every running one has its Ray up (see CONCURRENT_JOBS). Each has its own run store.
     """
     pending, running, finished = list(tiny_recipes.values()), {}, {}
     deadline = time.monotonic() + JOBS_TIMEOUT_S
     while pending or running:
-        while pending and len(running) < CONCURRENT_JOBS:
+        states = {}
+        for name, job in list(running.items()):
+            # as `status` sees it (a job whose process died is "interrupted"), without a CLI process per poll
+            states[name] = state = effective_state(Run(job["root"] / job["job_id"]))
+            if state["status"] not in ("pending", "running"):
+                finished[name] = running.pop(name) | {"state": state}
+        if pending and len(running) < CONCURRENT_JOBS and all(ray_is_up(states[name]) for name in running):
             tiny = pending.pop(0)
             root = tiny.spec_path.parent / "runs"
             submitted = jobs_cli("submit", str(tiny.spec_path), "--detach", "--root", str(root))
             running[tiny.recipe.name] = {"root": root, "job_id": submitted.stdout.strip().splitlines()[-1]}
-        for name, job in list(running.items()):
-            # as `status` sees it (a job whose process died is "interrupted"), without a CLI process per poll
-            state = effective_state(Run(job["root"] / job["job_id"]))
-            if state["status"] not in ("pending", "running"):
-                finished[name] = running.pop(name) | {"state": state}
         if time.monotonic() > deadline:
             for job in running.values():  # leave no job behind
                 jobs_cli("cancel", job["job_id"], "--root", str(job["root"]), check=False)
             pytest.fail(f"tiny recipe jobs still running after {JOBS_TIMEOUT_S} s: {sorted(running)}")
         time.sleep(0.5)
     return finished
+
+
+def ray_is_up(state: dict[str, Any]) -> bool:
+    """Whether a job has started Ray: the runner marks a Ray stage running only once Ray is up."""
+    return any(stage.uses_ray and state.get("stages", {}).get(stage.name, {}).get("status") in ("running", "completed")
+               for stage in STAGES)
 
 
 def finished_job(recipe_jobs: dict[str, dict[str, Any]], name: str) -> dict[str, Any]:
