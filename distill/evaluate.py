@@ -122,7 +122,9 @@ def evaluate_models(models: dict[str, ModelRef], task: Task, examples_dir: Path,
     """Score every model on the examples in `examples_dir` and write the layout in the module doc to `out_dir`.
 
     Args:
-        models: {name: model}; a model named "student" is compared with every other (the teachers) for speed.
+        models: {name: model}; a model named "student" is compared for speed with every other whose name does
+            not start with "student" (the teachers; "student_onnx" is the student's own graph). A path to an
+            `.onnx` graph is evaluated through onnxruntime (distill.onnx_export).
         task: "qa" or "classification".
         examples_dir: an examples folder (shards/part-*.parquet, meta.json) in the task's schema.
         features: tokenization settings, the same as for training.
@@ -173,7 +175,8 @@ def evaluate_models(models: dict[str, ModelRef], task: Task, examples_dir: Path,
     if "student" in speed_reports:
         student = speed_reports["student"]
         for name, reports in speed_reports.items():
-            if name != "student":
+            # the teachers; the student's own ONNX graphs ("student_onnx...") are rows of their own, not rivals
+            if not name.startswith("student"):
                 comparisons[name] = {dev: speed.compare(student[dev], reports[dev]) for dev in student}
 
     metrics = {}
@@ -505,8 +508,10 @@ class Validator:
 
 def _measure(ref: ModelRef, task: Task, features: FeaturesSpec, config: EvaluateSpec,
              device: torch.device, precision: str) -> dict[str, speed.SpeedReport]:
-    """Speed on CPU always (the usual serving target), and on the GPU too when evaluation runs on one."""
-    devices = ["cpu"] + (["cuda"] if device.type == "cuda" else [])
+    """Speed on CPU always (the usual serving target), and on the GPU too when evaluation runs on one (not for an
+    ONNX graph: onnxruntime runs it on the CPU here)."""
+    on_gpu = device.type == "cuda" and not ref.name_or_path.endswith(".onnx")
+    devices = ["cpu"] + (["cuda"] if on_gpu else [])
     # the requested precision applies to the GPU; CPU is measured in fp32, what auto picks there
     return {dev: speed.measure_model(ref, features.max_seq_len, config.speed_repeats, dev, task=task,
                                      precision=precision if dev == "cuda" else "auto")

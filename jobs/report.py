@@ -538,9 +538,10 @@ def _speed_section(run: _Run, metrics: dict[str, dict[str, Any]] | None) -> str:
                          _fmt(throughput, 1), report.get("seq_len")])
     if not rows:
         return f"## Size and speed\n\nNo measurements: {run.stage_note('evaluate')}."
+    onnx = " `student_onnx` rows are its ONNX graphs on onnxruntime (evaluate.onnx)." if any(
+        name.startswith("student_onnx") for name in metrics or {}) else ""
     text = ("## Size and speed\n\nSynthetic fixed-length inputs; latency per example at batch 1 and at batch 32 "
-            "(and the throughput that gives); median of the timed runs (p90 of batch 1 beside it). `_onnx` rows are "
-            "the student's ONNX graphs on onnxruntime (evaluate.onnx).\n\n"
+            f"(and the throughput that gives); median of the timed runs (p90 of batch 1 beside it).{onnx}\n\n"
             + _table(["model", "device", "parameters", "size (MB)", "latency b1 (ms)", "p90 (ms)",
                       "per example b32 (ms)", "throughput b32 (ex/s)", "seq len"], rows))
     comparisons = ((metrics or {}).get("student") or {}).get("vs_teachers") or {}

@@ -81,6 +81,7 @@ def test_onnx_evaluation_scores_and_times_both_graphs_and_exports_them(baseline,
     report = (run_dir / "report" / "report.md").read_text()
     speed = report[report.index("## Size and speed"):]
     assert "| `student_onnx` | cpu |" in speed and "| `student_onnx_int8` | cpu |" in speed
+    assert set(metrics["student"]["vs_teachers"]) == {"teacher_0"}  # its own graphs are not compared as teachers
     assert {p.name for p in (run_dir / "export" / "onnx").iterdir()} >= {"model.onnx", "model_int8.onnx",
                                                                          "config.json", "tokenizer.json"}
 
