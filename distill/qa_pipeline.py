@@ -1,4 +1,4 @@
-"""Extractive question answering with a transformers pipeline, and the context windowing that evaluation shares.
+"""Extractive question answering as a transformers pipeline that answers exactly as the evaluation does.
 
 transformers 5 removed its "question-answering" pipeline. Importing `distill` registers this one under
 `TASK` ("extractive-question-answering"), so a student folder serves without remote code::
@@ -20,10 +20,9 @@ so this module imports only numpy, torch, transformers and those two siblings.
 A context is tokenized into overlapping windows by `qa_windows.encode_windows`, the windowing that training,
 labelling and evaluation use (`distill.features.qa_features`); answers come from
 `postprocess.postprocess_qa_predictions`, the evaluation's post-processing, so a served answer is the evaluated
-answer. Like the pipeline transformers 4
-had, it always returns a span unless `handle_impossible_answer=True`; then the answer is "" where the null odds
-exceed `null_threshold`, as in evaluation. `score` is the answer's share of the softmax over the n-best span scores
-and the null score (the official BERT code's n-best probability).
+answer. Like transformers 4's pipeline, it always returns a span unless `handle_impossible_answer=True`; then the
+answer is "" where the null odds exceed `null_threshold`, as in evaluation. `score` is the answer's share of the
+softmax over the n-best span scores and the null score (the official BERT code's n-best probability).
 """
 
 from __future__ import annotations
