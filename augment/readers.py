@@ -1,6 +1,6 @@
 """Reading training data into example shards: SQuAD JSON, MRQA JSONL, Hugging Face datasets, TSV/CSV and JSONL.
 
-`read_examples` is the one entry point. It turns a `DataSource` into an examples folder::
+`read_examples` is the entry point for a source. It turns a `DataSource` into an examples folder::
 
     out_dir/
       shards/part-00000.parquet ...   rows in the task's schema (augment.schema), variant 0, source_id == id
@@ -16,6 +16,9 @@ Example::
 
     result = read_examples(DataSource(path="dev-v2.0.json"), "qa", None, Path("runs/x/examples"))
     result.written, result.rejected_by_reason
+
+A job with several training sources reads each into a folder of its own, then `mix_examples` writes them into one
+training set, each example used as many times as its source's weight says.
 
 Two more functions look at a source without writing anything, for checks before a job starts (jobs.preflight):
 `peek_source` says whether the head of a local source holds the task's data in the layout its format reads, and
@@ -39,11 +42,13 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
 from augment.schema import CLASSIFICATION_SCHEMA, QA_SCHEMA, SUBSTITUTION
-from augment.writers import DEFAULT_ROWS_PER_SHARD, SHARD_GLOB, ShardWriter, atomic_output, write_json
+from augment.writers import (DEFAULT_ROWS_PER_SHARD, SHARD_GLOB, ShardWriter, atomic_output, iter_shard_batches,
+                             write_json)
 from jobs.spec import DataSource
 
 # Texts up to 100k characters are ordinary (long articles); beyond this a record is far more likely a broken
@@ -162,6 +167,88 @@ def read_examples(source: DataSource, task: Task, label_names: list[str] | None,
         "source": source.model_dump(mode="json"),
         "counts": {"read": result.read, "written": result.written, "rejected": result.rejected,
                    "rejected_by_reason": result.rejected_by_reason},
+        "shards": [p.name for p in shards],
+        "max_text_chars": MAX_TEXT_CHARS,
+    })
+    return result
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightedSet:
+    """An examples folder written by `read_examples`, its name, and how many times each example is used."""
+
+    name: str
+    examples_dir: Path
+    weight: float = 1.0
+
+
+def mix_examples(sets: list[WeightedSet], task: Task, out_dir: Path, seed: int,
+                 rows_per_shard: int = DEFAULT_ROWS_PER_SHARD) -> ReadResult:
+    """Write the examples of several folders into one, each example used `weight` times, set after set.
+
+    An example is used floor(weight) times, and once more with probability weight - floor(weight), drawn from
+    `seed` and the set's position, so a weight of 0.5 keeps a random half and 1.5 repeats a random half. Its first
+    use keeps its id; the k-th repeat is `<id>#rep<k>` (its own source_id, so augmentation varies it on its own).
+    An id already used by an earlier set is rejected (`duplicate_id`) into out_dir/rejects.jsonl.
+
+    Returns:
+        The counts over all sets (`read`, `rejected` and `written` count examples, before weighting, so that read
+        == written + rejected); meta.json adds `rows` (examples after weighting) and each set's counts.
+    """
+    out_dir = Path(out_dir)
+    shards_dir, rejects_path, meta_path = out_dir / "shards", out_dir / "rejects.jsonl", out_dir / "meta.json"
+    _clear_outputs(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metas = [json.loads((weighted.examples_dir / "meta.json").read_text(encoding="utf-8")) for weighted in sets]
+    seen: set[str] = set()
+    per_set: dict[str, dict[str, Any]] = {}
+    rows_written = duplicates = 0
+    try:
+        with atomic_output(rejects_path) as temp, open(temp, "w", encoding="utf-8") as handle:
+            log = _RejectLog(handle, "+".join(weighted.name for weighted in sets))
+            writer = ShardWriter(shards_dir, QA_SCHEMA if task == "qa" else CLASSIFICATION_SCHEMA, rows_per_shard)
+            for index, (weighted, meta) in enumerate(zip(sets, metas)):
+                rng = np.random.default_rng([seed, index])
+                whole, fraction = divmod(weighted.weight, 1.0)
+                used = 0
+                for batch in iter_shard_batches(weighted.examples_dir):
+                    copies = int(whole) + (rng.random(batch.num_rows) < fraction)  # (rows,)
+                    for row, count in zip(batch.to_pylist(), copies.tolist()):
+                        if row["id"] in seen:
+                            log.add(_Item(f"{weighted.name}:{row['id']}", row, lambda: row),
+                                    _BadRecord("duplicate_id", f"id {row['id']!r} is used by an earlier set",
+                                               row["id"]))
+                            duplicates += 1
+                            continue
+                        seen.add(row["id"])
+                        for k in range(count):
+                            repeat = row if k == 0 else {**row, "id": f"{row['id']}#rep{k}",
+                                                         "source_id": f"{row['id']}#rep{k}"}
+                            writer.add(repeat)
+                        used += count
+                rows_written += used
+                per_set[weighted.name] = {"weight": weighted.weight, **meta["counts"], "rows": used}
+            shards = writer.close()
+    except BaseException:
+        _clear_outputs(out_dir)
+        raise
+    read = sum(meta["counts"]["read"] for meta in metas)
+    by_reason: Counter[str] = Counter(log.by_reason)
+    for meta in metas:
+        by_reason.update(meta["counts"]["rejected_by_reason"])
+    rejected = sum(by_reason.values())
+    result = ReadResult(
+        task=task, source="+".join(weighted.name for weighted in sets), label_names=metas[0]["label_names"],
+        read=read, written=read - rejected, rejected=rejected, rejected_by_reason=dict(sorted(by_reason.items())),
+        out_dir=str(out_dir), shards=[str(p) for p in shards], rejects_path=str(rejects_path),
+        meta_path=str(meta_path))
+    write_json(meta_path, {
+        "task": task,
+        "label_names": result.label_names,
+        "source": [meta["source"] for meta in metas],
+        "counts": {"read": result.read, "written": result.written, "rejected": result.rejected,
+                   "rejected_by_reason": result.rejected_by_reason, "rows": rows_written},
+        "sets": per_set,
         "shards": [p.name for p in shards],
         "max_text_chars": MAX_TEXT_CHARS,
     })
@@ -487,6 +574,8 @@ def _check_qa(row: dict[str, Any]) -> None:
         if found != text:
             raise _BadRecord("answer_mismatch", f"answer {i} is {text!r} but the context at {start} reads "
                                                 f"{found!r}")
+    if not all(map(_is_utf8, row.get("gold_answers") or [])):
+        raise _BadRecord("invalid_utf8", "a gold answer is not valid UTF-8")
     if row["is_impossible"] is None:
         row["is_impossible"] = not answers["text"]
     elif row["is_impossible"] and answers["text"]:
@@ -636,7 +725,15 @@ def _optional_bool(record: dict[str, Any], key: str) -> bool | None:
 def _qa_row(example_id: str, record: dict[str, Any], context: Any, answers: dict[str, list]) -> dict[str, Any]:
     return {"id": example_id, **_provenance(record, example_id), "title": _str_field(record, "title", False),
             "context": context, "question": _str_field(record, "question"), "answers": answers,
-            "is_impossible": _optional_bool(record, "is_impossible")}
+            "is_impossible": _optional_bool(record, "is_impossible"), "gold_answers": _gold_answers(record)}
+
+
+def _gold_answers(record: dict[str, Any]) -> list[str] | None:
+    """The optional `gold_answers` a SQuAD file written by augment.writers.export_squad_json carries."""
+    value = record.get("gold_answers")
+    if value is not None and not (isinstance(value, list) and all(isinstance(text, str) for text in value)):
+        raise _BadRecord("wrong_type", f"'gold_answers' is {_short(value)}, expected a list of answer texts")
+    return value
 
 
 def _squad_question(article: dict[str, Any], paragraph: dict[str, Any], qa: Any) -> dict[str, Any]:
@@ -838,7 +935,9 @@ def _mrqa_items(path: Path) -> Iterator[_Item]:
 
 def _mrqa_question(dataset: str, paragraph: dict[str, Any], qa: Any) -> dict[str, Any]:
     """One MRQA question: `detected_answers` give each answer's character spans, end inclusive; an answer is the
-    context's text at its first span (the span, not the answer's `text`, is what the shared task trains on)."""
+    context's text at its first span (the span, not the answer's `text`, is what the shared task trains on).
+    `answers`, the annotated texts with aliases that may not occur in the context, become `gold_answers`: the
+    shared task scores a prediction by the best of them."""
     if not isinstance(qa, dict):
         raise _BadRecord("wrong_type", f"question is {type(qa).__name__}, expected an object")
     example_id = _str_field(qa, "qid")
@@ -863,9 +962,13 @@ def _mrqa_question(dataset: str, paragraph: dict[str, Any], qa: Any) -> dict[str
                                                         f"the context (0..{len(context) - 1})")
             texts.append(context[start:end + 1])
             starts.append(start)
+        aliases = qa.get("answers")
+        if aliases is not None and not (isinstance(aliases, list) and all(isinstance(a, str) for a in aliases)):
+            raise _BadRecord("wrong_type", "'answers' must be a list of answer texts")
         return {"id": example_id, "source_id": example_id, "variant": 0, "title": dataset, "context": context,
                 "question": _str_field(qa, "question"), "answers": {"text": texts, "answer_start": starts},
-                "is_impossible": False, "substitutions": []}
+                "is_impossible": False, "substitutions": [],
+                "gold_answers": list(aliases) if aliases else None}
 
 
 def _delimited_items(path: Path, task: Task, columns: _Columns, delimiter: str) -> Iterator[_Item]:

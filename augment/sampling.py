@@ -121,7 +121,7 @@ def augment_qa(row: dict[str, Any], context_options: TextOptions, question_optio
             "context": new_context.text, "question": new_question.text,
             "answers": {"text": [text for _, text in new_context.answers],
                         "answer_start": [start for start, _ in new_context.answers]},
-            "is_impossible": row["is_impossible"], "substitutions": records,
+            "is_impossible": row["is_impossible"], "substitutions": records, "gold_answers": None,
         })
         tally.variants += 1
         tally.eligible_words += len(context_words) + len(question_words)

@@ -37,6 +37,9 @@ QA_SCHEMA = pa.schema([
     ("answers", pa.struct([("text", pa.list_(pa.string())), ("answer_start", pa.list_(pa.int32()))])),
     ("is_impossible", pa.bool_()),
     ("substitutions", pa.list_(SUBSTITUTION)),
+    # every annotated answer text, found in the context or not (MRQA's `answers`: aliases such as "JFK" beside
+    # "John F. Kennedy"), which scoring takes the best over; null: the texts of `answers`. Variants leave it null.
+    ("gold_answers", pa.list_(pa.string())),
 ])
 
 CLASSIFICATION_SCHEMA = pa.schema([

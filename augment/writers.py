@@ -166,8 +166,9 @@ def export_squad_json(examples_dir: str | os.PathLike[str], path: str | os.PathL
     Rows are grouped into articles by title and, within an article, into paragraphs by identical context, each
     group in the order it first appears; questions keep their order. Augmented variants (`variant` > 0, id
     `<source_id>#aug<k>`) usually have a context of their own and so a paragraph of their own. They also carry
-    `source_id`, `variant` and `substitutions` as extra keys of their question, which SQuAD tools ignore and
-    `augment.readers.read_examples` reads back, so examples -> JSON -> examples is lossless.
+    `source_id`, `variant` and `substitutions` as extra keys of their question, as MRQA examples carry their
+    `gold_answers`, which SQuAD tools ignore and `augment.readers.read_examples` reads back, so examples -> JSON ->
+    examples is lossless.
     """
     articles: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for batch in iter_shard_batches(examples_dir):
@@ -183,6 +184,8 @@ def export_squad_json(examples_dir: str | os.PathLike[str], path: str | os.PathL
             if row["variant"] != 0 or row["source_id"] != row["id"] or row["substitutions"]:
                 qa |= {"source_id": row["source_id"], "variant": row["variant"],
                        "substitutions": row["substitutions"]}
+            if row["gold_answers"] is not None:
+                qa["gold_answers"] = row["gold_answers"]
             paragraphs = articles.setdefault(row["title"], {})
             paragraphs.setdefault(row["context"], []).append(qa)
     document = {"version": "v2.0", "data": [

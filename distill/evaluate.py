@@ -1,10 +1,14 @@
 """Evaluation: score each model on the evaluation examples, write its predictions, optionally time it.
 
-`evaluate_models` is the one entry point. For every named model (the student and, for the comparison, the
-teachers) it builds features with the shared `distill.features` functions, runs batched inference, and scores:
+`evaluate_sets` is the stage's entry point: it runs `evaluate_models` on each evaluation set and, with several,
+macro-averages their scores (overall and per group). For every named model (the student and, for the comparison,
+the teachers) `evaluate_models` builds features with the shared `distill.features` functions, runs batched
+inference, and scores:
 
     QA              distill.postprocess -> official predictions.json / null_odds.json -> distill.squad_metric
-                    (exact, f1, HasAns_*, NoAns_*, best_* and their thresholds)
+                    squad_v2 scoring: exact, f1, HasAns_*, NoAns_*, best_* and their thresholds
+                    mrqa scoring (the MRQA shared task): exact, f1 with SQuAD 1.1 normalisation, best over the
+                    gold answers (`gold_answers` where the data has aliases), never a null answer
     classification  argmax -> predictions.json -> distill.classification_metrics (accuracy, macro-F1, per class)
 
     out_dir/
@@ -14,6 +18,10 @@ teachers) it builds features with the shared `distill.features` functions, runs 
                                           "degenerate" says when a model gives one answer to everything
       <name>/predictions.json             QA: {qid: answer text, "" for no answer}; classification: {id: label}
       <name>/null_odds.json               QA only: {qid: null score - best span score}
+
+With several sets, each set's layout is in out_dir/sets/<set>/ (speed measured on the first set only) and
+out_dir/metrics.json holds {name: {exact, f1 (or accuracy, macro_f1): macro averages, total, sets_averaged,
+"groups": {group: averages}, "sets": {set: metrics}, "speed", "vs_teachers"}}.
 
 The examples stream through in chunks of EXAMPLES_PER_CHUNK, shard by shard: a chunk's features are built, run
 and post-processed together, and only each example's answer outlives the chunk, so memory does not grow with
@@ -31,6 +39,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -50,11 +59,12 @@ from distill.models import (ModelRef, autocast, check_label_order, check_max_seq
                             load_tokenizer, pick_device)
 from distill.postprocess import (QAExample, QAPrediction, QAWindow, postprocess_qa_predictions, write_null_odds,
                                  write_predictions)
-from distill.squad_metric import squad_v2_scores
+from distill.squad_metric import SquadFormatError, squad_v1_scores, squad_v2_scores
 from jobs.progress import Progress
 from jobs.spec import EvaluateSpec, FeaturesSpec, ResourcesSpec
 
 Task = Literal["qa", "classification"]
+Scoring = Literal["squad_v2", "mrqa"]
 
 # Examples whose features are built, run and post-processed together. A chunk never splits an example, so all of a
 # QA example's windows meet in post-processing. 1,024 SQuAD questions make about 1,050 windows at max_seq_len 384
@@ -118,7 +128,8 @@ class EvaluationResult:
 
 def evaluate_models(models: dict[str, ModelRef], task: Task, examples_dir: Path, features: FeaturesSpec,
                     config: EvaluateSpec, resources: ResourcesSpec, out_dir: Path,
-                    label_names: list[str] | None = None, progress: bool = True) -> EvaluationResult:
+                    label_names: list[str] | None = None, progress: bool = True,
+                    scoring: Scoring = "squad_v2") -> EvaluationResult:
     """Score every model on the examples in `examples_dir` and write the layout in the module doc to `out_dir`.
 
     Args:
@@ -133,6 +144,8 @@ def evaluate_models(models: dict[str, ModelRef], task: Task, examples_dir: Path,
         out_dir: where the outputs go; created if needed.
         label_names: classification: class names in id order; None: read from examples_dir/meta.json.
         progress: draw a progress bar per model.
+        scoring: QA: squad_v2 (the official SQuAD 2.0 script) or mrqa (the MRQA shared task's: SQuAD 1.1
+            normalisation, best over the gold answers, and the best span always answered: no null answer).
 
     Raises:
         EvaluationError: no models, no examples, QA windows without room for context, unlabelled classification
@@ -159,14 +172,14 @@ def evaluate_models(models: dict[str, ModelRef], task: Task, examples_dir: Path,
         "task": task, "examples_dir": str(examples_dir), "examples": num_examples,
         "features": features.model_dump(mode="json"), "evaluate": config.model_dump(mode="json"),
         "models": {name: asdict(ref) for name, ref in models.items()}, "device": str(device),
-        "precision": precision, "label_names": label_names,
+        "precision": precision, "label_names": label_names, "scoring": scoring if task == "qa" else None,
     })
 
     evaluations: dict[str, ModelEvaluation] = {}
     speed_reports: dict[str, dict[str, speed.SpeedReport]] = {}
     for name, ref in models.items():
         evaluations[name] = _evaluate_one(name, ref, task, examples_dir, num_examples, features, config, device,
-                                          precision, out_dir / name, label_names, progress)
+                                          precision, out_dir / name, label_names, progress, scoring)
         if config.measure_speed:
             speed_reports[name] = _measure(ref, task, features, config, device, resources.precision)
             evaluations[name] = _with_speed(evaluations[name], speed_reports[name])
@@ -191,6 +204,94 @@ def evaluate_models(models: dict[str, ModelRef], task: Task, examples_dir: Path,
     write_json(metrics_path, metrics)
     return EvaluationResult(task=task, device=str(device), metrics_path=str(metrics_path), models=evaluations,
                             comparisons=comparisons)
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """One evaluation set: its name, examples folder, group (sets of a group are macro-averaged together) and
+    QA scoring."""
+
+    name: str
+    examples_dir: Path
+    group: str | None = None
+    scoring: Scoring = "squad_v2"
+
+
+@dataclass(frozen=True)
+class SetsEvaluation:
+    """What `evaluate_sets` wrote; `dataclasses.asdict` of it is JSON-serialisable.
+
+    Attributes:
+        task: "qa" or "classification".
+        metrics_path: out_dir/metrics.json: the one set's metrics, or with several sets each model's macro
+            averages with "sets" ({set: its metrics}) and "groups" ({group: macro averages}).
+        sets: {set name: EvaluationResult}, in the order given.
+    """
+
+    task: Task
+    metrics_path: str
+    sets: dict[str, EvaluationResult]
+
+
+# The scores averaged over sets (each set counts once, whatever its size); `total` is summed.
+MACRO_METRICS = {"qa": ("exact", "f1"), "classification": ("accuracy", "macro_f1")}
+
+
+def evaluate_sets(models: dict[str, ModelRef], task: Task, sets: list[EvalSet], features: FeaturesSpec,
+                  config: EvaluateSpec, resources: ResourcesSpec, out_dir: Path,
+                  label_names: list[str] | None = None, progress: bool = True) -> SetsEvaluation:
+    """`evaluate_models` on each set: one set writes its layout into `out_dir` itself; several write theirs into
+    out_dir/sets/<name>/, speed is measured on the first only (it does not depend on the data), and
+    out_dir/metrics.json holds every model's macro averages: over all sets and per group, each set counting once.
+
+    Raises:
+        EvaluationError: no sets, or two with one name; and whatever `evaluate_models` raises.
+    """
+    names = [eval_set.name for eval_set in sets]
+    if not sets or len(set(names)) != len(names):
+        raise EvaluationError(f"evaluation sets need distinct names, got {names}")
+    out_dir = Path(out_dir)
+    if len(sets) == 1:
+        only = sets[0]
+        result = evaluate_models(models, task, only.examples_dir, features, config, resources, out_dir, label_names,
+                                 progress, only.scoring)
+        return SetsEvaluation(task, result.metrics_path, {only.name: result})
+    results = {}
+    for i, eval_set in enumerate(sets):
+        set_config = config if i == 0 else config.model_copy(update={"measure_speed": False})
+        results[eval_set.name] = evaluate_models(models, task, eval_set.examples_dir, features, set_config, resources,
+                                                 out_dir / "sets" / eval_set.name, label_names, progress,
+                                                 eval_set.scoring)
+    per_set = {name: json.loads(Path(result.metrics_path).read_text(encoding="utf-8"))
+               for name, result in results.items()}
+    groups: dict[str, list[str]] = {}
+    for eval_set in sets:
+        if eval_set.group is not None:
+            groups.setdefault(eval_set.group, []).append(eval_set.name)
+    metrics = {}
+    for model in models:
+        entries = {name: {key: value for key, value in per_set[name][model].items()
+                          if key not in ("speed", "vs_teachers")} for name in names}
+        degenerate = [f"{name}: {entry['degenerate']}" for name, entry in entries.items() if entry.get("degenerate")]
+        metrics[model] = {
+            **macro_average(task, list(entries.values())),
+            "groups": {group: macro_average(task, [entries[name] for name in members])
+                       for group, members in groups.items()},
+            "sets": entries,
+            "degenerate": "; ".join(degenerate) or None,
+            **{key: value for key, value in per_set[names[0]][model].items() if key in ("speed", "vs_teachers")},
+        }
+    metrics_path = out_dir / "metrics.json"
+    write_json(metrics_path, metrics)
+    return SetsEvaluation(task, str(metrics_path), results)
+
+
+def macro_average(task: Task, entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """The unweighted mean of each MACRO_METRICS score over `entries` (one model's metrics on several sets), the
+    summed `total` and the number of sets."""
+    averages: dict[str, Any] = {key: sum(entry[key] for entry in entries) / len(entries)
+                                for key in MACRO_METRICS[task]}
+    return {**averages, "total": sum(entry["total"] for entry in entries), "sets_averaged": len(entries)}
 
 
 def _check_windows(features: FeaturesSpec) -> None:
@@ -235,7 +336,7 @@ def _check_labelled(examples_dir: Path) -> None:
 
 def _evaluate_one(name: str, ref: ModelRef, task: Task, examples_dir: Path, num_examples: int,
                   features: FeaturesSpec, config: EvaluateSpec, device: torch.device, precision: str, model_dir: Path,
-                  label_names: list[str] | None, progress: bool) -> ModelEvaluation:
+                  label_names: list[str] | None, progress: bool, scoring: Scoring) -> ModelEvaluation:
     """Features, inference and scores of one model, EXAMPLES_PER_CHUNK examples at a time; writes its predictions
     into `model_dir`."""
     started = time.perf_counter()
@@ -249,7 +350,7 @@ def _evaluate_one(name: str, ref: ModelRef, task: Task, examples_dir: Path, num_
     if num_labels is not None:
         check_label_order(model.config, label_names, name)
     model = model.to(device)
-    answers = _QAAnswers(config) if task == "qa" else _ClassAnswers(label_names)
+    answers = _QAAnswers(config, scoring) if task == "qa" else _ClassAnswers(label_names)
     examples_seen = features_seen = 0
     with Progress(f"evaluate {name}", total=num_examples, unit="ex", bar=progress) as done:
         for chunk in iter_shard_batches(examples_dir, EXAMPLES_PER_CHUNK):
@@ -355,8 +456,9 @@ def predict_qa(model: torch.nn.Module, tokenizer: Any, examples: pa.Table, featu
 
 
 def _qa_predictions(examples: pa.Table, table: pa.Table, outputs: list[tuple[np.ndarray, np.ndarray]],
-                    config: EvaluateSpec) -> dict[str, QAPrediction]:
-    """{id: prediction} of `examples` from the logits `outputs` of their features `table`, in row order."""
+                    config: EvaluateSpec, scoring: Scoring = "squad_v2") -> dict[str, QAPrediction]:
+    """{id: prediction} of `examples` from the logits `outputs` of their features `table`, in row order; under
+    MRQA scoring every question has an answer, so the best span wins whatever the null score."""
     ids = examples.column("id").to_pylist()
     windows: dict[str, list[QAWindow]] = {qid: [] for qid in ids}
     rows = zip(table.column("example_id").to_pylist(), _per_row(table, "offset_start"),
@@ -366,8 +468,9 @@ def _qa_predictions(examples: pa.Table, table: pa.Table, outputs: list[tuple[np.
         windows[example_id].append(QAWindow(start_logits, end_logits, offsets, CLS_INDEX))
     qa_examples = [QAExample(qid, context, tuple(windows[qid]))
                    for qid, context in zip(ids, examples.column("context").to_pylist())]
+    null_threshold = math.inf if scoring == "mrqa" else config.null_threshold
     return postprocess_qa_predictions(qa_examples, n_best_size=config.n_best, max_answer_length=config.max_answer_len,
-                                      null_threshold=config.null_threshold)
+                                      null_threshold=null_threshold)
 
 
 class _QAAnswers:
@@ -377,8 +480,8 @@ class _QAAnswers:
     strings and a float per example.
     """
 
-    def __init__(self, config: EvaluateSpec) -> None:
-        self.config = config
+    def __init__(self, config: EvaluateSpec, scoring: Scoring = "squad_v2") -> None:
+        self.config, self.scoring = config, scoring
         self.predictions: dict[str, QAPrediction] = {}
         # squad_metric marks an unanswerable question with an empty gold list (as load_squad_gold does); the
         # official script's [""] is what it compares against internally.
@@ -388,30 +491,39 @@ class _QAAnswers:
         """Post-process one chunk: `table` holds the features of `examples` (all windows of each), `outputs` their
         logits in row order."""
         ids = examples.column("id").to_pylist()
-        for qid, prediction in _qa_predictions(examples, table, outputs, self.config).items():
+        for qid, prediction in _qa_predictions(examples, table, outputs, self.config, self.scoring).items():
             # postprocess_qa_predictions refuses a repeated id within a chunk; this is the check across chunks
             if qid in self.predictions:
                 raise EvaluationError(f"question id {qid!r} appears in two examples; give each question one "
                                       "example holding all of its windows")
             self.predictions[qid] = replace(prediction, n_best=())
-        for qid, answers, impossible in zip(ids, examples.column("answers").to_pylist(),
-                                            examples.column("is_impossible").to_pylist()):
-            self.gold[qid] = [] if impossible else list(answers["text"])
+        aliases = (examples.column("gold_answers").to_pylist() if "gold_answers" in examples.column_names
+                   else [None] * examples.num_rows)
+        for qid, answers, impossible, gold in zip(ids, examples.column("answers").to_pylist(),
+                                                  examples.column("is_impossible").to_pylist(), aliases):
+            self.gold[qid] = [] if impossible else list(gold if gold is not None else answers["text"])
 
     def score(self, predictions_path: Path | None = None, null_odds_path: Path | None = None) -> dict[str, Any]:
-        """Score with the SQuAD 2.0 metric, writing the official files where paths are given."""
+        """Score with the SQuAD 2.0 metric or MRQA's, writing the official files where paths are given."""
         if predictions_path is not None:
             write_predictions(self.predictions, predictions_path)
         if null_odds_path is not None:
             write_null_odds(self.predictions, null_odds_path)
+        texts = {qid: p.text for qid, p in self.predictions.items()}
+        degenerate = degenerate_predictions("qa", list(texts.values()))
+        if self.scoring == "mrqa":
+            try:
+                scores = squad_v1_scores(self.gold, texts)
+            except SquadFormatError as error:
+                raise EvaluationError(f"{error}: MRQA scoring needs answerable questions; score data with "
+                                      "unanswerable ones with scoring: squad_v2") from None
+            return {"exact": scores["exact_match"], "f1": scores["f1"], "total": len(self.gold),
+                    "scoring": "mrqa", "degenerate": degenerate}
         # The predictions already say "" where the null odds exceed null_threshold; scoring with the same
         # threshold makes exact/f1 the scores of predictions.json exactly (best_* search their own threshold).
-        scores = squad_v2_scores(self.gold, {qid: p.text for qid, p in self.predictions.items()},
-                                 na_probs={qid: p.null_odds for qid, p in self.predictions.items()},
+        scores = squad_v2_scores(self.gold, texts, na_probs={qid: p.null_odds for qid, p in self.predictions.items()},
                                  na_prob_thresh=self.config.null_threshold)
-        texts = [prediction.text for prediction in self.predictions.values()]
-        return {**scores, "na_prob_thresh": self.config.null_threshold,
-                "degenerate": degenerate_predictions("qa", texts)}
+        return {**scores, "na_prob_thresh": self.config.null_threshold, "degenerate": degenerate}
 
 
 class _ClassAnswers:
@@ -456,6 +568,7 @@ class ValidationSet:
     features: FeaturesSpec
     config: EvaluateSpec
     label_names: list[str] | None = None
+    scoring: Scoring = "squad_v2"
 
     def metric(self, task: Task) -> str:
         """The score that picks the best checkpoint: SQuAD F1, or accuracy."""
@@ -499,7 +612,7 @@ class Validator:
                              self.precision)
         finally:
             model.train(was_training)
-        answers = (_QAAnswers(self.validation.config) if self.task == "qa"
+        answers = (_QAAnswers(self.validation.config, self.validation.scoring) if self.task == "qa"
                    else _ClassAnswers(self.validation.label_names or []))
         answers.add(self.examples, self.table, outputs)
         return {key: float(value) for key, value in answers.score().items()

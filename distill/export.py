@@ -317,7 +317,8 @@ def _eval_results(card: ModelCardInfo) -> list[Any]:
     from huggingface_hub import EvalResult
 
     scores = card.metrics.get("student") or {}
-    dataset = str(card.data.get("eval") or ("squad_v2" if card.task == "qa" else "evaluation data"))
+    evaluated = card.data.get("eval") or ("squad_v2" if card.task == "qa" else "evaluation data")
+    dataset = ", ".join(evaluated) if isinstance(evaluated, list) else str(evaluated)  # several: macro averages
     return [EvalResult(task_type=PIPELINE_TASK[card.task], dataset_type=_hub_id(dataset) or dataset,
                        dataset_name=dataset, metric_type=key, metric_name=name,
                        metric_value=round(float(scores[key]), 4))

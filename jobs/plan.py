@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from jobs.spec import DataSource, JobSpec, PhaseSpec
+from jobs.spec import DataSource, EvalSource, JobSpec, PhaseSpec, TrainSource
 from jobs.stages import STAGES, Stage
 
 STAGES_BY_NAME = {stage.name: stage for stage in STAGES}
@@ -154,10 +154,10 @@ def plan_job(spec: JobSpec, store: RunStore, train_examples: int | None = None) 
     models = _Models(spec)
     prepared = recorded.get("prepare", {})
     with tempfile.TemporaryDirectory(prefix="distillery-plan-") as tmp:
-        train = _profile(spec, spec.data.train, "data.train", Path(tmp) / "train",
-                         prepared.get("train", {}).get("written", train_examples), models, notes)
-        evaluation = _profile(spec, spec.data.eval, "data.eval", Path(tmp) / "eval",
-                              prepared.get("eval", {}).get("written"), models, notes)
+        train = _profile_sets(spec, spec.data.train, "data.train", Path(tmp) / "train",
+                              prepared.get("train", {}).get("written", train_examples), models, notes)
+        evaluation = _profile_sets(spec, spec.data.eval, "data.eval", Path(tmp) / "eval",
+                                   prepared.get("eval", {}).get("written"), models, notes)
     if train.features_per_example is None and evaluation.features_per_example is not None:
         train = _like(train, evaluation)
         notes.append("data.train not read here: its rates per example (features, tokens, bytes, reading time) are "
@@ -225,6 +225,8 @@ class _Models:
 
     def _student(self, head: str) -> _Model | None:
         student = self.spec.student
+        if student is None:
+            return None
         if student.model is not None:
             return self._model(student.model, head, "student.model")
         if not self.spec.teachers:
@@ -238,14 +240,16 @@ class _Models:
     def _tokenizer(self) -> Any:
         """The tokenizer the label stage builds features with (jobs.stages.tokenizer_ref), or None."""
         student = self.spec.student
-        name = student.model if student.model is not None else (
-            self.spec.teachers[0].model if self.spec.teachers else None)
-        if name is None:
+        if student is not None and student.model is not None:
+            name, trust_remote_code = student.model, student.trust_remote_code
+        elif self.spec.teachers:
+            name, trust_remote_code = self.spec.teachers[0].model, self.spec.teachers[0].trust_remote_code
+        else:
             return None
         from distill.models import ModelRef, load_tokenizer
 
         try:
-            return load_tokenizer(ModelRef(name, trust_remote_code=student.trust_remote_code),
+            return load_tokenizer(ModelRef(name, trust_remote_code=trust_remote_code),
                                   local_files_only=not _local_or_hub(name))
         except Exception as error:
             self.problems.append(f"no tokenizer of {name} here ({_why(name, error)}): features estimated at "
@@ -289,6 +293,36 @@ def _count(config: Any, head: str, overrides: dict[str, Any]) -> _Model:
     embeddings = sum(p.numel() for name, p in model.named_parameters() if re.search(r"embeddings?\.", name))
     return _Model(params, params - embeddings, getattr(config, "num_hidden_layers", getattr(config, "n_layers", 1)),
                   getattr(config, "hidden_size", getattr(config, "dim", 0)))
+
+
+def _profile_sets(spec: JobSpec, sources: list[TrainSource] | list[EvalSource], field_path: str, folder: Path,
+                  known_examples: int | None, models: _Models, notes: list[str]) -> _DataProfile:
+    """The profile of the sources read as one set (`_profile` of each): examples and bytes summed, training sources
+    by their weights, and rates per example averaged over the examples."""
+    if len(sources) == 1:
+        return _profile(spec, sources[0], field_path, folder, known_examples, models, notes)
+    weighted = [(_profile(spec, source, f"{field_path}.{i}", folder / str(i), None, models, notes),
+                 getattr(source, "weight", 1.0)) for i, source in enumerate(sources)]
+    if any(profile.examples is None for profile, _ in weighted):
+        return _DataProfile(known_examples, None, None, None, None, None)
+    examples = sum(profile.examples * weight for profile, weight in weighted)
+
+    def mean(field: str) -> float | None:
+        values = [(getattr(profile, field), profile.examples * weight) for profile, weight in weighted]
+        if not examples or any(value is None for value, _ in values):
+            return None
+        return sum(value * count for value, count in values) / examples
+
+    def total(field: str, by_weight: bool) -> float | None:
+        values = [getattr(profile, field) for profile, _ in weighted]
+        if None in values:
+            return None
+        return sum(value * (weight if by_weight else 1) for value, (_, weight) in zip(values, weighted))
+
+    parquet_bytes = total("parquet_bytes", by_weight=True)  # repeated examples are written again; read once
+    return _DataProfile(round(examples), None if parquet_bytes is None else round(parquet_bytes),
+                        mean("features_per_example"), mean("tokens_per_feature"), mean("text_tokens_per_example"),
+                        sum(profile.sampled or 0 for profile, _ in weighted), total("read_seconds", by_weight=False))
 
 
 def _profile(spec: JobSpec, source: DataSource, field_path: str, folder: Path, known_examples: int | None,
@@ -539,7 +573,8 @@ class _Estimator:
         plan.examples = examples
         plan.features = self._features(examples, self.evaluation)
         length = self.evaluation.tokens_per_feature
-        scored = [self.models.student] + (self.models.teachers if self.spec.evaluate.evaluate_teachers else [])
+        scored = (([self.models.student] if self.spec.student is not None else [])
+                  + (self.models.teachers if self.spec.evaluate.evaluate_teachers else []))
         if examples is not None:   # predictions, and null odds for QA, of each model
             plan.disk_bytes = examples * len(scored) * 100
         if plan.features is not None and length is not None and all(scored):

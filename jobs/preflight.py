@@ -44,7 +44,7 @@ from distill.models import (
     load_config,
     load_tokenizer,
 )
-from jobs.spec import DataSource, JobSpec
+from jobs.spec import JobSpec
 
 
 @dataclass(frozen=True)
@@ -89,11 +89,15 @@ def check_job(spec: JobSpec) -> list[str]:
         return LoadedModel(field, ref, config, tokenizer)
 
     teachers = [load(f"teachers.{i}.model", t.model, t.trust_remote_code) for i, t in enumerate(spec.teachers)]
+    problems += _data_problems(spec)
+    if spec.student is None:  # teachers fine-tuned and scored side by side, each with its own tokenizer
+        problems += _length_problems(spec, teachers)
+        problems += _head_problems(spec, teachers)
+        return problems + _extra_problems(spec)
     student = (load("student.model", spec.student.model, spec.student.trust_remote_code)
                if spec.student.model is not None else None)
     mlm = (load("augment.mlm_model", spec.augment.mlm_model)
            if spec.augment.enabled and spec.augment.mlm_model is not None else None)
-    problems += _data_problems(spec)
     problems += _tokenization_problems(spec, teachers, student)
     # the masked LM is trained on windows of max_seq_len; used as it is, it makes its own windows
     problems += _length_problems(spec, [*teachers, student, mlm if spec.augment.mlm_training is not None else None])
@@ -159,19 +163,11 @@ def _unloadable(field: str, name: str, error: Exception, hub_up: bool = True) ->
     return f"{field}: cannot load the config and tokenizer of {name}: {message}"
 
 
-def _data_sources(spec: JobSpec) -> list[tuple[str, DataSource]]:
-    """Every data source the stages read, each with the task's format, by spec field."""
-    sources = [("data.train", spec.data.train), ("data.eval", spec.data.eval)]
-    sources += [(f"teachers.{i}.finetune.train", t.finetune.train) for i, t in enumerate(spec.teachers)
-                if t.finetune is not None and t.finetune.train is not None]
-    if spec.augment.enabled and spec.augment.corpus is not None:
-        sources.append(("augment.corpus", spec.augment.corpus))
-    return sources
-
-
 def _data_problems(spec: JobSpec) -> list[str]:
     problems = []
-    for field, source in _data_sources(spec):
+    for field, source in spec.data_sources():
+        if field == "augment.corpus" and not spec.augment.enabled:
+            continue
         peek = peek_source(source, spec.task)  # None for a hub dataset: not fetched here
         if peek is not None and peek.problem is not None:
             problems.append(f"{field}.path: {peek.problem}")
@@ -183,7 +179,7 @@ def _data_label_names(spec: JobSpec) -> list[str] | None:
     dataset declaring no data.label_names) or when the training data cannot be read (a data problem already)."""
     if spec.data.label_names:
         return list(spec.data.label_names)
-    source = spec.data.train
+    source = spec.data.train[0]  # the prepare stage reads the other training sources with its label names
     if source.format == "hf" and not Path(source.path).exists():
         return None
     try:

@@ -34,8 +34,8 @@ import yaml
 from matplotlib.figure import Figure
 
 from distill.export import CARD_METRICS, ModelCardInfo, export_student
-from jobs.spec import JobSpec, SpecError, parse_spec
-from jobs.stages import STAGE_NAMES, STAGES
+from jobs.spec import EvalSource, JobSpec, SpecError, TrainSource, parse_spec
+from jobs.stages import STAGE_NAMES, STAGES, eval_sets
 
 TRAINING_STAGES = ["finetune_teachers", "train_mlm", "distill_intermediate", "distill_prediction"]
 # Phase settings that say how the student was trained (logging and checkpoint cadence do not).
@@ -189,6 +189,8 @@ def _duration(stage: dict[str, Any]) -> str:
 
 def _student_source(spec: JobSpec) -> str:
     student = spec.student
+    if student is None:
+        return "none: the teachers are fine-tuned and evaluated side by side"
     if student.model is not None:
         return student.model if student.init == "pretrained" else f"{student.model} (config only, fresh weights)"
     if student.architecture is not None:
@@ -196,6 +198,16 @@ def _student_source(spec: JobSpec) -> str:
         return (f"fresh {a.num_hidden_layers}-layer, {a.hidden_size}-hidden, {a.num_attention_heads}-head model "
                 "built from teacher 0's config")
     return f"layers {student.init_from_teacher_layers} and embeddings of teacher 0"
+
+
+def _source_line(source: TrainSource | EvalSource, several: bool) -> str:
+    line = f"{source.path} ({source.format})"
+    notes = [f"weight {source.weight:g}"] if isinstance(source, TrainSource) and source.weight != 1 else []
+    if isinstance(source, EvalSource):
+        notes += [f"group {source.group}"] if source.group else []
+        notes += [f"{source.metric} scoring"] if source.format == "mrqa" or source.scoring else []
+    line += f", {', '.join(notes)}" if notes else ""
+    return f"{source.name}: {line}" if several else line
 
 
 def _teacher_names(spec: JobSpec) -> list[str]:
@@ -272,8 +284,8 @@ def _spec_section(run: _Run) -> str:
     rows = [
         ["task", spec.task],
         ["seed", spec.seed],
-        ["train data", f"{spec.data.train.path} ({spec.data.train.format})"],
-        ["eval data", f"{spec.data.eval.path} ({spec.data.eval.format})"],
+        ["train data", "; ".join(_source_line(source, len(spec.data.train) > 1) for source in spec.data.train)],
+        ["eval data", "; ".join(_source_line(source, len(spec.data.eval) > 1) for source in spec.data.eval)],
         ["teachers", "; ".join(_teacher_names(spec)) or "none"],
         ["student", _student_source(spec)],
         ["augmentation", (f"x{augment.factor}, replace_prob {augment.replace_prob}, top_k {augment.top_k}, "
@@ -285,10 +297,16 @@ def _spec_section(run: _Run) -> str:
     phases = _phase_settings(spec)
     for name in ("intermediate", "prediction"):
         rows.append([f"phase {name}", _settings(phases[name]) if name in phases else "disabled"])
+    if spec.student is None:  # the sections a fine-tuning job does not run
+        rows = [[setting, "not run: no student"] if setting in _DISTILLATION_ROWS else [setting, value]
+                for setting, value in rows]
     evaluate = {k: v for k, v in spec.evaluate.model_dump().items() if k != "enabled"}
     rows.append(["evaluate", _settings(evaluate) if spec.evaluate.enabled else "disabled"])
     rows.append(["resources", _settings(spec.resources.model_dump())])
     return "## Spec\n\n" + _table(["setting", "value"], rows)
+
+
+_DISTILLATION_ROWS = ("augmentation", "label", "phase intermediate", "phase prediction")
 
 
 def _stages_section(run: _Run) -> str:
@@ -312,17 +330,30 @@ def _data_section(run: _Run) -> str:
     prepare = run.output("prepare")
     if prepare is None:
         return f"## Data\n\nNo data counts: {run.stage_note('prepare')}."
+    # (row label, split, examples folder): each training source, the training set mixed from them, each eval set
+    names = ([source.name for source in run.spec.data.train] if run.spec is not None
+             else sorted(path.name for path in (prepare / "train_sets").glob("*")))
+    sources = [(f"train: {name}", "train", prepare / "train_sets" / name) for name in names
+               if (prepare / "train_sets" / name).is_dir()]
+    sets = eval_sets(run.spec, prepare) if run.spec is not None else [(None, prepare / "eval")]
+    folders = [*sources, ("train", "train", prepare / "train"),
+               *((f"eval: {source.name}" if len(sets) > 1 else "eval", "eval", path) for source, path in sets)]
     rows, reasons = [], {}
-    for split in ("train", "eval"):
-        meta = run.json(prepare / split / "meta.json")
-        counts = (meta or {}).get("counts") or {}
+    for label, split, folder in folders:
+        counts = (run.json(folder / "meta.json") or {}).get("counts") or {}
         if not counts:
-            rows.append([split, _NONE, _NONE, _NONE])
+            rows.append([label, _NONE, _NONE, _NONE, _NONE])
             continue
-        rows.append([split, counts.get("read"), counts.get("written"), counts.get("rejected")])
+        rows.append([label, counts.get("read"), counts.get("written"), counts.get("rejected"),
+                     counts.get("rows", counts.get("written"))])
+        if label.startswith("train: "):  # the mixed training set's counts include its sources'
+            continue
         for reason, count in (counts.get("rejected_by_reason") or {}).items():
-            reasons.setdefault(reason, {})[split] = count
-    text = "## Data\n\n" + _table(["split", "read", "written", "rejected"], rows)
+            reasons.setdefault(reason, {})[split] = reasons.get(reason, {}).get(split, 0) + count
+    text = "## Data\n\n" + _table(["split", "read", "written", "rejected", "rows used"], rows)
+    if sources:
+        text += ("\n\nThe training sources are read each on its own, then mixed into the training set by weight: "
+                 "`rows used` counts each example as many times as it is used.")
     if reasons:
         text += "\n\nRejected records by reason (details in each split's `rejects.jsonl`):\n\n" + _table(
             ["reason", "train", "eval"],
@@ -498,9 +529,16 @@ def _results_section(run: _Run, metrics: dict[str, dict[str, Any]] | None, plots
     task = _task(run, metrics)
     names = sorted(metrics, key=lambda name: (name != "student", name))
     keys = _metric_names(task, metrics)
-    unit = "percent, official SQuAD 2.0 metric" if task == "qa" else "fractions 0-1"
+    first = metrics[names[0]]
+    scorings = {entry.get("scoring", "squad_v2") for entry in (first.get("sets") or {"": first}).values()}
+    metric = " and ".join(sorted(_SCORING_NAMES[scoring] for scoring in scorings))
+    unit = f"percent, {metric}" if task == "qa" else "fractions 0-1"
+    where = (f"Macro averages over the {len(first['sets'])} evaluation sets, each counting once"
+             if "sets" in first else "Scores on the evaluation data")
     rows = [[f"`{key}`", *(metrics[name].get(key) for name in names)] for key in keys]
-    text = f"## Results\n\nScores on the evaluation data ({unit}).\n\n" + _table(["metric", *names], rows)
+    text = f"## Results\n\n{where} ({unit}).\n\n" + _table(["metric", *names], rows)
+    if "sets" in first:
+        text += "\n\n" + _sets_table(task, metrics, names)
     headline = "f1" if task == "qa" else "accuracy"
     student = (metrics.get("student") or {}).get(headline)
     for teacher in (name for name in names if name != "student"):
@@ -520,6 +558,28 @@ def _results_section(run: _Run, metrics: dict[str, dict[str, Any]] | None, plots
     if "scores" in plots:
         text += f"\n\n![teacher vs student scores]({plots['scores']})"
     return text
+
+
+_SCORING_NAMES = {"squad_v2": "the official SQuAD 2.0 metric",
+                  "mrqa": "the MRQA shared task's metric: SQuAD 1.1 normalisation, no null answer"}
+
+
+def _sets_table(task: str, metrics: dict[str, dict[str, Any]], names: list[str]) -> str:
+    """Each evaluation set's scores per model, then each group's macro average and the one over all sets."""
+    keys = ["exact", "f1"] if task == "qa" else ["accuracy", "macro_f1"]
+    first = metrics[names[0]]
+
+    def cell(entry: dict[str, Any] | None) -> str:
+        return " / ".join(_fmt(entry.get(key)) for key in keys) if entry else _NONE
+
+    rows = [[f"`{set_name}`", entry.get("total"), *(cell(metrics[name]["sets"].get(set_name)) for name in names)]
+            for set_name, entry in first["sets"].items()]
+    rows += [[f"**{group}** (macro, {entry['sets_averaged']} sets)", entry.get("total"),
+              *(cell(metrics[name]["groups"].get(group)) for name in names)]
+             for group, entry in first["groups"].items()]
+    rows.append([f"**all** (macro, {first['sets_averaged']} sets)", first.get("total"),
+                 *(cell(metrics[name]) for name in names)])
+    return f"Per evaluation set ({' / '.join(keys)}):\n\n" + _table(["set", "examples", *names], rows)
 
 
 def _speed_section(run: _Run, metrics: dict[str, dict[str, Any]] | None) -> str:
@@ -565,6 +625,8 @@ def _export_section(run: _Run) -> str:
                else 'pipeline("text-classification", model=DIR)')
         return (f"## Export\n\nThe final student is ready to serve in `{export}` (weights, config, tokenizer, "
                 f"model card). Load it with `{how}`.")
+    if run.spec is not None and run.spec.student is None:
+        return "## Export\n\nNo student to export: the job fine-tunes and evaluates its teachers."
     if run.spec is not None and not run.spec.evaluate.export:
         return "## Export\n\nDisabled in the spec (evaluate.export)."
     return "## Export\n\nNot exported (yet)."
@@ -724,16 +786,20 @@ def card_info(run_dir: Path) -> ModelCardInfo:
     spec = run.spec
     if spec is None:
         raise SpecError(run.problems or ["spec.yaml: unreadable"], str(Path(run_dir) / "spec.yaml"))
-    data: dict[str, Any] = {"train": spec.data.train.path, "eval": spec.data.eval.path}
+    def paths(sources: list[Any]) -> str | list[str]:
+        return sources[0].path if len(sources) == 1 else [source.path for source in sources]
+
+    data: dict[str, Any] = {"train": paths(spec.data.train), "eval": paths(spec.data.eval)}
     label_names = spec.data.label_names
     prepare = run.output("prepare")
     if prepare is not None:
-        for split in ("train", "eval"):
-            meta = run.json(prepare / split / "meta.json") or {}
-            if (meta.get("counts") or {}).get("written") is not None:
-                data[f"{split}_examples"] = meta["counts"]["written"]
-            if split == "train" and meta.get("label_names"):
-                label_names = meta["label_names"]
+        folders = {"train": [prepare / "train"], "eval": [folder for _, folder in eval_sets(spec, prepare)]}
+        for split, split_folders in folders.items():
+            counts = [(run.json(folder / "meta.json") or {}).get("counts") or {} for folder in split_folders]
+            used = [entry.get("rows", entry.get("written")) for entry in counts]
+            if None not in used:
+                data[f"{split}_examples"] = sum(used)
+        label_names = (run.json(prepare / "train" / "meta.json") or {}).get("label_names") or label_names
     augmentation: dict[str, Any] = {"enabled": False}
     if spec.augment.enabled:
         augmentation = {"enabled": True, "factor": spec.augment.factor, "replace_prob": spec.augment.replace_prob,

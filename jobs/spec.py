@@ -32,6 +32,7 @@ DEFAULT_TEACHER = "deepset/bert-base-uncased-squad2"
 DEFAULT_STUDENT = "huawei-noah/TinyBERT_General_6L_768D"
 DEFAULT_MLM = "bert-base-uncased"
 DATA_FILE_FORMATS = {".json": "squad", ".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".gz": "mrqa"}
+QA_FORMATS = ("squad", "mrqa", "hf", "jsonl")
 
 
 class SpecError(Exception):
@@ -86,13 +87,71 @@ class DataSource(StrictModel):
         return self
 
 
+SetName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)]
+
+
+class TrainSource(DataSource):
+    name: SetName | None = Field(None, description="the source's name in the report; needed when there are several")
+    weight: float = Field(
+        1.0, gt=0, description="times each of its examples is used: 2 repeats every example twice, 0.5 keeps a "
+                               "seeded random half, 1.5 every example once and a seeded random half twice")
+
+
+class EvalSource(DataSource):
+    name: SetName | None = Field(None, description="the set's name in the report; needed when there are several")
+    group: SetName | None = Field(
+        None, description="sets of one group (say in_domain, out_of_domain) are macro-averaged together")
+    scoring: Literal["squad_v2", "mrqa"] | None = Field(
+        None, description="QA: squad_v2 (the official SQuAD 2.0 script: null answers, HasAns/NoAns) or mrqa (the "
+                          "shared task's: SQuAD 1.1 normalisation, best over the gold answers, never a null answer); "
+                          "unset: mrqa for format mrqa, else squad_v2")
+
+    @property
+    def metric(self) -> Literal["squad_v2", "mrqa"]:
+        return self.scoring or ("mrqa" if self.format == "mrqa" else "squad_v2")
+
+
+def _named(sources: list[Any], field: str, default_name: str) -> list[Any]:
+    """`sources` with the name of a lone unnamed source filled in; several must each have a distinct name."""
+    if len(sources) == 1 and sources[0].name is None:
+        return [sources[0].model_copy(update={"name": default_name})]
+    unnamed = [str(i) for i, source in enumerate(sources) if source.name is None]
+    if unnamed:
+        raise ValueError(f"{field}: several sources need a name each; {', '.join(unnamed)} have none")
+    names = [source.name for source in sources]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"{field}: names must differ; {', '.join(repeated)} is used more than once")
+    return sources
+
+
 class DataSpec(StrictModel):
-    train: DataSource = Field(
-        DataSource(path="rajpurkar/squad_v2", format="hf", split="train"), description="training examples")
-    eval: DataSource = Field(
-        DataSource(path="rajpurkar/squad_v2", format="hf", split="validation"), description="evaluation examples")
+    """The data as lists of named sources: a single source may be given as a mapping, and is named train or eval."""
+
+    train: list[TrainSource] = Field(
+        [TrainSource(path="rajpurkar/squad_v2", format="hf", split="train")], min_length=1,
+        description="training examples: one source, or a list of named sources (each with a sampling weight) read "
+                    "into one training set")
+    eval: list[EvalSource] = Field(
+        [EvalSource(path="rajpurkar/squad_v2", format="hf", split="validation")], min_length=1,
+        description="evaluation examples: one source, or a list of named sets, each scored on its own and "
+                    "macro-averaged, overall and per group")
     label_names: list[str] | None = Field(
         None, description="classification: label names in id order; labels in the data may be names or ids")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_source_as_a_list(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            value = {key: [item] if key in ("train", "eval") and isinstance(item, (dict, DataSource)) else item
+                     for key, item in value.items()}
+        return value
+
+    @model_validator(mode="after")
+    def _names(self) -> DataSpec:
+        object.__setattr__(self, "train", _named(self.train, "data.train", "train"))
+        object.__setattr__(self, "eval", _named(self.eval, "data.eval", "eval"))
+        return self
 
 
 class FinetuneSpec(StrictModel):
@@ -313,7 +372,9 @@ class JobSpec(StrictModel):
     seed: int = 42
     data: DataSpec = DataSpec()
     teachers: list[TeacherSpec] = Field([TeacherSpec()], description="one or more; empty trains the student alone")
-    student: StudentSpec = StudentSpec()
+    student: StudentSpec | None = Field(
+        StudentSpec(), description="the model to distil into; null: no distillation, the job fine-tunes (where "
+                                   "asked) and evaluates its teachers side by side")
     augment: AugmentSpec = AugmentSpec()
     features: FeaturesSpec = FeaturesSpec()
     label: LabelSpec = LabelSpec()
@@ -330,7 +391,8 @@ class JobSpec(StrictModel):
                 problems.append("distill.intermediate: needs a teacher; add one to teachers or set enabled: false")
             if self.distill.prediction.enabled and self.distill.prediction.distill_weight > 0:
                 problems.append("distill.prediction: distill_weight > 0 needs a teacher; add one or set it to 0")
-            if self.student.init_from_teacher_layers is not None or self.student.architecture is not None:
+            if self.student is not None and (self.student.init_from_teacher_layers is not None
+                                             or self.student.architecture is not None):
                 problems.append("student: init_from_teacher_layers and architecture are derived from a teacher")
             if self.evaluate.evaluate_teachers:
                 problems.append("evaluate.evaluate_teachers: there are no teachers; set it to false")
@@ -345,16 +407,36 @@ class JobSpec(StrictModel):
         if self.task == "qa":
             problems += self._window_problems()
         if self.task == "qa":
-            sources = [("data.train", self.data.train)] + [
-                (f"teachers.{i}.finetune.train", t.finetune.train) for i, t in enumerate(self.teachers)
-                if t.finetune is not None and t.finetune.train is not None]
-            problems += [f"{field}.format: qa reads squad, hf or jsonl data, got {source.format}"
-                         for field, source in sources if source.format not in ("squad", "hf", "jsonl")]
-        if not (self.distill.intermediate.enabled or self.distill.prediction.enabled):
-            problems.append("distill: both phases are disabled; enable at least one")
+            problems += [f"{field}.format: qa reads squad, mrqa, hf or jsonl data, got {source.format}"
+                         for field, source in self.data_sources()
+                         if source.format not in QA_FORMATS and field != "augment.corpus"]
+        else:
+            problems += [f"data.eval.{i}.scoring: {source.scoring} scores QA; classification is scored by accuracy"
+                         for i, source in enumerate(self.data.eval) if source.scoring is not None]
+        if self.student is None:
+            if not self.teachers or not self.evaluate.evaluate_teachers:
+                problems.append("student: with no student the job fine-tunes and evaluates its teachers; give "
+                                "teachers and keep evaluate.evaluate_teachers on")
+        elif not (self.distill.intermediate.enabled or self.distill.prediction.enabled):
+            problems.append("distill: both phases are disabled; enable at least one (or set student: null to only "
+                            "fine-tune and evaluate the teachers)")
         if problems:
             raise ValueError("\n".join(problems))
         return self
+
+    def data_sources(self) -> list[tuple[str, DataSource]]:
+        """Every data source the job reads, with its field path: training and eval sets, the teachers' own
+        fine-tuning data and the augmentation corpus."""
+        sources: list[tuple[str, DataSource]] = []
+        for split, split_sources in (("train", self.data.train), ("eval", self.data.eval)):
+            several = len(split_sources) > 1
+            sources += [(f"data.{split}.{i}" if several else f"data.{split}", source)
+                        for i, source in enumerate(split_sources)]
+        sources += [(f"teachers.{i}.finetune.train", t.finetune.train) for i, t in enumerate(self.teachers)
+                    if t.finetune is not None and t.finetune.train is not None]
+        if self.augment.corpus is not None:
+            sources.append(("augment.corpus", self.augment.corpus))
+        return sources
 
     def _window_problems(self) -> list[str]:
         f = self.features
@@ -368,6 +450,8 @@ class JobSpec(StrictModel):
         return []
 
     def _student_layer_count(self) -> int | None:
+        if self.student is None:
+            return None
         if self.student.architecture is not None:
             return self.student.architecture.num_hidden_layers
         if self.student.init_from_teacher_layers is not None:
@@ -437,19 +521,12 @@ def parse_spec(document: Any, base_dir: Path, source: str = "spec") -> JobSpec:
 
 def missing_references(spec: JobSpec) -> list[str]:
     """Local files and model folders the spec names but that do not exist (hub names are not checked)."""
-    refs: list[tuple[str, str | None]] = [
-        ("data.train.path", spec.data.train.path),
-        ("data.eval.path", spec.data.eval.path),
-        ("student.model", spec.student.model),
-        ("augment.vectors.path", spec.augment.vectors.path),
-        ("augment.corpus.path", spec.augment.corpus.path if spec.augment.corpus else None),
-    ]
+    refs: list[tuple[str, str | None]] = [(f"{field}.path", source.path) for field, source in spec.data_sources()]
+    refs += [("student.model", spec.student.model if spec.student is not None else None),
+             ("augment.vectors.path", spec.augment.vectors.path)]
     if spec.augment.enabled and spec.augment.mlm_model is not None:
         refs.append(("augment.mlm_model", spec.augment.mlm_model))
-    for i, teacher in enumerate(spec.teachers):
-        refs.append((f"teachers.{i}.model", teacher.model))
-        if teacher.finetune is not None and teacher.finetune.train is not None:
-            refs.append((f"teachers.{i}.finetune.train.path", teacher.finetune.train.path))
+    refs += [(f"teachers.{i}.model", teacher.model) for i, teacher in enumerate(spec.teachers)]
     return [f"{field}: no such file or folder: {value}"
             for field, value in refs if value is not None and Path(value).is_absolute() and not Path(value).exists()]
 

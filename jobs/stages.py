@@ -3,6 +3,9 @@
     prepare -> finetune_teachers -> train_mlm -> augment -> label -> distill_intermediate
             -> distill_prediction -> evaluate -> report
 
+A job without a student (`student: null`) runs prepare, finetune_teachers, evaluate and report: its teachers are
+fine-tuned where asked and scored side by side.
+
 A stage declares which upstream outputs it reads and which part of the spec decides its output; the runner
 hashes both into the stage's cache key. Stages never call each other: each gets the folders of its inputs.
 Stage modules are imported when the stage runs, so `validate` and `status` stay fast.
@@ -15,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from jobs.spec import JobSpec, StudentSpec
+from jobs.spec import EvalSource, JobSpec, StudentSpec
 
 if TYPE_CHECKING:  # distill.models imports torch and transformers: stages import it when they run
     from distill.models import ModelRef
@@ -77,9 +80,16 @@ def tokenizer_ref(ctx: StageContext) -> ModelRef:
     from distill.models import ModelRef
 
     student = ctx.spec.student
-    if student.model is not None:
+    if student is not None and student.model is not None:
         return ModelRef(student.model, trust_remote_code=student.trust_remote_code)
     return teacher_refs(ctx)[0]
+
+
+def eval_sets(spec: JobSpec, prepare_dir: Path) -> list[tuple[EvalSource, Path]]:
+    """Each eval set and its examples folder: prepare/eval, or prepare/eval/<name> when there are several."""
+    if len(spec.data.eval) == 1:
+        return [(spec.data.eval[0], prepare_dir / "eval")]
+    return [(source, prepare_dir / "eval" / source.name) for source in spec.data.eval]
 
 
 def final_student(ctx: StageContext) -> Path:
@@ -95,13 +105,29 @@ def _summary(result: Any) -> dict[str, Any]:
 # The stages
 
 def _prepare(ctx: StageContext) -> dict[str, Any]:
-    from augment.readers import read_examples
+    from augment.readers import WeightedSet, mix_examples, read_examples
 
     spec = ctx.spec
-    train = read_examples(spec.data.train, spec.task, spec.data.label_names, ctx.out_dir / "train")
+    sources = spec.data.train
+    summary: dict[str, Any] = {}
+    if len(sources) == 1 and sources[0].weight == 1:
+        train = read_examples(sources[0], spec.task, spec.data.label_names, ctx.out_dir / "train")
+    else:  # each source read on its own, then mixed by weight into the one training set later stages read
+        names, weighted, summary["train_sets"] = spec.data.label_names, [], {}
+        for source in sources:
+            folder = ctx.out_dir / "train_sets" / source.name
+            read = read_examples(source, spec.task, names, folder)
+            names = read.label_names  # one set of label ids: the first source's names hold for the rest
+            weighted.append(WeightedSet(source.name, folder, source.weight))
+            summary["train_sets"][source.name] = _summary(read)
+        train = mix_examples(weighted, spec.task, ctx.out_dir / "train", spec.seed)
+    summary["train"] = _summary(train)
     # eval labels must use the train label ids, so the names found in train are passed on
-    evaluation = read_examples(spec.data.eval, spec.task, train.label_names, ctx.out_dir / "eval")
-    return {"train": _summary(train), "eval": _summary(evaluation)}
+    evaluation = {source.name: _summary(read_examples(source, spec.task, train.label_names, folder))
+                  for source, folder in eval_sets(spec, ctx.out_dir)}
+    summary["eval"] = next(iter(evaluation.values())) if len(evaluation) == 1 else {
+        "written": sum(result["written"] for result in evaluation.values()), "sets": evaluation}
+    return summary
 
 
 def _finetune_teachers(ctx: StageContext) -> dict[str, Any]:
@@ -196,8 +222,11 @@ def _distill_prediction(ctx: StageContext) -> dict[str, Any]:
     if "distill_intermediate" in ctx.inputs:
         student = ctx.inputs["distill_intermediate"] / "student"
     config = spec.distill.prediction
-    validation = ValidationSet(ctx.inputs["prepare"] / "eval", config.eval_examples, spec.features, spec.evaluate,
-                               label_names(ctx)) if config.eval_every is not None else None
+    validation = None
+    if config.eval_every is not None:  # on the first eval set
+        source, examples_dir = eval_sets(spec, ctx.inputs["prepare"])[0]
+        validation = ValidationSet(examples_dir, config.eval_examples, spec.features, spec.evaluate,
+                                   label_names(ctx), source.metric)
     result = distill_prediction(student, teacher_refs(ctx), spec.task, ctx.inputs["label"], config,
                                 spec.label.ensemble, spec.resources, spec.seed, ctx.out_dir, num_labels(ctx),
                                 ctx.progress, validation)
@@ -205,27 +234,32 @@ def _distill_prediction(ctx: StageContext) -> dict[str, Any]:
 
 
 def _evaluate(ctx: StageContext) -> dict[str, Any]:
-    from distill.evaluate import evaluate_models
+    from distill.evaluate import EvalSet, evaluate_sets
     from distill.models import ModelRef
 
     spec = ctx.spec
-    models = {"student": ModelRef(str(final_student(ctx)))}
-    if spec.evaluate.onnx:
-        from distill.onnx_export import export_onnx
+    models = {}
+    if spec.student is not None:
+        models["student"] = ModelRef(str(final_student(ctx)))
+        if spec.evaluate.onnx:
+            from distill.onnx_export import export_onnx
 
-        graphs = export_onnx(final_student(ctx), out_dir=ctx.out_dir / "onnx")
-        models |= {"student_onnx": ModelRef(str(graphs.fp32)), "student_onnx_int8": ModelRef(str(graphs.int8))}
+            graphs = export_onnx(final_student(ctx), out_dir=ctx.out_dir / "onnx")
+            models |= {"student_onnx": ModelRef(str(graphs.fp32)), "student_onnx_int8": ModelRef(str(graphs.int8))}
     if spec.evaluate.evaluate_teachers:
         models |= {f"teacher_{i}": ref for i, ref in enumerate(teacher_refs(ctx))}
-    result = evaluate_models(models, spec.task, ctx.inputs["prepare"] / "eval", spec.features, spec.evaluate,
-                             spec.resources, ctx.out_dir, label_names(ctx), ctx.progress)
+    sets = [EvalSet(source.name, folder, source.group, source.metric)
+            for source, folder in eval_sets(spec, ctx.inputs["prepare"])]
+    result = evaluate_sets(models, spec.task, sets, spec.features, spec.evaluate, spec.resources, ctx.out_dir,
+                           label_names(ctx), ctx.progress)
     return _summary(result)
 
 
 def _report(ctx: StageContext) -> dict[str, Any]:
     from jobs.report import export_final_student, write_report
 
-    exported = export_final_student(ctx.run_dir, final_student(ctx)) if ctx.spec.evaluate.export else None
+    export = ctx.spec.evaluate.export and ctx.spec.student is not None
+    exported = export_final_student(ctx.run_dir, final_student(ctx)) if export else None
     # the report reads the state the runner keeps, so it is written last and shows every stage before it
     report = write_report(ctx.run_dir)
     return {"report": str(report), "export": str(exported) if exported else None}
@@ -234,7 +268,8 @@ def _report(ctx: StageContext) -> dict[str, Any]:
 def _label_config(spec: JobSpec) -> dict[str, Any]:
     from distill.ensemble import labels_depend_on_temperature  # torch: only when a job keys its label stage
 
-    config = {"task": spec.task, "teachers": spec.teachers, "student": spec.student.model, "features": spec.features,
+    config = {"task": spec.task, "teachers": spec.teachers, "student": spec.student and spec.student.model,
+              "features": spec.features,
               "label": spec.label, "precision": spec.resources.precision}
     # keyed only where the labels depend on it, so that a change of temperature relabels nothing else
     if labels_depend_on_temperature(spec.label.ensemble, len(spec.teachers)):
@@ -259,30 +294,30 @@ STAGES: tuple[Stage, ...] = (
           run=_finetune_teachers, uses_ray=True),
     Stage("train_mlm", "train the masked LM that proposes substitutions, on the corpus or training texts",
           inputs=("prepare",),
-          enabled=lambda s: s.augment.enabled and s.augment.mlm_training is not None,
+          enabled=lambda s: s.student is not None and s.augment.enabled and s.augment.mlm_training is not None,
           config=lambda s: {"task": s.task, "mlm_model": s.augment.mlm_model, "mlm_init": s.augment.mlm_init,
                             "mlm_training": s.augment.mlm_training, "corpus": s.augment.corpus,
                             "features": s.features, "precision": s.resources.precision},
           run=_train_mlm, uses_ray=True),
     Stage("augment", "expand the training set by word substitution",
           inputs=("prepare", "train_mlm"),
-          enabled=lambda s: s.augment.enabled,
+          enabled=lambda s: s.student is not None and s.augment.enabled,
           config=lambda s: {"task": s.task, "augment": s.augment, "seed": s.seed, "precision": s.resources.precision},
           run=_augment, uses_ray=True),
     Stage("label", "tokenize into features and store the teachers' soft logits",
           inputs=("prepare", "finetune_teachers", "augment"),
-          enabled=lambda s: True,
+          enabled=lambda s: s.student is not None,
           config=_label_config, run=_label, uses_ray=True),
     Stage("distill_intermediate", "phase 1: embeddings, hidden states and attentions",
           inputs=("prepare", "finetune_teachers", "label"),
-          enabled=lambda s: s.distill.intermediate.enabled,
+          enabled=lambda s: s.student is not None and s.distill.intermediate.enabled,
           config=lambda s: {"task": s.task, "student": s.student, "teachers": s.teachers,
                             "intermediate": s.distill.intermediate, "seed": s.seed,
                             "precision": s.resources.precision},
           run=_distill_intermediate, uses_ray=True),
     Stage("distill_prediction", "phase 2: soft start/end or class logits with temperature",
           inputs=("prepare", "finetune_teachers", "label", "distill_intermediate"),
-          enabled=lambda s: s.distill.prediction.enabled,
+          enabled=lambda s: s.student is not None and s.distill.prediction.enabled,
           config=lambda s: {"task": s.task, "student": s.student, "prediction": s.distill.prediction,
                             "ensemble": s.label.ensemble, "seed": s.seed, "precision": s.resources.precision,
                             "teachers": s.teachers if _phase_needs_online_teacher(s) else None,

@@ -69,15 +69,15 @@ def ray_session():
 
 @pytest.fixture(scope="session")
 def tiny_model_factory(tmp_path_factory, bert_tokenizer_dir):
-    """Build a tiny BERT (or DistilBERT) with a task head and the real uncased tokenizer, save it, and return its
-    folder.
+    """Build a tiny BERT (or DistilBERT, ELECTRA, SqueezeBERT, RoBERTa) with a task head and the real uncased
+    tokenizer, save it, and return its folder.
 
     Models are cached by their arguments for the session, so asking twice costs nothing.
     """
     import torch
     from transformers import (AutoModelForMaskedLM, AutoModelForQuestionAnswering,
                               AutoModelForSequenceClassification, AutoTokenizer, BertConfig, DistilBertConfig,
-                              DistilBertTokenizer)
+                              DistilBertTokenizer, ElectraConfig, RobertaConfig, SqueezeBertConfig)
 
     heads = {"qa": AutoModelForQuestionAnswering, "classification": AutoModelForSequenceClassification,
              "mlm": AutoModelForMaskedLM}
@@ -92,12 +92,28 @@ def tiny_model_factory(tmp_path_factory, bert_tokenizer_dir):
                 config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=hidden, num_hidden_layers=layers,
                                     num_attention_heads=heads_count, intermediate_size=hidden * 2,
                                     max_position_embeddings=max_positions, num_labels=num_labels)
-            else:
+            elif family == "distilbert":
                 # DistilBERT's own tokenizer class: same vocabulary, but no token_type_ids among its model inputs
                 tokenizer = DistilBertTokenizer.from_pretrained(bert_tokenizer_dir)
                 config = DistilBertConfig(vocab_size=tokenizer.vocab_size, dim=hidden, n_layers=layers,
                                           n_heads=heads_count, hidden_dim=hidden * 2,
                                           max_position_embeddings=max_positions, num_labels=num_labels)
+            else:
+                # the other encoders with BERT's vocabulary (ELECTRA, SqueezeBERT) or, for a RoBERTa-family
+                # stand-in in a job that needs no shared vocabulary, with it instead of a BPE one
+                tokenizer = AutoTokenizer.from_pretrained(bert_tokenizer_dir)
+                sizes = dict(vocab_size=tokenizer.vocab_size, hidden_size=hidden, num_hidden_layers=layers,
+                             num_attention_heads=heads_count, intermediate_size=hidden * 2, num_labels=num_labels)
+                if family == "electra":
+                    config = ElectraConfig(**sizes, embedding_size=hidden, max_position_embeddings=max_positions)
+                elif family == "squeezebert":
+                    config = SqueezeBertConfig(**sizes, embedding_size=hidden, max_position_embeddings=max_positions)
+                elif family == "roberta":  # positions start after the padding id (0 here)
+                    config = RobertaConfig(**sizes, pad_token_id=tokenizer.pad_token_id, type_vocab_size=2,
+                                           max_position_embeddings=max_positions + 2)
+                else:
+                    raise ValueError(f"no tiny {family} model: families are bert, distilbert, electra, "
+                                     "squeezebert, roberta")
             torch.manual_seed(seed)
             model = heads[task].from_config(config)
             folder = tmp_path_factory.mktemp(f"tiny-{family}-{task}-{layers}l-{hidden}h")

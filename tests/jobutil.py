@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import subprocess
@@ -113,3 +114,32 @@ def tensorboard_scalars(folder: Path) -> dict[str, dict[int, float]]:
             for value in event.summary.value:
                 scalars.setdefault(value.tag, {})[event.step] = value.simple_value
     return scalars
+
+
+def mrqa_lines(articles: list[dict], dataset: str) -> list[str]:
+    """SQuAD articles as MRQA shared-task lines: a header, then a line per paragraph with its answerable questions,
+    each answer text once with all its spans (end inclusive) and the texts as the gold `answers`."""
+    lines = [json.dumps({"header": {"dataset": dataset, "split": "dev"}})]
+    for article in articles:
+        for p, paragraph in enumerate(article["paragraphs"]):
+            qas = []
+            for qa in paragraph["qas"]:
+                if qa.get("is_impossible"):
+                    continue
+                spans: dict[str, list[list[int]]] = {}
+                for answer in qa["answers"]:
+                    span = [answer["answer_start"], answer["answer_start"] + len(answer["text"]) - 1]
+                    if span not in spans.setdefault(answer["text"], []):
+                        spans[answer["text"]].append(span)
+                qas.append({"qid": qa["id"], "question": qa["question"], "answers": list(spans),
+                            "detected_answers": [{"text": text, "char_spans": text_spans, "token_spans": [[0, 0]]}
+                                                 for text, text_spans in spans.items()]})
+            lines.append(json.dumps({"id": f"{article['title']}-{p}", "context": paragraph["context"], "qas": qas}))
+    return lines
+
+
+def write_mrqa(path: Path, articles: list[dict], dataset: str) -> Path:
+    """`mrqa_lines` of `articles`, gzipped at `path` (name it <dataset>.jsonl.gz, as the shared task does)."""
+    with gzip.open(path, "wt", encoding="utf-8") as handle:
+        handle.write("\n".join(mrqa_lines(articles, dataset)) + "\n")
+    return path

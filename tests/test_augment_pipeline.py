@@ -106,7 +106,7 @@ def test_a_paragraph_stays_in_one_block_across_shards_and_when_it_recurs(tmp_pat
     for i, context in enumerate("AABACC"):
         writer.add({"id": f"q{i}", "source_id": f"q{i}", "variant": 0, "title": "t", "context": context,
                     "question": "?", "answers": {"text": [], "answer_start": []}, "is_impossible": True,
-                    "substitutions": []})
+                    "substitutions": [], "gold_answers": None})
     writer.close()
     blocks = plan_blocks(tmp_path, "qa", 2)
     assert blocks == [[0, 1, 3], [2, 4, 5]]  # A's rows together, in the order A first appears

@@ -26,7 +26,8 @@ HOPS = {"field": "question", "start": 5, "end": 9, "original": "jumps", "replace
 
 
 def _rows(variant_answer_start: int = 15) -> list[dict]:
-    base = {"source_id": "q1", "title": "Animals", "question": "What jumps?", "is_impossible": False}
+    base = {"source_id": "q1", "title": "Animals", "question": "What jumps?", "is_impossible": False,
+            "gold_answers": None}
     return [
         {**base, "id": "q1", "variant": 0, "context": CONTEXT,
          "answers": {"text": ["fox"], "answer_start": [16]}, "substitutions": []},

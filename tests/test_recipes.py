@@ -29,9 +29,9 @@ import yaml
 from augment.writers import read_shards
 from jobs.api import effective_state
 from jobs.spec import DataSource, JobSpec, load_spec
-from jobs.stages import STAGES
+from jobs.stages import STAGES, eval_sets
 from jobs.store import Run
-from tests.jobutil import QUICKSTART, REPO, jobs_cli, jsonl_records, parquet_rows, write_spec
+from tests.jobutil import QUICKSTART, REPO, jobs_cli, jsonl_records, parquet_rows, write_mrqa, write_spec
 
 RECIPES = sorted(path for path in (REPO / "configs").glob("*.yaml") if path.name != "quickstart.yaml")
 RECIPE_NAMES = [path.name for path in RECIPES]
@@ -63,6 +63,7 @@ MLM_SHAPE = Shape(layers=2, hidden=32, heads=4)  # the augmentation's masked LM 
 # hub datasets that ../shared holds a copy of, by split; other datasets get a few examples written for the test
 SHARED_DATA = {"stanfordnlp/sst2": {"train": "train.tsv", "validation": "dev.tsv"}}
 QA_QUESTIONS = {"train": 12, "eval": 12}
+MRQA_QUESTIONS = {"train": 4, "eval": 3}  # per set: a recipe may have many (six and twelve for D-NET)
 CLASSIFICATION_EXAMPLES = {"train": 32, "eval": 32}
 QA_FEATURES = {"max_seq_len": 96, "max_query_len": 24, "doc_stride": 32}
 CLASSIFICATION_MAX_SEQ_LEN = 64
@@ -70,7 +71,7 @@ CLASSIFICATION_MAX_SEQ_LEN = 64
 # What the tiny version may change: where models and data come from, and sizes. Any other difference from the
 # recipe fails the structure test.
 SWAPPABLE = [re.compile(pattern) for pattern in (
-    r"data\.(train|eval)\.(path|format|split|limit)",
+    r"data\.(train|eval)\.\d+\.(path|format|split|limit)",
     r"teachers\.\d+\.model",
     r"teachers\.\d+\.finetune\.epochs",
     r"teachers\.\d+\.finetune\.train\.(path|format|split|limit)",
@@ -87,11 +88,10 @@ STUDENT_METRICS = {"qa": {"exact": 100, "f1": 100}, "classification": {"accuracy
 
 def family(model: str) -> str:
     name = model.lower()
-    if "distilbert" in name:
-        return "distilbert"
-    if "bert" in name:
-        return "bert"
-    pytest.fail(f"no tiny stand-in for {model}: add its family to tests/test_recipes.py")
+    for known in ("distilbert", "squeezebert", "roberta", "electra", "bert"):  # the first that the name holds
+        if known in name:
+            return known
+    pytest.fail(f"no tiny stand-in for {model}: add its family to tests/conftest.py and tests/test_recipes.py")
 
 
 @pytest.fixture(scope="module")
@@ -120,14 +120,22 @@ def label_set(spec: JobSpec) -> tuple[list[str], bool]:
     the recipe lists) or as names the reader has to collect (a dataset whose names the recipe leaves out)."""
     if spec.data.label_names:
         return list(spec.data.label_names), True
-    return [f"{spec.data.train.label_column}_{letter}" for letter in "abcde"], False
+    return [f"{spec.data.train[0].label_column}_{letter}" for letter in "abcde"], False
 
 
-def tiny_data(source: DataSource, split: str, spec: JobSpec, sst2_dir: Path, folder: Path) -> dict[str, Any]:
-    """Settings replacing a data source: a local file (and limit) with the source's columns and the job's labels."""
+def tiny_data(source: DataSource, split: str, spec: JobSpec, sst2_dir: Path, folder: Path,
+              index: int = 0) -> dict[str, Any]:
+    """Settings replacing a data source: a local file (and limit) with the source's format and columns and the
+    job's labels. The `index`-th MRQA source of a split gets its own article of the sample, in the MRQA format."""
     if spec.task == "qa":
-        sample = "sample-train.json" if split == "train" else "sample-dev.json"
-        return {"path": str(QUICKSTART / sample), "format": None, "split": None, "limit": QA_QUESTIONS[split]}
+        sample = QUICKSTART / ("sample-train.json" if split == "train" else "sample-dev.json")
+        if source.format == "mrqa":
+            articles = json.loads(sample.read_text(encoding="utf-8"))["data"]
+            name = Path(source.path).name
+            path = write_mrqa(folder / f"{split}-{index}-{name}", [articles[index % len(articles)]],
+                              name.split(".")[0])
+            return {"path": str(path), "format": None, "split": None, "limit": MRQA_QUESTIONS[split]}
+        return {"path": str(sample), "format": None, "split": None, "limit": QA_QUESTIONS[split]}
     count = CLASSIFICATION_EXAMPLES[split]
     shared = SHARED_DATA.get(source.path, {}).get(source.split or ("train" if split == "train" else "validation"))
     if shared is not None:
@@ -169,12 +177,17 @@ def tiny_version(recipe: Path, stand_in, sst2_dir: Path, folder: Path) -> TinyRe
 
     task = original.task
     num_labels = len(label_set(original)[0]) if task == "classification" else 2
-    for split, source in (("train", original.data.train), ("eval", original.data.eval)):
-        section("data", split).update(tiny_data(source, split, original, sst2_dir, folder))
+    for split, sources in (("train", original.data.train), ("eval", original.data.eval)):
+        if not isinstance(section("data").get(split), list):
+            section("data", split)
+        given = section("data")[split]
+        for i, (source, settings) in enumerate(zip(sources, given if isinstance(given, list) else [given])):
+            settings.update(tiny_data(source, split, original, sst2_dir, folder, i))
 
     # teachers deep enough for an explicit layer map or layer copy, as the real ones are
     layer_map = original.distill.intermediate.layer_map
-    wanted = [*(layer_map if isinstance(layer_map, list) else []), *(original.student.init_from_teacher_layers or [])]
+    copied = original.student.init_from_teacher_layers if original.student is not None else None
+    wanted = [*(layer_map if isinstance(layer_map, list) else []), *(copied or [])]
     teacher_shape = Shape(max(TEACHER_SHAPE.layers, max(wanted, default=0) + 1), TEACHER_SHAPE.hidden,
                           TEACHER_SHAPE.heads)
     document["teachers"] = document.get("teachers") or [{} for _ in original.teachers]
@@ -190,7 +203,7 @@ def tiny_version(recipe: Path, stand_in, sst2_dir: Path, folder: Path) -> TinyRe
                 finetune["train"].update(tiny_data(teacher.finetune.train, "train", original, sst2_dir, folder))
 
     student_shape = None
-    if original.student.model is not None:
+    if original.student is not None and original.student.model is not None:
         name = original.student.model
         student_shape = STUDENT_SHAPES.get(name, DEFAULT_STUDENT_SHAPE)
         if isinstance(layer_map, list):
@@ -303,11 +316,13 @@ def finished_job(recipe_jobs: dict[str, dict[str, Any]], name: str) -> dict[str,
     return job | {"run_dir": run_dir, "outputs": outputs}
 
 
-def phase_ran(phase: Any, stage: str, outputs: dict[str, Path]) -> bool:
-    """Whether the recipe enables this training phase; a disabled one must have left no output."""
-    if not phase.enabled:
+def stage_ran(spec: JobSpec, stage: str, outputs: dict[str, Path]) -> bool:
+    """Whether the recipe enables this stage (a training phase, augmentation, labelling); a disabled one must have
+    left no output."""
+    enabled = stage in enabled_stages(spec)
+    if not enabled:
         assert stage not in outputs
-    return phase.enabled
+    return enabled
 
 
 def training_record(output: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -333,8 +348,10 @@ def test_tiny_version_changes_only_models_data_and_sizes(tiny_recipes, name):
     assert not unexpected, f"the tiny version of {tiny_recipe.recipe.name} changed its structure: {unexpected}"
     swapped = tiny_recipe.swapped
     # nothing is left to come from a hub: every model and data source is a local file or folder
-    models = [t.model for t in swapped.teachers] + [swapped.student.model, swapped.augment.mlm_model]
-    sources = [swapped.data.train, swapped.data.eval]
+    models = [t.model for t in swapped.teachers]
+    models += [swapped.augment.mlm_model] if "augment" in enabled_stages(swapped) else []
+    models += [swapped.student.model] if swapped.student is not None else []
+    sources = [*swapped.data.train, *swapped.data.eval]
     for model in filter(None, models):
         assert Path(model).is_dir(), model
     for source in sources:
@@ -352,8 +369,8 @@ def test_recipe_job_succeeds_running_exactly_the_stages_it_enables(tiny_recipes,
     assert all(stage["status"] == "skipped" for name, stage in state["stages"].items() if name not in enabled)
     run_dir = recipe_job["run_dir"]
     assert (run_dir / "report" / "report.md").is_file()
-    if tiny_recipe.swapped.evaluate.export:
-        assert (run_dir / "export" / "README.md").is_file()
+    exported = tiny_recipe.swapped.evaluate.export and tiny_recipe.swapped.student is not None
+    assert (run_dir / "export" / "README.md").is_file() == exported
 
 
 @pytest.mark.parametrize("name", RECIPE_NAMES)
@@ -369,6 +386,9 @@ def test_recipe_fine_tunes_and_labels_with_every_teacher_by_weight(tiny_recipes,
         config = json.loads((model / "config.json").read_text())
         assert config["architectures"][0].endswith(TASK_HEAD[spec.task]), config["architectures"]
         teachers.append(str(model))
+    if not stage_ran(spec, "label", outputs):  # no student: the teachers are fine-tuned and scored, nothing labelled
+        assert spec.student is None and "finetune_teachers" in outputs
+        return
     stats = json.loads((outputs["label"] / "stats.json").read_text())
     assert stats["teachers"] == teachers
     total = sum(t.weight for t in spec.teachers)
@@ -391,8 +411,7 @@ def test_recipe_fine_tunes_and_labels_with_every_teacher_by_weight(tiny_recipes,
 def test_recipe_augments_as_configured(tiny_recipes, recipe_jobs, name):
     tiny_recipe, recipe_job = tiny_recipes[name], finished_job(recipe_jobs, name)
     spec, outputs = tiny_recipe.swapped, recipe_job["outputs"]
-    if not spec.augment.enabled:
-        assert "augment" not in outputs
+    if not stage_ran(spec, "augment", outputs):
         return
     stats = json.loads((outputs["augment"] / "stats.json").read_text())
     train = json.loads((outputs["prepare"] / "train" / "meta.json").read_text())["counts"]
@@ -408,7 +427,7 @@ def test_recipe_augments_as_configured(tiny_recipes, recipe_jobs, name):
 def test_recipe_intermediate_phase_uses_its_losses_and_layer_map(tiny_recipes, recipe_jobs, name):
     tiny_recipe, outputs = tiny_recipes[name], finished_job(recipe_jobs, name)["outputs"]
     phase = tiny_recipe.swapped.distill.intermediate
-    if not phase_ran(phase, "distill_intermediate", outputs):
+    if not stage_ran(tiny_recipe.swapped, "distill_intermediate", outputs):
         return
     config, records = training_record(outputs["distill_intermediate"])
     objective = config["objective"]
@@ -434,7 +453,7 @@ def test_recipe_prediction_phase_uses_its_temperature_and_weight(tiny_recipes, r
     tiny_recipe, outputs = tiny_recipes[name], finished_job(recipe_jobs, name)["outputs"]
     spec = tiny_recipe.swapped
     phase = spec.distill.prediction
-    if not phase_ran(phase, "distill_prediction", outputs):
+    if not stage_ran(spec, "distill_prediction", outputs):
         return
     config, records = training_record(outputs["distill_prediction"])
     losses = config["objective"]["losses"]
@@ -457,12 +476,45 @@ def test_recipe_evaluates_the_student_and_its_teachers(tiny_recipes, recipe_jobs
     tiny_recipe, recipe_job = tiny_recipes[name], finished_job(recipe_jobs, name)
     spec, outputs = tiny_recipe.swapped, recipe_job["outputs"]
     metrics = json.loads((outputs["evaluate"] / "metrics.json").read_text())
-    expected = {"student"} | ({f"teacher_{i}" for i in range(len(spec.teachers))}
-                              if spec.evaluate.evaluate_teachers else set())
+    expected = ({"student"} if spec.student is not None else set()) | (
+        {f"teacher_{i}" for i in range(len(spec.teachers))} if spec.evaluate.evaluate_teachers else set())
     assert set(metrics) == expected
-    evaluated = json.loads((outputs["prepare"] / "eval" / "meta.json").read_text())["counts"]["written"]
-    assert evaluated == parquet_rows(outputs["prepare"] / "eval") > 0
-    for name, entry in metrics.items():
-        for key, top in STUDENT_METRICS[spec.task].items():
-            assert 0 <= entry[key] <= top, (name, key, entry[key])
-        assert entry["total"] == evaluated, name
+    sets = eval_sets(spec, outputs["prepare"])
+    counts = {source.name: json.loads((folder / "meta.json").read_text())["counts"]["written"]
+              for source, folder in sets}
+    for source, folder in sets:
+        assert counts[source.name] == parquet_rows(folder) > 0
+    keys = STUDENT_METRICS[spec.task]
+    for model, entry in metrics.items():
+        for key, top in keys.items():
+            assert 0 <= entry[key] <= top, (model, key, entry[key])
+        assert entry["total"] == sum(counts.values()), model
+        if len(sets) == 1:
+            continue
+        # several sets: each scored on its own, then macro-averaged (each set once), overall and per group
+        assert list(entry["sets"]) == list(counts)
+        groups: dict[str, list[str]] = {}
+        for source, folder in sets:
+            scores = entry["sets"][source.name]
+            assert scores["total"] == counts[source.name]
+            if spec.task == "qa":
+                assert scores["scoring"] == source.metric == "mrqa"
+                answers = json.loads((outputs["evaluate"] / "sets" / source.name / model / "predictions.json")
+                                     .read_text())
+                assert len(answers) == counts[source.name] and all(answers.values())  # never a null answer
+            if source.group is not None:
+                groups.setdefault(source.group, []).append(source.name)
+        for key in keys:
+            assert entry[key] == pytest.approx(sum(entry["sets"][n][key] for n in counts) / len(counts))
+        assert set(entry["groups"]) == set(groups)
+        for group, members in groups.items():
+            for key in keys:
+                assert entry["groups"][group][key] == pytest.approx(
+                    sum(entry["sets"][n][key] for n in members) / len(members))
+    if len(sets) > 1:  # the report's table: a row per set, per group and for all
+        report = (recipe_job["run_dir"] / "report" / "report.md").read_text()
+        table = report.split("Per evaluation set")[1].split("\n\n")[1]
+        rows = [line for line in table.splitlines() if line.startswith("| ")][1:]
+        assert len(rows) == len(sets) + len(metrics[next(iter(metrics))]["groups"]) + 1
+        for source, _ in sets:
+            assert any(row.startswith(f"| `{source.name}` |") for row in rows), source.name

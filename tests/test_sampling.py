@@ -31,7 +31,8 @@ def squad_rows(squad_dev_path):
                          "context": paragraph["context"], "question": qa["question"],
                          "answers": {"text": [a["text"] for a in qa["answers"]],
                                      "answer_start": [a["answer_start"] for a in qa["answers"]]},
-                         "is_impossible": qa.get("is_impossible", False), "substitutions": []})
+                         "is_impossible": qa.get("is_impossible", False), "substitutions": [],
+                         "gold_answers": None})
     assert any(r["is_impossible"] for r in rows) and not all(r["is_impossible"] for r in rows)
     return rows
 

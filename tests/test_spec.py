@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import yaml
 
 from jobs.cli import main
 from jobs.spec import JobSpec, SpecError, dump_spec, load_spec, parse_spec
+from tests.jobutil import write_mrqa
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
@@ -39,11 +41,25 @@ def test_round_trip_through_the_resolved_yaml(tmp_path):
     saved.write_text(dump_spec(spec))
     assert load_spec(saved) == spec
     # relative paths were resolved against the spec's folder, so the copy works from anywhere
-    assert Path(spec.data.train.path).is_absolute() and Path(spec.data.train.path).exists()
+    assert Path(spec.data.train[0].path).is_absolute() and Path(spec.data.train[0].path).exists()
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.name for c in CONFIGS])
-def test_every_shipped_config_is_valid(config, capsys):
+def test_every_shipped_config_is_valid(config, capsys, tmp_path):
+    """Valid as shipped; a recipe over files the user downloads (MRQA) is valid once they lie where it says."""
+    downloads = [Path(source.path) for _, source in load_spec(config, check_paths=False).data_sources()
+                 if source.format == "mrqa" and not Path(source.path).exists()]
+    if downloads:
+        assert main(["validate", str(config)]) == 2  # as shipped: the data is not here
+        assert all("no such file" in line for line in capsys.readouterr().err.splitlines()[1:])
+        copy = tmp_path / config.name
+        copy.write_text(config.read_text())
+        article = json.loads((REPO / "configs" / "quickstart" / "sample-dev.json").read_text())["data"][:1]
+        for path in downloads:
+            placed = tmp_path / path.relative_to(config.parent)
+            placed.parent.mkdir(parents=True, exist_ok=True)
+            write_mrqa(placed, article, path.name.split(".")[0])
+        config = copy
     assert main(["validate", str(config)]) == 0, capsys.readouterr().err
 
 
@@ -51,7 +67,7 @@ def test_every_shipped_config_is_valid(config, capsys):
 def test_benchmark_specs_are_valid(path):
     # their model folders are written by benchmarks/quality_sst2.py before it submits them
     spec = load_spec(path, check_paths=False)
-    assert spec.task == "classification" and Path(spec.data.train.path).name == "train.tsv"
+    assert spec.task == "classification" and Path(spec.data.train[0].path).name == "train.tsv"
 
 
 # each case: a change to a valid spec, and the field path the error must name
@@ -87,7 +103,18 @@ BAD_SPECS = [
     ({"teachers": [{"model": "a/b", "finetune": {"train": {"path": "./no-teacher-data.json"}}}]},
      "teachers.0.finetune.train.path: no such file"),
     ({"teachers": [{"model": "a/b", "finetune": {"train": {"path": "./x.tsv"}}}]},
-     "teachers.0.finetune.train.format: qa reads squad, hf or jsonl data, got tsv"),
+     "teachers.0.finetune.train.format: qa reads squad, mrqa, hf or jsonl data, got tsv"),
+    ({"data": {"train": [{"path": "a/b"}, {"path": "c/d", "name": "d"}]}},
+     "data.train: several sources need a name each; 0 have none"),
+    ({"data": {"eval": [{"path": "a/b", "name": "x"}, {"path": "c/d", "name": "x"}]}},
+     "data.eval: names must differ; x is used more than once"),
+    ({"data": {"train": [{"path": "a/b", "name": "a", "weight": 0}]}}, "data.train.0.weight: must be > 0"),
+    ({"data": {"train": []}}, "data.train: list should have at least 1 item"),
+    ({"data": {"train": [{"path": "a/b", "name": "a"}, {"path": "./gone.jsonl.gz", "name": "b"}]}},
+     "data.train.1.path: no such file"),
+    ({"task": "classification", "data": {"eval": {"path": "a/b", "scoring": "mrqa"}}},
+     "data.eval.0.scoring: mrqa scores QA"),
+    ({"student": None, "teachers": []}, "student: with no student the job fine-tunes and evaluates its teachers"),
 ]
 
 
@@ -148,3 +175,29 @@ def test_set_is_checked_like_the_file_and_creates_nothing(tmp_path, capsys, over
     assert main(["submit", str(QUICKSTART_SPEC), "--set", override, "--root", str(root)]) == 2
     assert expected in capsys.readouterr().err
     assert not root.exists()
+
+
+def test_data_sources_one_or_several_named_and_weighted():
+    one = parse_spec({"data": {"train": {"path": "a/b"}, "eval": {"path": "c/d"}}}, Path("."))
+    assert [(s.name, s.weight) for s in one.data.train] == [("train", 1.0)]
+    assert [(s.name, s.metric) for s in one.data.eval] == [("eval", "squad_v2")]
+    several = parse_spec({"data": {
+        "train": [{"name": "squad", "path": "x/SQuAD.jsonl.gz", "weight": 0.5}, {"name": "news", "path": "n/q"}],
+        "eval": [{"name": "squad", "path": "x/dev.jsonl.gz", "group": "in_domain"},
+                 {"name": "bio", "path": "b/q", "format": "hf", "group": "out_of_domain", "scoring": "mrqa"}]}},
+        Path("/data"))
+    assert [(s.name, s.format, s.weight) for s in several.data.train] == [("squad", "mrqa", 0.5), ("news", "hf", 1.0)]
+    assert [(s.group, s.metric) for s in several.data.eval] == [("in_domain", "mrqa"), ("out_of_domain", "mrqa")]
+    assert several.data.train[0].path == "/data/x/SQuAD.jsonl.gz"
+    assert [field for field, _ in several.data_sources()] == ["data.train.0", "data.train.1", "data.eval.0",
+                                                              "data.eval.1"]
+    # the resolved spec a run stores reads back the same
+    assert parse_spec(yaml.safe_load(dump_spec(several)), Path("/elsewhere")) == several
+
+
+def test_a_spec_without_student_only_fine_tunes_and_evaluates():
+    from jobs.stages import STAGES
+
+    spec = parse_spec({"student": None, "teachers": [{"model": "a/b", "finetune": {"epochs": 1}}]}, Path("."))
+    assert [stage.name for stage in STAGES if stage.enabled(spec)] == ["prepare", "finetune_teachers", "evaluate",
+                                                                      "report"]

@@ -90,7 +90,7 @@ def test_export_round_trip_with_augmented_variants(tmp_path):
     context = "The quick brown fox jumps over the lazy dog."
     variant_context = "The fast brown fox leaps over the lazy dog."
     fox = {"text": ["fox"], "answer_start": [16]}
-    base = {"title": "Animals", "question": "What jumps?", "is_impossible": False}
+    base = {"title": "Animals", "question": "What jumps?", "is_impossible": False, "gold_answers": None}
     substitutions = [
         {"field": "context", "start": 4, "end": 8, "original": "quick", "replacement": "fast", "source": "mlm"},
         {"field": "context", "start": 19, "end": 24, "original": "jumps", "replacement": "leaps",
@@ -98,7 +98,7 @@ def test_export_round_trip_with_augmented_variants(tmp_path):
     ]
     rows = [
         {"id": "q1", "source_id": "q1", "variant": 0, **base, "context": context, "answers": fox,
-         "substitutions": []},
+         "substitutions": [], "gold_answers": ["fox", "a brown fox"]},  # MRQA's aliases
         {"id": "q1#aug1", "source_id": "q1", "variant": 1, **base, "context": variant_context,
          "answers": {"text": ["fox"], "answer_start": [15]},
          "substitutions": substitutions},
