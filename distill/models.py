@@ -6,7 +6,7 @@ import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import TYPE_CHECKING, Iterator, Literal
 
 import torch
 from transformers import (
@@ -18,6 +18,9 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+
+if TYPE_CHECKING:
+    from jobs.spec import ResourcesSpec
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +182,12 @@ def check_same_vocabulary(tokenizers: dict[str, PreTrainedTokenizerBase]) -> Non
                     f"{reference_name} as {reference.convert_ids_to_tokens(expected)}: same vocabulary, different "
                     "normalisation (lower-casing, accents) or pre-tokenisation; every teacher and the student must "
                     "tokenize alike")
+
+
+def needs_a_gpu_elsewhere(resources: ResourcesSpec) -> bool:
+    """Whether the work asks for a GPU that this process does not have (a job's driver on a cluster's head node),
+    so it must run on a Ray worker that has one."""
+    return bool(resources.gpus_per_worker) and not torch.cuda.is_available()
 
 
 def pick_device(gpus_per_worker: float | None) -> torch.device:

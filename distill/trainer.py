@@ -50,7 +50,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from distill.evaluate import ValidationSet, Validator
 from distill.features import FlatFeatures
-from distill.models import Task, autocast, device_precision, pick_device
+from distill.models import Task, autocast, device_precision, needs_a_gpu_elsewhere, pick_device
 from distill.training_data import open_training_view, prefetch
 from jobs.progress import LOG_FORMATTER, Progress
 from jobs.spec import PhaseSpec, ResourcesSpec
@@ -154,9 +154,10 @@ class Worker:
 
 
 def run_plan(plan: TrainPlan) -> PhaseResult:
-    """Run `plan` in this process (one worker) or on `plan.resources.workers` Ray Train workers."""
+    """Run `plan` in this process (one worker without a GPU, or with this process's GPU) or on Ray Train workers:
+    several, or one on a GPU node when this process has none (a cluster's head node)."""
     started = time.perf_counter()
-    if plan.resources.workers > 1:
+    if plan.resources.workers > 1 or needs_a_gpu_elsewhere(plan.resources):
         summary = _run_on_ray(plan)
     else:
         summary = train_loop(plan, Worker(device=pick_device(plan.resources.gpus_per_worker)))

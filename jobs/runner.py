@@ -24,7 +24,7 @@ from typing import Any, Iterator, TextIO
 from pydantic import BaseModel
 
 from jobs.progress import LOG_FORMATTER, PROGRESS_LOGGER, use_console
-from jobs.spec import JobSpec, load_spec
+from jobs.spec import JobSpec, ResourcesSpec, load_spec
 from jobs.stages import STAGE_VERSION, STAGES, Stage, StageContext
 from jobs.store import Run, RunStore, now
 
@@ -35,6 +35,10 @@ LIBRARY_LOGGER = "distillery.library"
 
 class JobCancelled(Exception):
     pass
+
+
+class ClusterResourcesError(RuntimeError):
+    """The job asks for resources (GPUs) that the Ray cluster it runs on does not have."""
 
 
 def _jsonable(value: Any) -> Any:
@@ -128,6 +132,9 @@ def _run_stages(run: Run, store: RunStore, progress: bool, console: TextIO) -> s
         spec = load_spec(run.spec_path)
         run.update_state(lambda s: s.update(status="running", pid=os.getpid(), started_at=now(), error=None))
         log.info("job %s: running in %s", run.job_id, run.path)
+        if spec.resources.gpus_per_worker and any(s.uses_ray and s.enabled(spec) for s in STAGES):
+            _ensure_ray(progress)  # GPUs asked for: checked against the cluster before any stage runs
+            resolve_resources(spec.resources, _cluster_resources())
         keys: dict[str, str] = {}
         outputs: dict[str, Path] = {}
         for stage in STAGES:
@@ -211,10 +218,38 @@ def _ensure_ray(progress: bool) -> None:
     ray.data.DataContext.get_current().enable_progress_bars = progress
 
 
+def _cluster_resources() -> dict[str, float]:
+    import ray
+
+    return ray.cluster_resources()
+
+
+def resolve_resources(resources: ResourcesSpec, cluster: dict[str, float]) -> ResourcesSpec:
+    """`resources` with GPUs per worker decided from the Ray cluster's resources, not from this process: on a cluster
+    the job's driver runs on the head node, which often has no GPU while the workers have them.
+
+    Unset `gpus_per_worker` becomes 1 when the cluster has a GPU, else 0.
+
+    Raises:
+        ClusterResourcesError: more GPUs per worker than the cluster has, named with what the cluster has.
+    """
+    gpus = cluster.get("GPU", 0.0)
+    if resources.gpus_per_worker is None:
+        return resources.model_copy(update={"gpus_per_worker": 1.0 if gpus >= 1 else 0.0})
+    if resources.gpus_per_worker > gpus:
+        has = ", ".join(f"{cluster.get(name, 0):g} {name}" for name in ("CPU", "GPU"))
+        raise ClusterResourcesError(
+            f"resources.gpus_per_worker: {resources.gpus_per_worker:g} GPU per worker, but the Ray cluster has "
+            f"{has}; set gpus_per_worker: 0 to run on CPUs, or run on a cluster with GPU nodes")
+    return resources
+
+
 def _execute(stage: Stage, spec: JobSpec, run: Run, out_dir: Path, inputs: dict[str, Path], key: str,
              progress: bool) -> dict[str, Any]:
     if stage.uses_ray:
         _ensure_ray(progress)
+        # keys were made from the spec as written; the stage gets the GPUs the cluster decides
+        spec = spec.model_copy(update={"resources": resolve_resources(spec.resources, _cluster_resources())})
     resumed = out_dir.exists() and any(out_dir.iterdir())
     out_dir.mkdir(parents=True, exist_ok=True)
     run.update_stage(stage.name, status="running", output=str(out_dir), cache_key=key, started_at=now(),

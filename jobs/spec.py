@@ -353,7 +353,8 @@ class ResourcesSpec(StrictModel):
     workers: int = Field(1, gt=0, description="parallel workers (Ray actors / Ray Train workers)")
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per worker; fractions allowed")
     gpus_per_worker: float | None = Field(
-        None, ge=0, description="GPUs per worker; unset: 1 when CUDA is available, else 0")
+        None, ge=0, description="GPUs per worker; unset: 1 when the Ray cluster has a GPU (the workers', not the "
+                                "head's), else 0. More than the cluster has fails the job before any stage")
     address: str | None = Field(None, description="Ray Jobs address (http://HEAD:8265); unset: Ray in-process")
     precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
         "auto", description="what every stage computes in on a GPU. auto: bf16 on compute capability 8.0+ (A100, "

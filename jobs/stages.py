@@ -235,7 +235,7 @@ def _distill_prediction(ctx: StageContext) -> dict[str, Any]:
 
 def _evaluate(ctx: StageContext) -> dict[str, Any]:
     from distill.evaluate import EvalSet, evaluate_sets
-    from distill.models import ModelRef
+    from distill.models import ModelRef, needs_a_gpu_elsewhere
 
     spec = ctx.spec
     models = {}
@@ -250,9 +250,14 @@ def _evaluate(ctx: StageContext) -> dict[str, Any]:
         models |= {f"teacher_{i}": ref for i, ref in enumerate(teacher_refs(ctx))}
     sets = [EvalSet(source.name, folder, source.group, source.metric)
             for source, folder in eval_sets(spec, ctx.inputs["prepare"])]
-    result = evaluate_sets(models, spec.task, sets, spec.features, spec.evaluate, spec.resources, ctx.out_dir,
-                           label_names(ctx), ctx.progress)
-    return _summary(result)
+    arguments = (models, spec.task, sets, spec.features, spec.evaluate, spec.resources, ctx.out_dir,
+                 label_names(ctx), ctx.progress)
+    if needs_a_gpu_elsewhere(spec.resources):  # this driver runs on a cluster's head node, without a GPU
+        import ray
+
+        on_gpu = ray.remote(num_gpus=spec.resources.gpus_per_worker, num_cpus=spec.resources.cpus_per_worker)
+        return _summary(ray.get(on_gpu(evaluate_sets).remote(*arguments)))
+    return _summary(evaluate_sets(*arguments))
 
 
 def _report(ctx: StageContext) -> dict[str, Any]:
@@ -330,7 +335,7 @@ STAGES: tuple[Stage, ...] = (
           config=lambda s: {"task": s.task, "evaluate": s.evaluate, "features": s.features,
                             "precision": s.resources.precision,
                             "teachers": s.teachers if s.evaluate.evaluate_teachers else None},
-          run=_evaluate),
+          run=_evaluate, uses_ray=True),
     Stage("report", "write the report and plots; export the student",
           inputs=("prepare", "augment", "distill_intermediate", "distill_prediction", "evaluate"),
           enabled=lambda s: True,

@@ -10,9 +10,12 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
+from jobs.runner import ClusterResourcesError, resolve_resources
+from jobs.spec import ResourcesSpec
 from tests.jobutil import job_state, jobs_cli, tiny_qa_spec, wait_for, write_spec
 
 
@@ -22,15 +25,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def ray_head(tmp_path, monkeypatch):
-    """`ray start --head --block` in its own process group; stopping the group stops only this cluster.
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    """`ray start --head --block` (2 CPUs, no GPU) in its own process group, shared by this module's tests;
+    stopping the group stops only this cluster.
 
     Ray 2.60 clusters require a token; the head and every client (this process and the CLI subprocesses
     inheriting its environment) share one through RAY_AUTH_TOKEN, as users of a real cluster would.
     """
-    monkeypatch.setenv("RAY_AUTH_MODE", "token")
-    monkeypatch.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv("RAY_AUTH_MODE", "token")
+        monkeypatch.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
+        yield from _ray_head(tmp_path_factory.mktemp("ray-head"))
+
+
+def _ray_head(tmp_path: Path) -> Iterator[str]:
     ray = shutil.which("ray") or str(Path(sys.executable).with_name("ray"))
     gcs_port, dashboard_port = _free_port(), _free_port()
     # the test session's own Ray instance already holds the default agent ports
@@ -40,7 +49,7 @@ def ray_head(tmp_path, monkeypatch):
     head = subprocess.Popen(
         [ray, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs_port}",
          "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
-         *agent_ports, "--num-cpus=2", "--disable-usage-stats"],
+         *agent_ports, "--num-cpus=2", "--num-gpus=0", "--disable-usage-stats"],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         env={**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"})
     address = f"http://127.0.0.1:{dashboard_port}"
@@ -83,3 +92,36 @@ def test_job_submitted_to_a_ray_cluster_succeeds_with_logs_and_artifacts(ray_hea
     assert state["evaluate"]["status"] == "completed"
     assert (Path(state["distill_prediction"]["output"]) / "student" / "config.json").exists()
     assert (root / job_id / "report" / "report.md").exists()
+
+
+def test_a_job_asking_for_gpus_on_a_cluster_without_any_fails_before_any_stage(ray_head, tmp_path):
+    root = tmp_path / "runs"
+    spec = write_spec(tmp_path, tiny_qa_spec(**{"resources.gpus_per_worker": 1}))
+    submitted = jobs_cli("submit", str(spec), "--address", ray_head, "--root", str(root))
+    job_id = submitted.stdout.strip().splitlines()[-1]
+
+    final = wait_for(lambda: job_state(root, job_id)["status"] in ("succeeded", "failed", "cancelled")
+                     and job_state(root, job_id), timeout=300, what="the cluster job to end", interval=1.0)
+    assert final["status"] == "failed"
+    assert ("resources.gpus_per_worker: 1 GPU per worker, but the Ray cluster has 2 CPU, 0 GPU; set "
+            "gpus_per_worker: 0 to run on CPUs") in final["error"]
+    # refused at once: not even the data was read
+    assert all(stage["status"] == "pending" for stage in final["stages"].values()), final["stages"]
+
+
+@pytest.mark.parametrize("asked,cluster,decided", [
+    (None, {"CPU": 8.0}, 0.0),
+    (None, {"CPU": 8.0, "GPU": 4.0}, 1.0),          # the cluster's GPUs count, not this process's
+    (None, {"CPU": 8.0, "GPU": 0.5}, 0.0),          # no whole GPU for a worker
+    (0.0, {"CPU": 8.0, "GPU": 4.0}, 0.0),           # asked to stay on CPUs
+    (0.5, {"CPU": 8.0, "GPU": 1.0}, 0.5),
+    (1.0, {"CPU": 8.0, "GPU": 1.0}, 1.0),
+])
+def test_gpus_per_worker_are_decided_from_the_clusters_resources(asked, cluster, decided):
+    resolved = resolve_resources(ResourcesSpec(gpus_per_worker=asked, workers=3), cluster)
+    assert resolved.gpus_per_worker == decided and resolved.workers == 3
+
+
+def test_more_gpus_than_the_cluster_has_are_refused_with_what_it_has():
+    with pytest.raises(ClusterResourcesError, match="2 GPU per worker, but the Ray cluster has 16 CPU, 1 GPU"):
+        resolve_resources(ResourcesSpec(gpus_per_worker=2), {"CPU": 16.0, "GPU": 1.0})
