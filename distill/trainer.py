@@ -174,6 +174,24 @@ def train_loop(plan: TrainPlan, where: Worker) -> dict[str, Any]:
         recipe.cleanup()
 
 
+# Below this many features per micro-batch a worker spends its step on overhead and synchronisation, not compute.
+MIN_FEATURES_PER_WORKER = 8
+
+
+def thin_worker_batch(batch_size: int, workers: int) -> str | None:
+    """A warning when the global batch split over several workers leaves each fewer than MIN_FEATURES_PER_WORKER
+    features, else None.
+
+    The batch is global, so the steps and the result do not change with the number of workers; splitting a small
+    batch over many workers only makes each of them slower."""
+    if workers == 1 or batch_size / workers >= MIN_FEATURES_PER_WORKER:
+        return None
+    return (f"batch_size {batch_size} over {workers} workers gives each {batch_size / workers:g} features per "
+            f"micro-batch (fewer than {MIN_FEATURES_PER_WORKER}): the same steps as one worker, at a fraction of each "
+            f"worker's speed. Use at most {max(1, batch_size // MIN_FEATURES_PER_WORKER)} training workers "
+            "(resources.train.workers) or raise batch_size with a matching learning rate")
+
+
 def _ray_worker(config: dict[str, Any]) -> dict[str, Any]:
     import ray.train
     import ray.train.torch
@@ -383,6 +401,9 @@ class Recipe:
 
     def _write_train_config(self) -> None:
         plan = self.plan
+        thin = thin_worker_batch(plan.config.batch_size, self.where.world)
+        if thin is not None:
+            log.warning("%s: %s", plan.phase, thin)
         record = {
             "phase": plan.phase,
             "task": plan.task,
@@ -394,7 +415,8 @@ class Recipe:
             "schedule": {"steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps,
                          "warmup_steps": self.warmup_steps, "decay": "linear to 0", "log_every": self.log_every,
                          "global_batch": plan.config.batch_size * plan.config.grad_accum_steps,
-                         "micro_batch_per_worker": plan.config.batch_size / self.where.world},
+                         "micro_batch_per_worker": plan.config.batch_size / self.where.world,
+                         "warning": thin},
             "optimizer": {"name": "AdamW", "betas": ADAM_BETAS, "eps": ADAM_EPS, "fused": self.fused_adam,
                           "no_weight_decay": "parameters with fewer than 2 dims (biases, LayerNorm weights)"},
             "precision": {"fp32": "fp32", "bf16": "bf16 autocast",

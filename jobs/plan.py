@@ -455,7 +455,7 @@ class _Estimator:
                  recorded: dict[str, dict[str, Any]]):
         self.spec, self.models, self.train, self.evaluation = spec, models, train, evaluation
         self.rate, self.recorded = rate, recorded
-        self.workers = spec.resources.workers
+        self.workers = {stage: spec.resources.for_stage(stage).workers for stage in ("augment", "label", "train")}
         self.augmented_examples: int | None = None
         self.label_features: int | None = None
 
@@ -464,10 +464,10 @@ class _Estimator:
             return None
         return round(examples * profile.features_per_example)
 
-    def _seconds(self, flops_per_token: float | None, tokens: float | None, workers: int | None = None) -> float | None:
+    def _seconds(self, flops_per_token: float | None, tokens: float | None, workers: int) -> float | None:
         if flops_per_token is None or tokens is None:
             return None
-        return flops_per_token * tokens / (self.rate * (workers or self.workers))
+        return flops_per_token * tokens / (self.rate * workers)
 
     def _train(self, plan: StagePlan, features: int | None, config: PhaseSpec, trained: _Model | None,
                online: list[_Model | None], recorded: dict[str, Any] | None) -> None:
@@ -486,7 +486,8 @@ class _Estimator:
         if trained is None or length is None or any(m is None for m in online):
             return
         flops = 3 * trained.forward_flops(length) + sum(m.forward_flops(length) for m in online)
-        plan.seconds = (plan.seconds or 0) + self._seconds(flops, features * length * config.epochs)
+        plan.seconds = (plan.seconds or 0) + self._seconds(flops, features * length * config.epochs,
+                                                           self.workers["train"])
 
     def prepare(self, plan: StagePlan) -> None:
         plan.examples = self.train.examples
@@ -531,13 +532,13 @@ class _Estimator:
         if self.train.parquet_bytes is not None and self.train.examples:
             plan.disk_bytes = round(plan.examples * AUGMENTED_ROW_BYTES * self.train.parquet_bytes
                                     / self.train.examples)
-        seconds = plan.examples * AUGMENT_SECONDS_PER_ROW / self.workers
+        seconds = plan.examples * AUGMENT_SECONDS_PER_ROW / self.workers["augment"]
         mlm = self.models.mlm
         if mlm is not None and self.train.text_tokens_per_example is not None:
             passes = EXACT_MLM_PASSES if config.mlm_mode == "exact" else 1.0
             window = 2 * config.mlm_window + 1 if config.mlm_mode == "fast" else self.train.tokens_per_feature
             seconds += self._seconds(passes * mlm.forward_flops(window or 0),
-                                     self.train.examples * self.train.text_tokens_per_example)
+                                     self.train.examples * self.train.text_tokens_per_example, self.workers["augment"])
         elif config.mlm_model is not None:
             return
         plan.seconds = seconds
@@ -555,7 +556,8 @@ class _Estimator:
         shards = tokens * LABEL_BYTES_PER_TOKEN if self.spec.task == "qa" else plan.features * (5 * length + 8)
         plan.disk_bytes = round(shards + tokens * VIEW_BYTES_PER_TOKEN)
         if all(self.models.teachers):
-            plan.seconds = self._seconds(sum(t.forward_flops(length) for t in self.models.teachers), tokens)
+            plan.seconds = self._seconds(sum(t.forward_flops(length) for t in self.models.teachers), tokens,
+                                         self.workers["label"])
 
     def distill_intermediate(self, plan: StagePlan) -> None:
         config = self.spec.distill.intermediate

@@ -19,12 +19,12 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Iterator, TextIO
+from typing import Any, Iterator, TextIO, get_args
 
 from pydantic import BaseModel
 
 from jobs.progress import LOG_FORMATTER, PROGRESS_LOGGER, use_console
-from jobs.spec import JobSpec, ResourcesSpec, load_spec
+from jobs.spec import JobSpec, ParallelStage, ResourcesSpec, load_spec
 from jobs.stages import STAGE_VERSION, STAGES, Stage, StageContext
 from jobs.store import Run, RunStore, now
 
@@ -132,7 +132,7 @@ def _run_stages(run: Run, store: RunStore, progress: bool, console: TextIO) -> s
         spec = load_spec(run.spec_path)
         run.update_state(lambda s: s.update(status="running", pid=os.getpid(), started_at=now(), error=None))
         log.info("job %s: running in %s", run.job_id, run.path)
-        if spec.resources.gpus_per_worker and any(s.uses_ray and s.enabled(spec) for s in STAGES):
+        if any(asked_gpus(spec.resources).values()) and any(s.uses_ray and s.enabled(spec) for s in STAGES):
             _ensure_ray(progress)  # GPUs asked for: checked against the cluster before any stage runs
             resolve_resources(spec.resources, _cluster_resources())
         keys: dict[str, str] = {}
@@ -224,23 +224,33 @@ def _cluster_resources() -> dict[str, float]:
     return ray.cluster_resources()
 
 
+def asked_gpus(resources: ResourcesSpec) -> dict[str, float | None]:
+    """The GPUs per worker the spec sets, shared and per stage, by field path."""
+    asked = {"resources.gpus_per_worker": resources.gpus_per_worker}
+    for stage in get_args(ParallelStage):
+        asked[f"resources.{stage}.gpus_per_worker"] = getattr(resources, stage).gpus_per_worker
+    return asked
+
+
 def resolve_resources(resources: ResourcesSpec, cluster: dict[str, float]) -> ResourcesSpec:
     """`resources` with GPUs per worker decided from the Ray cluster's resources, not from this process: on a cluster
     the job's driver runs on the head node, which often has no GPU while the workers have them.
 
-    Unset `gpus_per_worker` becomes 1 when the cluster has a GPU, else 0.
+    An unset shared `gpus_per_worker` becomes 1 when the cluster has a GPU, else 0; a stage's own unset value then
+    takes it (ResourcesSpec.for_stage).
 
     Raises:
         ClusterResourcesError: more GPUs per worker than the cluster has, named with what the cluster has.
     """
     gpus = cluster.get("GPU", 0.0)
+    for field, asked in asked_gpus(resources).items():
+        if asked is not None and asked > gpus:
+            has = ", ".join(f"{cluster.get(name, 0):g} {name}" for name in ("CPU", "GPU"))
+            raise ClusterResourcesError(
+                f"{field}: {asked:g} GPU per worker, but the Ray cluster has {has}; set gpus_per_worker: 0 to run "
+                "on CPUs, or run on a cluster with GPU nodes")
     if resources.gpus_per_worker is None:
         return resources.model_copy(update={"gpus_per_worker": 1.0 if gpus >= 1 else 0.0})
-    if resources.gpus_per_worker > gpus:
-        has = ", ".join(f"{cluster.get(name, 0):g} {name}" for name in ("CPU", "GPU"))
-        raise ClusterResourcesError(
-            f"resources.gpus_per_worker: {resources.gpus_per_worker:g} GPU per worker, but the Ray cluster has "
-            f"{has}; set gpus_per_worker: 0 to run on CPUs, or run on a cluster with GPU nodes")
     return resources
 
 

@@ -291,7 +291,10 @@ class LabelSpec(StrictModel):
 class PhaseSpec(StrictModel):
     enabled: bool = True
     epochs: float = Field(5.0, gt=0)
-    batch_size: int = Field(26, gt=0, description="global batch (split across workers)")
+    batch_size: int = Field(
+        26, gt=0, description="global batch: with N training workers each computes batch_size / N features of every "
+                              "micro-batch, so the steps, the learning rate and the result do not depend on N; a "
+                              "worker with fewer than 8 features is warned about in the log")
     learning_rate: float = Field(5e-5, gt=0)
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="share of steps with linear warm-up")
     weight_decay: float = Field(0.01, ge=0)
@@ -349,8 +352,20 @@ class EvaluateSpec(StrictModel):
                                           "the onnx extra); the export carries them in onnx/")
 
 
+class StageResources(StrictModel):
+    """One stage's parallelism; an unset field takes the shared value of `resources`."""
+
+    workers: int | None = Field(None, gt=0)
+    cpus_per_worker: float | None = Field(None, gt=0)
+    gpus_per_worker: float | None = Field(None, ge=0)
+
+
+ParallelStage = Literal["augment", "label", "train"]
+
+
 class ResourcesSpec(StrictModel):
-    workers: int = Field(1, gt=0, description="parallel workers (Ray actors / Ray Train workers)")
+    workers: int = Field(1, gt=0, description="parallel workers (Ray actors / Ray Train workers) of every stage "
+                                              "that does not set its own")
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per worker; fractions allowed")
     gpus_per_worker: float | None = Field(
         None, ge=0, description="GPUs per worker; unset: 1 when the Ray cluster has a GPU (the workers', not the "
@@ -360,6 +375,20 @@ class ResourcesSpec(StrictModel):
         "auto", description="what every stage computes in on a GPU. auto: bf16 on compute capability 8.0+ (A100, "
                             "H100), fp16 with a loss scaler on older GPUs (V100), fp32 on CPU; bf16 on an older GPU "
                             "or half precision on CPU is refused")
+    augment: StageResources = Field(
+        StageResources(), description="the augmentation's Ray actors (masked-LM candidates and substitution); "
+                                      "unset fields take the shared values above")
+    label: StageResources = Field(
+        StageResources(), description="the labelling actors (teacher inference); unset fields take the shared "
+                                      "values above")
+    train: StageResources = Field(
+        StageResources(), description="the Ray Train workers (DDP world) of teacher fine-tuning, the masked LM's "
+                                      "training and both distillation phases; unset fields take the shared values "
+                                      "above")
+
+    def for_stage(self, stage: ParallelStage) -> ResourcesSpec:
+        """These resources with `stage`'s own settings in place of the shared ones."""
+        return self.model_copy(update=getattr(self, stage).model_dump(exclude_none=True))
 
 
 class OutputSpec(StrictModel):

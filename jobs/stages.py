@@ -150,10 +150,10 @@ def _finetune_teachers(ctx: StageContext) -> dict[str, Any]:
         features_dir = ctx.out_dir / f"teacher_{i}" / "features"
         # hard labels only: the features are built without any teacher
         label_examples(examples_dir, spec.task, [], base, spec.features, spec.label,
-                       spec.resources, features_dir, num_labels(ctx), ctx.progress,
+                       spec.resources.for_stage("label"), features_dir, num_labels(ctx), ctx.progress,
                        examples_per_shard=spec.label.examples_per_shard)
-        result = finetune_teacher(base, spec.task, features_dir, teacher.finetune, spec.resources, spec.seed,
-                                  ctx.out_dir / f"teacher_{i}", num_labels(ctx), ctx.progress)
+        result = finetune_teacher(base, spec.task, features_dir, teacher.finetune, spec.resources.for_stage("train"),
+                                  spec.seed, ctx.out_dir / f"teacher_{i}", num_labels(ctx), ctx.progress)
         results[f"teacher_{i}"] = _summary(result)
     return results
 
@@ -171,10 +171,10 @@ def _train_mlm(ctx: StageContext) -> dict[str, Any]:
         read_examples(config.corpus, spec.task, None, examples_dir)
     base = ModelRef(config.mlm_model, init=config.mlm_init)
     features_dir = ctx.out_dir / "features"
-    label_examples(examples_dir, spec.task, [], base, spec.features, spec.label, spec.resources, features_dir,
-                   progress=ctx.progress, examples_per_shard=spec.label.examples_per_shard)
-    result = pretrain_masked_lm(base, spec.task, features_dir, config.mlm_training, spec.resources, ctx.out_dir,
-                                ctx.progress)
+    label_examples(examples_dir, spec.task, [], base, spec.features, spec.label, spec.resources.for_stage("label"),
+                   features_dir, progress=ctx.progress, examples_per_shard=spec.label.examples_per_shard)
+    result = pretrain_masked_lm(base, spec.task, features_dir, config.mlm_training, spec.resources.for_stage("train"),
+                                ctx.out_dir, ctx.progress)
     return _summary(result)
 
 
@@ -186,8 +186,8 @@ def _augment(ctx: StageContext) -> dict[str, Any]:
     if "train_mlm" in ctx.inputs:  # candidates from the masked LM trained by the previous stage
         config = config.model_copy(update={"mlm_model": str(ctx.inputs["train_mlm"] / "model"),
                                            "mlm_init": "pretrained", "mlm_training": None})
-    result = augment_examples(ctx.inputs["prepare"] / "train", spec.task, config, spec.resources, spec.seed,
-                              ctx.out_dir, ctx.progress, block_rows=config.examples_per_shard)
+    result = augment_examples(ctx.inputs["prepare"] / "train", spec.task, config, spec.resources.for_stage("augment"),
+                              spec.seed, ctx.out_dir, ctx.progress, block_rows=config.examples_per_shard)
     return _summary(result)
 
 
@@ -197,7 +197,7 @@ def _label(ctx: StageContext) -> dict[str, Any]:
     spec = ctx.spec
     examples = ctx.inputs["augment"] if "augment" in ctx.inputs else ctx.inputs["prepare"] / "train"
     result = label_examples(examples, spec.task, teacher_refs(ctx), tokenizer_ref(ctx), spec.features, spec.label,
-                            spec.resources, ctx.out_dir, num_labels(ctx), ctx.progress,
+                            spec.resources.for_stage("label"), ctx.out_dir, num_labels(ctx), ctx.progress,
                             examples_per_shard=spec.label.examples_per_shard,
                             temperature=spec.distill.prediction.temperature)
     return _summary(result)
@@ -209,7 +209,8 @@ def _distill_intermediate(ctx: StageContext) -> dict[str, Any]:
     spec = ctx.spec
     teacher = teacher_refs(ctx)[spec.distill.intermediate.teacher]
     result = distill_intermediate(spec.student, teacher, spec.task, ctx.inputs["label"], spec.distill.intermediate,
-                                  spec.resources, spec.seed, ctx.out_dir, num_labels(ctx), ctx.progress)
+                                  spec.resources.for_stage("train"), spec.seed, ctx.out_dir, num_labels(ctx),
+                                  ctx.progress)
     return _summary(result)
 
 
@@ -228,8 +229,8 @@ def _distill_prediction(ctx: StageContext) -> dict[str, Any]:
         validation = ValidationSet(examples_dir, config.eval_examples, spec.features, spec.evaluate,
                                    label_names(ctx), source.metric)
     result = distill_prediction(student, teacher_refs(ctx), spec.task, ctx.inputs["label"], config,
-                                spec.label.ensemble, spec.resources, spec.seed, ctx.out_dir, num_labels(ctx),
-                                ctx.progress, validation)
+                                spec.label.ensemble, spec.resources.for_stage("train"), spec.seed, ctx.out_dir,
+                                num_labels(ctx), ctx.progress, validation)
     return _summary(result)
 
 

@@ -15,7 +15,7 @@ from typing import Iterator
 import pytest
 
 from jobs.runner import ClusterResourcesError, resolve_resources
-from jobs.spec import ResourcesSpec
+from jobs.spec import ResourcesSpec, StageResources
 from tests.jobutil import job_state, jobs_cli, tiny_qa_spec, wait_for, write_spec
 
 
@@ -125,3 +125,12 @@ def test_gpus_per_worker_are_decided_from_the_clusters_resources(asked, cluster,
 def test_more_gpus_than_the_cluster_has_are_refused_with_what_it_has():
     with pytest.raises(ClusterResourcesError, match="2 GPU per worker, but the Ray cluster has 16 CPU, 1 GPU"):
         resolve_resources(ResourcesSpec(gpus_per_worker=2), {"CPU": 16.0, "GPU": 1.0})
+
+
+def test_a_stages_own_gpus_are_checked_too_and_the_rest_follow_the_cluster():
+    resources = ResourcesSpec(train=StageResources(workers=2, gpus_per_worker=1))
+    with pytest.raises(ClusterResourcesError, match="resources.train.gpus_per_worker: 1 GPU per worker, but the Ray "
+                                                    "cluster has 4 CPU, 0 GPU"):
+        resolve_resources(resources, {"CPU": 4.0})
+    resolved = resolve_resources(resources, {"CPU": 4.0, "GPU": 2.0})
+    assert resolved.for_stage("augment").gpus_per_worker == 1.0 and resolved.for_stage("train").workers == 2

@@ -201,3 +201,15 @@ def test_a_spec_without_student_only_fine_tunes_and_evaluates():
     spec = parse_spec({"student": None, "teachers": [{"model": "a/b", "finetune": {"epochs": 1}}]}, Path("."))
     assert [stage.name for stage in STAGES if stage.enabled(spec)] == ["prepare", "finetune_teachers", "evaluate",
                                                                       "report"]
+
+
+def test_each_parallel_stage_takes_its_own_resources_or_the_shared_ones():
+    spec = parse_spec({"resources": {"workers": 4, "cpus_per_worker": 2, "gpus_per_worker": 1,
+                                     "augment": {"workers": 16, "gpus_per_worker": 0},
+                                     "train": {"workers": 8}}}, Path("."))
+    augment, label, train = (spec.resources.for_stage(stage) for stage in ("augment", "label", "train"))
+    assert (augment.workers, augment.cpus_per_worker, augment.gpus_per_worker) == (16, 2, 0)
+    assert (label.workers, label.cpus_per_worker, label.gpus_per_worker) == (4, 2, 1)
+    assert (train.workers, train.cpus_per_worker, train.gpus_per_worker) == (8, 2, 1)
+    with pytest.raises(SpecError, match="resources.label.workers: must be > 0"):
+        parse_spec({"resources": {"label": {"workers": 0}}}, Path("."))

@@ -19,7 +19,8 @@ from augment.writers import read_shards
 from distill.features import qa_features
 from distill.models import ModelRef
 from distill.phases import distill_prediction
-from distill.trainer import LENGTH_GROUP_BATCHES, TrainingError, epoch_order, epoch_steps, worker_slice
+from distill.trainer import (LENGTH_GROUP_BATCHES, TrainingError, epoch_order, epoch_steps, thin_worker_batch,
+                             worker_slice)
 from jobs.spec import DataSource, FeaturesSpec, PredictionSpec, ResourcesSpec, StudentSpec
 
 ONE_WORKER = ResourcesSpec(workers=1, gpus_per_worker=0)
@@ -141,6 +142,9 @@ def test_two_ray_workers_follow_the_one_worker_loss_curve(ray_session, features_
     assert runs[1].steps == runs[2].steps == 5
     one, two = _losses(tmp_path / "workers-1"), _losses(tmp_path / "workers-2")
     assert len(one) == 5 and two == pytest.approx(one, rel=1e-3)
+    schedules = {n: json.loads((tmp_path / f"workers-{n}" / "train_config.json").read_text())["schedule"]
+                 for n in (1, 2)}
+    assert schedules[1]["warning"] is None and "batch_size 7 over 2 workers" in schedules[2]["warning"]
     a = load_file(tmp_path / "workers-1" / "student" / "model.safetensors")
     b = load_file(tmp_path / "workers-2" / "student" / "model.safetensors")
     # A softmax over positions ignores a shift of all logits, so the QA bias and the last LayerNorm bias (which
@@ -148,3 +152,13 @@ def test_two_ray_workers_follow_the_one_worker_loss_curve(ray_session, features_
     shift_invariant = {"qa_outputs.bias", "bert.encoder.layer.1.output.LayerNorm.bias"}
     for key in a.keys() - shift_invariant:
         torch.testing.assert_close(a[key], b[key], rtol=1e-3, atol=1e-5, msg=key)
+
+
+@pytest.mark.parametrize("batch_size,workers,warned", [(4, 1, False), (26, 3, False), (26, 4, True), (64, 8, False),
+                                                       (64, 9, True)])
+def test_a_global_batch_thinner_than_8_features_per_worker_is_warned_about(batch_size, workers, warned):
+    warning = thin_worker_batch(batch_size, workers)
+    assert (warning is not None) == warned
+    if warned:
+        assert f"batch_size {batch_size} over {workers} workers" in warning
+        assert f"at most {batch_size // 8} training workers" in warning
