@@ -128,6 +128,7 @@ class PhaseResult:
     projections: str | None = None  # phase 1 with projections: projections.safetensors
     best: dict[str, Any] | None = None  # with validation: step, metric, value and model_dir of the best student
     validation: str | None = None       # with validation: validation.jsonl
+    resumed_from: int | None = None     # the checkpoint step the last start continued from (resume or restart)
 
 
 @dataclass
@@ -228,7 +229,8 @@ def _run_on_ray(plan: TrainPlan) -> dict[str, Any]:
                                      resources_per_worker=per_worker),
         run_config=RunConfig(name=f"{plan.phase}-{os.getpid()}-{time.time_ns()}",
                              storage_path=str((plan.out_dir / "ray").resolve()),
-                             failure_config=FailureConfig(max_failures=0)),
+                             # a lost worker or node: the worker group restarts from the last complete checkpoint
+                             failure_config=FailureConfig(max_failures=resources.worker_restarts)),
     )
     result = trainer.fit()
     if result.return_value is None:
@@ -375,6 +377,8 @@ class Recipe:
         self.resumed_from = self._load_latest_checkpoint()
         if self.resumed_from is None:  # each worker its own dropout stream; a checkpoint restores it instead
             torch.manual_seed(plan.seed + 1 + where.rank)
+        elif where.rank == 0:  # a resume, or Ray Train's restart of the workers after one was lost
+            log.warning("%s: continuing from the checkpoint at step %d", plan.phase, self.resumed_from)
         self.best = self._best_so_far()
 
         self.model = self._wrap(module)
@@ -476,6 +480,7 @@ class Recipe:
             "checkpoints": str(self.checkpoints), "train_config": str(self.out_dir / "train_config.json"),
             "best": None if self.best is None else {**self.best, "model_dir": str(self.best_dir / "student")},
             "validation": str(self.validation_path) if self.plan.validation is not None else None,
+            "resumed_from": self.resumed_from,
         }
 
     def _checkpoint_due(self) -> bool:

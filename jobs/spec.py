@@ -375,6 +375,9 @@ class ResourcesSpec(StrictModel):
         "auto", description="what every stage computes in on a GPU. auto: bf16 on compute capability 8.0+ (A100, "
                             "H100), fp16 with a loss scaler on older GPUs (V100), fp32 on CPU; bf16 on an older GPU "
                             "or half precision on CPU is refused")
+    worker_restarts: int = Field(
+        3, ge=0, description="times a multi-worker training phase restarts its workers from the last complete "
+                             "checkpoint when a worker process or node dies (logged); 0: the phase fails at once")
     augment: StageResources = Field(
         StageResources(), description="the augmentation's Ray actors (masked-LM candidates and substitution); "
                                       "unset fields take the shared values above")

@@ -1,13 +1,17 @@
-"""The shared loop: data order, checkpoints that are never half-read, and 2 Ray Train workers against 1.
+"""The shared loop: data order, checkpoints that are never half-read, 2 Ray Train workers against 1, and a killed
+worker replaced by Ray Train.
 
-Kill-and-resume with real processes is in test_phases.py (it runs a whole phase)."""
+Kill-and-resume of a whole job's processes is in test_phases.py and test_jobs.py."""
 
 from __future__ import annotations
 
 import json
+import signal
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -19,9 +23,10 @@ from augment.writers import read_shards
 from distill.features import qa_features
 from distill.models import ModelRef
 from distill.phases import distill_prediction
-from distill.trainer import (LENGTH_GROUP_BATCHES, TrainingError, epoch_order, epoch_steps, thin_worker_batch,
-                             worker_slice)
+from distill.trainer import (COMPLETE_MARKER, LENGTH_GROUP_BATCHES, TrainingError, epoch_order, epoch_steps,
+                             thin_worker_batch, worker_slice)
 from jobs.spec import DataSource, FeaturesSpec, PredictionSpec, ResourcesSpec, StudentSpec
+from tests.jobutil import wait_for
 
 ONE_WORKER = ResourcesSpec(workers=1, gpus_per_worker=0)
 
@@ -162,3 +167,38 @@ def test_a_global_batch_thinner_than_8_features_per_worker_is_warned_about(batch
     if warned:
         assert f"batch_size {batch_size} over {workers} workers" in warning
         assert f"at most {batch_size // 8} training workers" in warning
+
+
+def test_a_killed_ray_train_worker_is_replaced_and_the_phase_ends_as_if_uninterrupted(ray_session, features_dir,
+                                                                                      tiny_model_factory, tmp_path):
+    teacher = _without_dropout(tiny_model_factory("qa", layers=2, hidden=32), tmp_path / "teacher")
+    student = StudentSpec(model=str(_without_dropout(tiny_model_factory("qa", layers=1, hidden=32, seed=3),
+                                                     tmp_path / "student")))
+    # 64 features, 8 per step: 48 steps, a checkpoint every 5
+    config = PredictionSpec(batch_size=8, epochs=6, learning_rate=1e-3, log_every=5, checkpoint_every=5,
+                            teacher_logits="online", distill_weight=0.5)
+    resources = ResourcesSpec(workers=2, cpus_per_worker=0.5, gpus_per_worker=0, worker_restarts=1)
+
+    def run(out_dir: Path):
+        return distill_prediction(student, [ModelRef(str(teacher))], "qa", features_dir, config, "probs", resources,
+                                  0, out_dir, progress=False)
+
+    def train_workers() -> list[psutil.Process]:
+        return [p for p in psutil.process_iter(["cmdline"]) if "RayTrainWorker" in " ".join(p.info["cmdline"] or [])]
+
+    with ThreadPoolExecutor(1) as pool:
+        killed = pool.submit(run, tmp_path / "killed")
+        # mid-phase, with a complete checkpoint to go back to
+        wait_for(lambda: killed.done() or list((tmp_path / "killed" / "checkpoints").glob(f"step-*/{COMPLETE_MARKER}")),
+                 timeout=300, what="the first checkpoint", interval=0.05)
+        victims = train_workers()
+        assert not killed.done() and len(victims) == 2
+        victims[1].send_signal(signal.SIGKILL)
+        restarted = killed.result(timeout=600)
+    uninterrupted = run(tmp_path / "uninterrupted")
+    assert restarted.steps == uninterrupted.steps == 48
+    assert uninterrupted.resumed_from is None and restarted.resumed_from is not None and restarted.resumed_from >= 5
+    a = load_file(tmp_path / "uninterrupted" / "student" / "model.safetensors")
+    b = load_file(tmp_path / "killed" / "student" / "model.safetensors")
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-5, msg=key)
