@@ -202,7 +202,7 @@ def mix_examples(sets: list[WeightedSet], task: Task, out_dir: Path, seed: int,
     metas = [json.loads((weighted.examples_dir / "meta.json").read_text(encoding="utf-8")) for weighted in sets]
     seen: set[str] = set()
     per_set: dict[str, dict[str, Any]] = {}
-    rows_written = duplicates = 0
+    rows_written = 0
     try:
         with atomic_output(rejects_path) as temp, open(temp, "w", encoding="utf-8") as handle:
             log = _RejectLog(handle, "+".join(weighted.name for weighted in sets))
@@ -218,7 +218,6 @@ def mix_examples(sets: list[WeightedSet], task: Task, out_dir: Path, seed: int,
                             log.add(_Item(f"{weighted.name}:{row['id']}", row, lambda: row),
                                     _BadRecord("duplicate_id", f"id {row['id']!r} is used by an earlier set",
                                                row["id"]))
-                            duplicates += 1
                             continue
                         seen.add(row["id"])
                         for k in range(count):

@@ -90,19 +90,18 @@ def check_job(spec: JobSpec) -> list[str]:
 
     teachers = [load(f"teachers.{i}.model", t.model, t.trust_remote_code) for i, t in enumerate(spec.teachers)]
     problems += _data_problems(spec)
-    if spec.student is None:  # teachers fine-tuned and scored side by side, each with its own tokenizer
-        problems += _length_problems(spec, teachers)
-        problems += _head_problems(spec, teachers)
-        return problems + _extra_problems(spec)
-    student = (load("student.model", spec.student.model, spec.student.trust_remote_code)
-               if spec.student.model is not None else None)
-    mlm = (load("augment.mlm_model", spec.augment.mlm_model)
-           if spec.augment.enabled and spec.augment.mlm_model is not None else None)
-    problems += _tokenization_problems(spec, teachers, student)
+    student = mlm = None
+    if spec.student is not None:  # without one, the teachers are only fine-tuned, each with its own tokenizer
+        student = (load("student.model", spec.student.model, spec.student.trust_remote_code)
+                   if spec.student.model is not None else None)
+        mlm = (load("augment.mlm_model", spec.augment.mlm_model)
+               if spec.augment.enabled and spec.augment.mlm_model is not None else None)
+        problems += _tokenization_problems(spec, teachers, student)
     # the masked LM is trained on windows of max_seq_len; used as it is, it makes its own windows
     problems += _length_problems(spec, [*teachers, student, mlm if spec.augment.mlm_training is not None else None])
     problems += _head_problems(spec, teachers)
-    problems += _layer_problems(spec, teachers, student)
+    if spec.student is not None:
+        problems += _layer_problems(spec, teachers, student)
     problems += _extra_problems(spec)
     return problems
 

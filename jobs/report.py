@@ -330,23 +330,26 @@ def _data_section(run: _Run) -> str:
     prepare = run.output("prepare")
     if prepare is None:
         return f"## Data\n\nNo data counts: {run.stage_note('prepare')}."
-    # (row label, split, examples folder): each training source, the training set mixed from them, each eval set
+    # (row label, split, examples folder, whether its rejects count in the split's): each training source (counted
+    # again in the training set mixed from them), the training set, each eval set
     names = ([source.name for source in run.spec.data.train] if run.spec is not None
              else sorted(path.name for path in (prepare / "train_sets").glob("*")))
-    sources = [(f"train: {name}", "train", prepare / "train_sets" / name) for name in names
+    sources = [(f"train: {name}", "train", prepare / "train_sets" / name, False) for name in names
                if (prepare / "train_sets" / name).is_dir()]
     sets = eval_sets(run.spec, prepare) if run.spec is not None else [(None, prepare / "eval")]
-    folders = [*sources, ("train", "train", prepare / "train"),
-               *((f"eval: {source.name}" if len(sets) > 1 else "eval", "eval", path) for source, path in sets)]
+    folders = [*sources, ("train", "train", prepare / "train", True),
+               *((f"eval: {source.name}" if len(sets) > 1 else "eval", "eval", path, True) for source, path in sets)]
+    # a source's rows in the training set, after its weight: recorded by the mix
+    mixed = ((run.json(prepare / "train" / "meta.json") or {}).get("sets") or {})
     rows, reasons = [], {}
-    for label, split, folder in folders:
+    for label, split, folder, counted in folders:
         counts = (run.json(folder / "meta.json") or {}).get("counts") or {}
         if not counts:
             rows.append([label, _NONE, _NONE, _NONE, _NONE])
             continue
-        rows.append([label, counts.get("read"), counts.get("written"), counts.get("rejected"),
-                     counts.get("rows", counts.get("written"))])
-        if label.startswith("train: "):  # the mixed training set's counts include its sources'
+        used = mixed.get(folder.name, {}).get("rows") if not counted else counts.get("rows", counts.get("written"))
+        rows.append([label, counts.get("read"), counts.get("written"), counts.get("rejected"), used])
+        if not counted:
             continue
         for reason, count in (counts.get("rejected_by_reason") or {}).items():
             reasons.setdefault(reason, {})[split] = reasons.get(reason, {}).get(split, 0) + count

@@ -251,3 +251,21 @@ def test_the_best_is_what_best_json_says_when_there_is_one(full_run: Path):
     _write(prediction / "best" / "best.json", {"step": 25, "metric": "f1", "value": 52.0})
     text = write_report(full_run).read_text(encoding="utf-8")
     assert "| best validation f1 | 52.0000 at step 25 (kept in best/) |" in text
+
+
+def test_data_table_has_a_row_per_source_with_the_rows_its_weight_gives(full_run: Path):
+    spec = JobSpec(name="squad", task="qa", data={"train": [{"name": "a", "path": "x/a.jsonl.gz", "weight": 2},
+                                                            {"name": "b", "path": "x/b.jsonl.gz"}]})
+    _write(full_run / "spec.yaml", dump_spec(spec))
+    prepare = full_run.parent / ".cache" / "prepare" / "k1"
+    for name, rejected in (("a", 4), ("b", 6)):
+        _write(prepare / "train_sets" / name / "meta.json", {"task": "qa", "label_names": None, "counts": {
+            "read": 500, "written": 500 - rejected, "rejected": rejected,
+            "rejected_by_reason": {"answer_mismatch": rejected}}})
+    _write(prepare / "train" / "meta.json", {"task": "qa", "label_names": None, "counts": {
+        "read": 1000, "written": 990, "rejected": 10, "rejected_by_reason": {"answer_mismatch": 10}, "rows": 1486},
+        "sets": {"a": {"rows": 992}, "b": {"rows": 494}}})
+    text = write_report(full_run).read_text(encoding="utf-8")
+    for row in ("| train: a | 500 | 496 | 4 | 992 |", "| train: b | 500 | 494 | 6 | 494 |",
+                "| train | 1,000 | 990 | 10 | 1,486 |", "`answer_mismatch` | 10 | 0"):
+        assert row in text, row  # the sources' rejects are counted once, in the mixed set's
