@@ -355,9 +355,9 @@ class EvaluateSpec(StrictModel):
 class StageResources(StrictModel):
     """One stage's parallelism; an unset field takes the shared value of `resources`."""
 
-    workers: int | None = Field(None, gt=0)
-    cpus_per_worker: float | None = Field(None, gt=0)
-    gpus_per_worker: float | None = Field(None, ge=0)
+    workers: int | None = Field(None, gt=0, description="this stage's workers; unset: resources.workers")
+    cpus_per_worker: float | None = Field(None, gt=0, description="unset: resources.cpus_per_worker")
+    gpus_per_worker: float | None = Field(None, ge=0, description="unset: resources.gpus_per_worker")
 
 
 ParallelStage = Literal["augment", "label", "train"]
