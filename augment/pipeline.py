@@ -531,7 +531,7 @@ def _run_blocks(items: list[dict[str, Any]], task: str, config: AugmentSpec, res
         from distill.models import choose_precision
 
         choose_precision("cpu", None, resources.precision)
-    workers = min(resources.workers, len(items))
+    workers = min(resources.worker_count, len(items))
     started_ray = not ray.is_initialized()
     if started_ray:
         if os.environ.get("RAY_ADDRESS"):  # a Ray job's driver (or told where the cluster is): join that cluster

@@ -60,6 +60,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="JSON file for the results")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes, for a CPU run of the same code")
+    parser.add_argument("--compile", action="store_true", help="train with resources.compile (torch.compile)")
     return parser.parse_args()
 
 
@@ -135,14 +136,14 @@ def measure_labelling(teacher: Path, features_dir: Path, device, memory: dict) -
 
 
 def measure_phase(phase: str, teacher: Path, student: Path, features_dir: Path, shape: dict, device,
-                  out_dir: Path, memory: dict) -> dict:
+                  out_dir: Path, memory: dict, compile: bool) -> dict:
     import torch
 
     from distill.models import ModelRef
     from distill.phases import distill_intermediate, distill_prediction
     from jobs.spec import IntermediateSpec, PredictionSpec, ResourcesSpec, StudentSpec
 
-    resources = ResourcesSpec(workers=1, gpus_per_worker=1 if device.type == "cuda" else 0)
+    resources = ResourcesSpec(workers=1, gpus_per_worker=1 if device.type == "cuda" else 0, compile=compile)
     loop = dict(epochs=1, batch_size=BATCH, log_every=shape["log_every"], checkpoint_minutes=None)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -172,15 +173,14 @@ def main() -> int:
 
     shape = SHAPES["smoke" if args.smoke else "reference"]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
     memory: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="gpu-bench-") as tmp:
         tmp = Path(tmp)
         teacher, student = build_models(tmp, shape)
         features = write_features(tmp / "features", max(shape["label_features"], BATCH * shape["steps"]), shape)
         label = measure_labelling(teacher, features, device, memory)
-        phases = {phase: measure_phase(phase, teacher, student, features, shape, device, tmp / phase, memory)
+        phases = {phase: measure_phase(phase, teacher, student, features, shape, device, tmp / phase, memory,
+                                       args.compile)
                   for phase in ("intermediate", "prediction")}
         mean_length = label["tokens_per_s"] / label["features_per_s"]
         teacher_model = AutoModelForQuestionAnswering.from_pretrained(teacher)
@@ -202,7 +202,7 @@ def main() -> int:
              "prediction": REFERENCE_STEPS / phases["prediction"]["steps_per_s"] / 3600}
     report = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "smoke": args.smoke, "shapes": shape, "batch": BATCH, "mean_tokens_per_feature": mean_length,
+        "smoke": args.smoke, "compile": args.compile, "shapes": shape, "batch": BATCH, "mean_tokens_per_feature": mean_length,
         "label": label, "intermediate": phases["intermediate"], "prediction": phases["prediction"],
         "projected_hours": {**hours, "total": sum(hours.values())},
         "targets": {"prediction_mfu": 0.40, "intermediate_mfu": 0.30, "total_hours_h100": 2.0,

@@ -460,7 +460,7 @@ def _run_blocks(pending: list[_Block], task: Task, teachers: list[ModelRef], tok
                           max_restarts=2, max_task_retries=2)(_BlockLabeller)
     actors = [labeller.remote(task, teachers, tokenizer, features, config, temperature, num_labels, gpus,
                               resources.precision, max(1, math.ceil(resources.cpus_per_worker)), str(shards_dir))
-              for _ in range(min(resources.workers, len(pending)))]
+              for _ in range(min(resources.worker_count, len(pending)))]
     # each actor listed once per call it runs at once: the pool then keeps that many blocks in flight on it
     pool = ActorPool([actor for actor in actors for _ in range(in_flight)])
     features_done = 0
@@ -578,7 +578,7 @@ def label_examples(examples_dir: Path, task: Literal["qa", "classification"], te
     stats = asdict(result) | {
         "float32_full_bytes_per_feature": (2 * 4 * features.max_seq_len if task == "qa" else 4 * (num_labels or 0)),
         "keep_teacher_logits": config.keep_teacher_logits,
-        "workers": resources.workers, "device": settings["device"],
+        "workers": resources.worker_count, "device": settings["device"],
     }
     write_json(out_dir / "stats.json", stats)
     shutil.copyfile(examples_dir / "meta.json", out_dir / "meta.json")

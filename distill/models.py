@@ -234,10 +234,26 @@ def choose_precision(device_type: str, capability: tuple[int, int] | None, reque
     return requested
 
 
+def allows_tf32(device_type: str, capability: tuple[int, int] | None, requested: str = "auto") -> bool:
+    """Whether fp32 matrix products may run on TF32 tensor cores: on Ampere or newer (8.0+), unless fp32 was asked
+    for by name. Under autocast this reaches only the products autocast leaves in fp32 (the projections of phase 1's
+    losses, for one); an explicit fp32 stays IEEE fp32 throughout, for runs compared bit for bit. (Convolutions,
+    which these models have none of, use TF32 by torch's own default.)"""
+    native = device_type == "cuda" and capability is not None and tuple(capability) >= NATIVE_BF16_CAPABILITY
+    return native and requested != "fp32"
+
+
 def device_precision(device: torch.device, requested: str = "auto") -> str:
-    """`choose_precision` for a device of this process (its compute capability read here, where the work runs)."""
+    """`choose_precision` for a device of this process (its compute capability read here, where the work runs).
+
+    The TF32 decision (`allows_tf32`) is applied here too, to this process's matmuls: it belongs with the
+    precision, and every stage makes that choice once per worker through this function.
+    """
     capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
-    return choose_precision(device.type, capability, requested)
+    precision = choose_precision(device.type, capability, requested)
+    if device.type == "cuda":  # set both ways: an earlier stage in this process may have chosen otherwise
+        torch.backends.cuda.matmul.fp32_precision = "tf32" if allows_tf32("cuda", capability, requested) else "ieee"
+    return precision
 
 
 @contextlib.contextmanager

@@ -158,7 +158,7 @@ def run_plan(plan: TrainPlan) -> PhaseResult:
     """Run `plan` in this process (one worker without a GPU, or with this process's GPU) or on Ray Train workers:
     several, or one on a GPU node when this process has none (a cluster's head node)."""
     started = time.perf_counter()
-    if plan.resources.workers > 1 or needs_a_gpu_elsewhere(plan.resources):
+    if plan.resources.worker_count > 1 or needs_a_gpu_elsewhere(plan.resources):
         summary = _run_on_ray(plan)
     else:
         summary = train_loop(plan, Worker(device=pick_device(plan.resources.gpus_per_worker)))
@@ -225,7 +225,7 @@ def _run_on_ray(plan: TrainPlan) -> dict[str, Any]:
         train_loop_config={"plan": plan, "log_files": [
             h.baseFilename for h in logging.getLogger("distillery").handlers if isinstance(h, logging.FileHandler)]},
         torch_config=TorchConfig(backend="nccl" if gpus > 0 else "gloo"),
-        scaling_config=ScalingConfig(num_workers=resources.workers, use_gpu=gpus > 0,
+        scaling_config=ScalingConfig(num_workers=resources.worker_count, use_gpu=gpus > 0,
                                      resources_per_worker=per_worker),
         run_config=RunConfig(name=f"{plan.phase}-{os.getpid()}-{time.time_ns()}",
                              storage_path=str((plan.out_dir / "ray").resolve()),
@@ -381,6 +381,10 @@ class Recipe:
             log.warning("%s: continuing from the checkpoint at step %d", plan.phase, self.resumed_from)
         self.best = self._best_so_far()
 
+        if plan.resources.compile:
+            # in place, so parameter names (checkpoints, the saved model) stay those of the plain module; dynamic,
+            # as every batch is padded to its own longest feature
+            module.compile(dynamic=True)
         self.model = self._wrap(module)
         if where.rank == 0:
             self._write_train_config()
@@ -424,7 +428,8 @@ class Recipe:
             "optimizer": {"name": "AdamW", "betas": ADAM_BETAS, "eps": ADAM_EPS, "fused": self.fused_adam,
                           "no_weight_decay": "parameters with fewer than 2 dims (biases, LayerNorm weights)"},
             "precision": {"fp32": "fp32", "bf16": "bf16 autocast",
-                          "fp16": "fp16 autocast + GradScaler"}[self.precision],
+                          "fp16": "fp16 autocast + GradScaler"}[self.precision]
+                         + (", TF32 matmuls" if torch.backends.cuda.matmul.fp32_precision == "tf32" else ""),
             "device": _device_name(self.where.device),
             "objective": self.objective.settings(),
             "code_version": _code_version(),

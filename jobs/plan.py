@@ -23,16 +23,18 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 import re
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, get_args
 
 import numpy as np
 
-from jobs.spec import DataSource, EvalSource, JobSpec, PhaseSpec, TrainSource
+from jobs.runner import asked_gpus, augments_with_masked_lm, resolve_resources
+from jobs.spec import DataSource, EvalSource, JobSpec, ParallelStage, PhaseSpec, ResourcesSpec, TrainSource
 from jobs.stages import STAGES, Stage
 
 STAGES_BY_NAME = {stage.name: stage for stage in STAGES}
@@ -162,8 +164,10 @@ def plan_job(spec: JobSpec, store: RunStore, train_examples: int | None = None) 
         train = _like(train, evaluation)
         notes.append("data.train not read here: its rates per example (features, tokens, bytes, reading time) are "
                      "data.eval's")
-    device, rate = _device(spec)
-    estimator = _Estimator(spec, models, train, evaluation, rate, recorded)
+    resources = resolve_resources(spec.resources, _assumed_cluster(spec.resources),
+                                  masked_lm=augments_with_masked_lm(spec))
+    device, rate = _device(resources.for_stage("train"))
+    estimator = _Estimator(spec, resources, models, train, evaluation, rate, recorded)
     for stage in stages:
         if stage.cache != "skipped":
             getattr(estimator, stage.name)(stage)
@@ -419,22 +423,25 @@ def _word_estimate(spec: JobSpec, sample: Any) -> tuple[int, int, int]:
     return features, tokens, text_tokens
 
 
-def _device(spec: JobSpec) -> tuple[str, float]:
-    """What the workers compute on, in words, and each worker's assumed FLOP/s."""
-    resources = spec.resources
-    gpus = resources.gpus_per_worker
-    if gpus is None:   # the stages take a GPU when the Ray cluster has one
-        if resources.address:
-            gpus = 1.0
-        else:
-            import torch
+def _assumed_cluster(resources: ResourcesSpec) -> dict[str, float]:
+    """The Ray cluster a job will find, as far as a plan can tell: this machine's CPUs and GPUs, and at least the
+    GPUs the spec asks for (on a cluster, 1 when it names none)."""
+    import torch
 
-            gpus = 1.0 if torch.cuda.is_available() else 0.0
-    workers = f"{resources.workers} worker(s)"
+    gpus = [float(torch.cuda.device_count()), *(g for g in asked_gpus(resources).values() if g is not None)]
+    if resources.address:
+        gpus.append(1.0)
+    return {"CPU": float(os.cpu_count() or 1), "GPU": max(gpus)}
+
+
+def _device(train: ResourcesSpec) -> tuple[str, float]:
+    """What the training workers compute on, in words, and each worker's assumed FLOP/s."""
+    gpus = train.gpus_per_worker or 0.0
+    workers = f"{train.worker_count} training worker(s)"
     if gpus > 0:
         return (f"{workers} x {gpus:g} GPU, assumed {GPU_FLOPS / 1e12:.0f} TFLOP/s each (mixed precision)",
                 GPU_FLOPS * gpus)
-    cores = max(1, math.ceil(resources.cpus_per_worker))
+    cores = max(1, math.ceil(train.cpus_per_worker))
     return (f"{workers} x {cores} CPU core(s), {CPU_FLOPS_PER_CORE / 1e9:.0f} GFLOP/s per core (fp32, calibrated on "
             "the development CPU)", CPU_FLOPS_PER_CORE * cores)
 
@@ -451,11 +458,11 @@ def _steps(features: int, epochs: float, batch_size: int, accum: int = 1) -> int
 class _Estimator:
     """Fills each StagePlan from the data profiles, the models and the rate; one method per stage."""
 
-    def __init__(self, spec: JobSpec, models: _Models, train: _DataProfile, evaluation: _DataProfile, rate: float,
-                 recorded: dict[str, dict[str, Any]]):
+    def __init__(self, spec: JobSpec, resources: ResourcesSpec, models: _Models, train: _DataProfile,
+                 evaluation: _DataProfile, rate: float, recorded: dict[str, dict[str, Any]]):
         self.spec, self.models, self.train, self.evaluation = spec, models, train, evaluation
         self.rate, self.recorded = rate, recorded
-        self.workers = {stage: spec.resources.for_stage(stage).workers for stage in ("augment", "label", "train")}
+        self.workers = {stage: resources.for_stage(stage).worker_count for stage in get_args(ParallelStage)}
         self.augmented_examples: int | None = None
         self.label_features: int | None = None
 

@@ -24,7 +24,7 @@ from typing import Any, Iterator, TextIO, get_args
 from pydantic import BaseModel
 
 from jobs.progress import LOG_FORMATTER, PROGRESS_LOGGER, use_console
-from jobs.spec import JobSpec, ParallelStage, ResourcesSpec, load_spec
+from jobs.spec import JobSpec, ParallelStage, ResourcesSpec, StageResources, load_spec
 from jobs.stages import STAGE_VERSION, STAGES, Stage, StageContext
 from jobs.store import Run, RunStore, now
 
@@ -134,7 +134,7 @@ def _run_stages(run: Run, store: RunStore, progress: bool, console: TextIO) -> s
         log.info("job %s: running in %s", run.job_id, run.path)
         if any(asked_gpus(spec.resources).values()) and any(s.uses_ray and s.enabled(spec) for s in STAGES):
             _ensure_ray(progress)  # GPUs asked for: checked against the cluster before any stage runs
-            resolve_resources(spec.resources, _cluster_resources())
+            resolve_resources(spec.resources, _cluster_resources(), masked_lm=augments_with_masked_lm(spec))
         keys: dict[str, str] = {}
         outputs: dict[str, Path] = {}
         for stage in STAGES:
@@ -232,26 +232,58 @@ def asked_gpus(resources: ResourcesSpec) -> dict[str, float | None]:
     return asked
 
 
-def resolve_resources(resources: ResourcesSpec, cluster: dict[str, float]) -> ResourcesSpec:
-    """`resources` with GPUs per worker decided from the Ray cluster's resources, not from this process: on a cluster
-    the job's driver runs on the head node, which often has no GPU while the workers have them.
+def resolve_resources(resources: ResourcesSpec, cluster: dict[str, float], *, masked_lm: bool) -> ResourcesSpec:
+    """`resources` with every stage's GPUs and workers decided from the Ray cluster's resources, not from this
+    process: on a cluster the job's driver runs on the head node, which often has no GPU while the workers have them.
 
-    An unset shared `gpus_per_worker` becomes 1 when the cluster has a GPU, else 0; a stage's own unset value then
-    takes it (ResourcesSpec.for_stage).
+    GPUs per worker: an unset shared value becomes 1 when the cluster has a whole GPU, else 0, and a stage's unset
+    value takes it; but augmentation computes on a GPU only for its masked LM (`masked_lm`), so without one it
+    takes 0 and leaves the GPUs to the other stages.
+    Workers: a stage's own value, else the shared one, else the stage's default: augmentation one actor per GPU when
+    it computes on GPUs, else one per CPU but one (left to Ray Data's tasks and the driver; every actor taking a
+    CPU starves them); labelling one actor per GPU (one actor on CPUs); training 1, since the batch is global and
+    more workers split it (resources.train.workers is a choice about the batch, trainer.thin_worker_batch).
 
     Raises:
         ClusterResourcesError: more GPUs per worker than the cluster has, named with what the cluster has.
     """
-    gpus = cluster.get("GPU", 0.0)
+    gpus_in_cluster = cluster.get("GPU", 0.0)
     for field, asked in asked_gpus(resources).items():
-        if asked is not None and asked > gpus:
+        if asked is not None and asked > gpus_in_cluster:
             has = ", ".join(f"{cluster.get(name, 0):g} {name}" for name in ("CPU", "GPU"))
             raise ClusterResourcesError(
                 f"{field}: {asked:g} GPU per worker, but the Ray cluster has {has}; set gpus_per_worker: 0 to run "
                 "on CPUs, or run on a cluster with GPU nodes")
-    if resources.gpus_per_worker is None:
-        return resources.model_copy(update={"gpus_per_worker": 1.0 if gpus >= 1 else 0.0})
-    return resources
+    shared_gpus = resources.gpus_per_worker
+    if shared_gpus is None:
+        shared_gpus = 1.0 if gpus_in_cluster >= 1 else 0.0
+    update: dict[str, Any] = {"gpus_per_worker": shared_gpus}
+    for stage in get_args(ParallelStage):
+        own: StageResources = getattr(resources, stage)
+        gpus = own.gpus_per_worker
+        if gpus is None:
+            gpus = 0.0 if stage == "augment" and not masked_lm else shared_gpus
+        workers = own.workers or resources.workers
+        if workers is None:
+            cpus = own.cpus_per_worker or resources.cpus_per_worker
+            workers = _default_workers(stage, gpus, cpus, cluster)
+        update[stage] = own.model_copy(update={"gpus_per_worker": gpus, "workers": workers})
+    return resources.model_copy(update=update)
+
+
+def augments_with_masked_lm(spec: JobSpec) -> bool:
+    """Whether the augmentation runs a masked LM (the only augmentation work a GPU can do)."""
+    return spec.augment.enabled and spec.augment.mlm_model is not None
+
+
+def _default_workers(stage: ParallelStage, gpus: float, cpus: float, cluster: dict[str, float]) -> int:
+    if stage == "train":
+        return 1
+    if gpus > 0:
+        return max(1, int(cluster.get("GPU", 0.0) // gpus))
+    if stage == "augment":
+        return max(1, int((cluster.get("CPU", 1.0) - 1) // cpus))
+    return 1
 
 
 def _execute(stage: Stage, spec: JobSpec, run: Run, out_dir: Path, inputs: dict[str, Path], key: str,
@@ -259,7 +291,8 @@ def _execute(stage: Stage, spec: JobSpec, run: Run, out_dir: Path, inputs: dict[
     if stage.uses_ray:
         _ensure_ray(progress)
         # keys were made from the spec as written; the stage gets the GPUs the cluster decides
-        spec = spec.model_copy(update={"resources": resolve_resources(spec.resources, _cluster_resources())})
+        spec = spec.model_copy(update={"resources": resolve_resources(spec.resources, _cluster_resources(),
+                                                                      masked_lm=augments_with_masked_lm(spec))})
     resumed = out_dir.exists() and any(out_dir.iterdir())
     out_dir.mkdir(parents=True, exist_ok=True)
     run.update_stage(stage.name, status="running", output=str(out_dir), cache_key=key, started_at=now(),

@@ -364,8 +364,11 @@ ParallelStage = Literal["augment", "label", "train"]
 
 
 class ResourcesSpec(StrictModel):
-    workers: int = Field(1, gt=0, description="parallel workers (Ray actors / Ray Train workers) of every stage "
-                                              "that does not set its own")
+    workers: int | None = Field(
+        None, gt=0, description="parallel workers (Ray actors / Ray Train workers) of every stage that does not set "
+                                "its own; unset: each stage's default, from the Ray cluster's resources: "
+                                "augmentation one actor per CPU but one (per GPU when its masked LM runs on GPUs), "
+                                "labelling one actor per GPU (1 without GPUs), training 1 worker")
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per worker; fractions allowed")
     gpus_per_worker: float | None = Field(
         None, ge=0, description="GPUs per worker; unset: 1 when the Ray cluster has a GPU (the workers', not the "
@@ -375,6 +378,10 @@ class ResourcesSpec(StrictModel):
         "auto", description="what every stage computes in on a GPU. auto: bf16 on compute capability 8.0+ (A100, "
                             "H100), fp16 with a loss scaler on older GPUs (V100), fp32 on CPU; bf16 on an older GPU "
                             "or half precision on CPU is refused")
+    compile: bool = Field(
+        False, description="torch.compile each training phase's model (the student, its projections and the "
+                           "teachers it runs), in every worker: the first steps pay for the compilation (minutes), "
+                           "the rest run faster on a GPU. Results match an uncompiled run to rounding")
     worker_restarts: int = Field(
         3, ge=0, description="times a multi-worker training phase restarts its workers from the last complete "
                              "checkpoint when a worker process or node dies (logged); 0: the phase fails at once")
@@ -392,6 +399,12 @@ class ResourcesSpec(StrictModel):
     def for_stage(self, stage: ParallelStage) -> ResourcesSpec:
         """These resources with `stage`'s own settings in place of the shared ones."""
         return self.model_copy(update=getattr(self, stage).model_dump(exclude_none=True))
+
+    @property
+    def worker_count(self) -> int:
+        """`workers` as a job resolved it (jobs.runner.resolve_resources), or 1 where nothing did: a stage's function
+        called on its own."""
+        return self.workers or 1
 
 
 class OutputSpec(StrictModel):

@@ -118,19 +118,42 @@ def test_a_job_asking_for_gpus_on_a_cluster_without_any_fails_before_any_stage(r
     (1.0, {"CPU": 8.0, "GPU": 1.0}, 1.0),
 ])
 def test_gpus_per_worker_are_decided_from_the_clusters_resources(asked, cluster, decided):
-    resolved = resolve_resources(ResourcesSpec(gpus_per_worker=asked, workers=3), cluster)
+    resolved = resolve_resources(ResourcesSpec(gpus_per_worker=asked, workers=3), cluster, masked_lm=True)
     assert resolved.gpus_per_worker == decided and resolved.workers == 3
+    for stage in ("augment", "label", "train"):
+        assert resolved.for_stage(stage).gpus_per_worker == decided and resolved.for_stage(stage).workers == 3
 
 
 def test_more_gpus_than_the_cluster_has_are_refused_with_what_it_has():
     with pytest.raises(ClusterResourcesError, match="2 GPU per worker, but the Ray cluster has 16 CPU, 1 GPU"):
-        resolve_resources(ResourcesSpec(gpus_per_worker=2), {"CPU": 16.0, "GPU": 1.0})
+        resolve_resources(ResourcesSpec(gpus_per_worker=2), {"CPU": 16.0, "GPU": 1.0}, masked_lm=False)
 
 
 def test_a_stages_own_gpus_are_checked_too_and_the_rest_follow_the_cluster():
     resources = ResourcesSpec(train=StageResources(workers=2, gpus_per_worker=1))
     with pytest.raises(ClusterResourcesError, match="resources.train.gpus_per_worker: 1 GPU per worker, but the Ray "
                                                     "cluster has 4 CPU, 0 GPU"):
-        resolve_resources(resources, {"CPU": 4.0})
-    resolved = resolve_resources(resources, {"CPU": 4.0, "GPU": 2.0})
+        resolve_resources(resources, {"CPU": 4.0}, masked_lm=False)
+    resolved = resolve_resources(resources, {"CPU": 4.0, "GPU": 2.0}, masked_lm=True)
     assert resolved.for_stage("augment").gpus_per_worker == 1.0 and resolved.for_stage("train").workers == 2
+
+
+@pytest.mark.parametrize("cluster,masked_lm,workers,gpus", [
+    # a workstation with one GPU: augmentation on the CPU cores but one, labelling and training on the GPU
+    ({"CPU": 16.0, "GPU": 1.0}, False, {"augment": 15, "label": 1, "train": 1}, {"augment": 0, "label": 1, "train": 1}),
+    # its masked LM on the GPU: one augmentation actor per GPU
+    ({"CPU": 16.0, "GPU": 1.0}, True, {"augment": 1, "label": 1, "train": 1}, {"augment": 1, "label": 1, "train": 1}),
+    # 4 GPUs: labelling spreads over them; training stays one worker (the global batch would be split)
+    ({"CPU": 64.0, "GPU": 4.0}, False, {"augment": 63, "label": 4, "train": 1}, {"augment": 0, "label": 1, "train": 1}),
+    # this machine: 2 cores, one actor (every actor taking a CPU would starve Ray Data's tasks)
+    ({"CPU": 2.0}, True, {"augment": 1, "label": 1, "train": 1}, {"augment": 0, "label": 0, "train": 0}),
+])
+def test_unset_workers_take_each_stages_default_from_the_cluster(cluster, masked_lm, workers, gpus):
+    resolved = resolve_resources(ResourcesSpec(), cluster, masked_lm=masked_lm)
+    for stage in workers:
+        assert resolved.for_stage(stage).workers == workers[stage], stage
+        assert resolved.for_stage(stage).gpus_per_worker == gpus[stage], stage
+    # two CPUs per augmentation actor: half as many
+    halved = resolve_resources(ResourcesSpec(augment=StageResources(cpus_per_worker=2)), {"CPU": 17.0},
+                               masked_lm=False)
+    assert halved.for_stage("augment").workers == 8

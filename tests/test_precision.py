@@ -12,7 +12,7 @@ import json
 import pytest
 import torch
 
-from distill.models import PrecisionError, autocast, choose_precision
+from distill.models import PrecisionError, allows_tf32, autocast, choose_precision
 from jobs.spec import ResourcesSpec, SpecError, parse_spec
 
 V100, T4, A100, RTX_3090, H100 = (7, 0), (7, 5), (8, 0), (8, 6), (9, 0)
@@ -34,6 +34,19 @@ V100, T4, A100, RTX_3090, H100 = (7, 0), (7, 5), (8, 0), (8, 6), (9, 0)
 ])
 def test_precision_for_each_device_and_request(device_type, capability, requested, chosen):
     assert choose_precision(device_type, capability, requested) == chosen
+
+
+@pytest.mark.parametrize("device_type, capability, requested, tf32", [
+    ("cpu", None, "auto", False),
+    ("cuda", V100, "auto", False),      # no TF32 tensor cores before Ampere
+    ("cuda", T4, "fp16", False),
+    ("cuda", A100, "auto", True),
+    ("cuda", RTX_3090, "fp16", True),
+    ("cuda", H100, "bf16", True),
+    ("cuda", H100, "fp32", False),      # fp32 by name stays IEEE fp32
+])
+def test_tf32_matmuls_on_ampere_and_newer_unless_fp32_is_asked_for(device_type, capability, requested, tf32):
+    assert allows_tf32(device_type, capability, requested) is tf32
 
 
 @pytest.mark.parametrize("device_type, capability, requested, reason", [

@@ -29,6 +29,10 @@ from jobs.spec import DataSource, FeaturesSpec, PredictionSpec, ResourcesSpec, S
 from tests.jobutil import wait_for
 
 ONE_WORKER = ResourcesSpec(workers=1, gpus_per_worker=0)
+# A softmax over positions ignores a shift of all logits, so the QA bias and the last LayerNorm bias (which only
+# feeds the QA head) of the 2-layer students have exactly zero gradient in theory; Adam turns their float noise
+# into +-lr steps, so two runs that differ by rounding differ there by whole steps.
+SHIFT_INVARIANT = {"qa_outputs.bias", "bert.encoder.layer.1.output.LayerNorm.bias"}
 
 
 @pytest.fixture(scope="module")
@@ -152,10 +156,7 @@ def test_two_ray_workers_follow_the_one_worker_loss_curve(ray_session, features_
     assert schedules[1]["warning"] is None and "batch_size 7 over 2 workers" in schedules[2]["warning"]
     a = load_file(tmp_path / "workers-1" / "student" / "model.safetensors")
     b = load_file(tmp_path / "workers-2" / "student" / "model.safetensors")
-    # A softmax over positions ignores a shift of all logits, so the QA bias and the last LayerNorm bias (which
-    # only feeds the QA head) have exactly zero gradient in theory; Adam turns their float noise into +-lr steps.
-    shift_invariant = {"qa_outputs.bias", "bert.encoder.layer.1.output.LayerNorm.bias"}
-    for key in a.keys() - shift_invariant:
+    for key in a.keys() - SHIFT_INVARIANT:
         torch.testing.assert_close(a[key], b[key], rtol=1e-3, atol=1e-5, msg=key)
 
 
@@ -202,3 +203,26 @@ def test_a_killed_ray_train_worker_is_replaced_and_the_phase_ends_as_if_uninterr
     b = load_file(tmp_path / "killed" / "student" / "model.safetensors")
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-5, msg=key)
+
+
+# -- torch.compile ------------------------------------------------------------------------------------------------
+
+def test_a_compiled_phase_trains_as_the_plain_one_and_saves_the_same_parameter_names(features_dir, tiny_model_factory,
+                                                                                     tmp_path):
+    student = StudentSpec(model=str(_without_dropout(tiny_model_factory("qa", layers=2, hidden=32),
+                                                     tmp_path / "student")))
+    config = PredictionSpec(distill_weight=0.0, batch_size=16, epochs=1, log_every=1, learning_rate=1e-3)
+    runs = {}
+    for compiled in (False, True):
+        resources = ONE_WORKER.model_copy(update={"compile": compiled})
+        runs[compiled] = distill_prediction(student, [], "qa", features_dir, config, "probs", resources, 0,
+                                            tmp_path / f"compile-{compiled}", progress=False)
+    assert runs[True].steps == runs[False].steps == 4
+    assert _losses(tmp_path / "compile-True") == pytest.approx(_losses(tmp_path / "compile-False"), rel=1e-4)
+    recorded = json.loads((tmp_path / "compile-True" / "train_config.json").read_text())["resources"]
+    assert recorded["compile"] is True
+    plain = load_file(tmp_path / "compile-False" / "student" / "model.safetensors")
+    compiled = load_file(tmp_path / "compile-True" / "student" / "model.safetensors")
+    assert compiled.keys() == plain.keys()
+    for key in plain.keys() - SHIFT_INVARIANT:
+        torch.testing.assert_close(compiled[key], plain[key], rtol=1e-4, atol=1e-5, msg=key)
