@@ -12,6 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from augment.export import ExportError
 from augment.inspect import InspectError
 from augment.readers import DataReadError
 
@@ -44,17 +45,19 @@ def add_run(subparsers: argparse._SubParsersAction) -> None:
     """``run --input DIR --out DIR [augment and resource options]``: the augmentation engine without a job."""
     import typing
 
-    from jobs.spec import AugmentSpec, JobSpec, ResourcesSpec
+    from augment.spec import AugmentSpec
+    from core.config import DEFAULT_SEED
+    from core.resources import ResourcesSpec
 
     summary = "augment an examples folder by word substitution (answers kept valid), resuming an unfinished --out"
     parser = subparsers.add_parser("run", help=summary, description=f"{summary}; prints the result as JSON. "
-                                   "Unset options take the job spec defaults (jobs/spec.py).")
+                                   "Unset options take the job spec defaults (augment/spec.py, core/resources.py).")
     parser.add_argument("--input", type=Path, required=True, help="examples folder (shards/, meta.json)")
     parser.add_argument("--out", type=Path, required=True, help="output folder; rerun to resume it")
     parser.add_argument("--task", choices=["qa", "classification"], help="default: the task in the input's meta.json")
-    parser.add_argument("--seed", type=int, default=JobSpec.model_fields["seed"].default, help="default %(default)s")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="default %(default)s")
     augment, resources = AugmentSpec.model_fields, ResourcesSpec.model_fields
-    options = [  # (flag, field, type); each help text is the field's description in jobs/spec.py
+    options = [  # (flag, field, type); each help text is the field's description in the spec
         ("--factor", augment["factor"], int), ("--top-k", augment["top_k"], int),
         ("--replace-prob", augment["replace_prob"], float), ("--mlm-model", augment["mlm_model"], str),
         ("--mlm-init", augment["mlm_init"], str), ("--mlm-mode", augment["mlm_mode"], str),
@@ -88,7 +91,8 @@ def _run_augment(args: argparse.Namespace) -> int:
 
     from augment.candidates import CandidateError
     from augment.pipeline import AugmentInputError, augment_examples
-    from jobs.spec import AugmentSpec, ResourcesSpec
+    from augment.spec import AugmentSpec
+    from core.resources import ResourcesSpec
 
     given = {name: value for name, value in vars(args).items() if value is not None}
     augment = {k: given[k] for k in ("factor", "top_k", "replace_prob", "mlm_init", "mlm_mode", "mlm_window",
@@ -117,13 +121,35 @@ def _run_augment(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_export(subparsers: argparse._SubParsersAction) -> None:
+    """``export PATH --format squad --out FILE``: an examples folder in a format other tools read."""
+    from augment.export import EXPORT_FORMATS
+
+    summary = "write an examples folder (read, augmented or labelled) as a SQuAD 2.0 JSON file"
+    parser = subparsers.add_parser("export", help=summary, description=f"{summary}; variants keep their source_id, "
+                                   "variant and substitutions, MRQA examples their gold_answers, as extra keys that "
+                                   "SQuAD tools ignore and `read_examples` reads back")
+    parser.add_argument("path", type=Path, help="examples folder (shards/)")
+    parser.add_argument("--format", choices=EXPORT_FORMATS, default="squad", help="default %(default)s")
+    parser.add_argument("--out", type=Path, required=True, help="the file to write (atomically)")
+    parser.set_defaults(handler=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from augment.export import export_squad_json
+
+    print(export_squad_json(args.path, args.out))
+    return 0
+
+
 SUBCOMMANDS = [
     add_inspect,
     add_run,
+    add_export,
 ]
 
 # Errors that come from what the user passed: printed as one line, not as a traceback.
-_USER_ERRORS: tuple[type[Exception], ...] = (FileNotFoundError, InspectError, DataReadError)
+_USER_ERRORS: tuple[type[Exception], ...] = (FileNotFoundError, InspectError, DataReadError, ExportError)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -294,7 +294,7 @@ class MaskedLMProposer:
         seed: seed for "random" init.
         device: "cpu" or "cuda".
         batch_size: sequences per forward pass.
-        precision: "fp32", "fp16" or "bf16" (`distill.models.choose_precision` for the device); the scores are
+        precision: "fp32", "fp16" or "bf16" (`core.devices.choose_precision` for the device); the scores are
             ranked in fp32 either way.
     """
 
@@ -432,7 +432,7 @@ class MaskedLMProposer:
     def _autocast(self) -> AbstractContextManager:
         import torch
 
-        from distill.models import autocast
+        from core.devices import autocast
 
         return autocast(torch.device(self.device), self.precision)
 

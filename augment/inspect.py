@@ -1,6 +1,6 @@
 """Looking inside an examples folder: totals, an example next to its variants, and an answer-span check.
 
-An examples folder holds `shards/` (rows in an `augment.schema` schema), usually `meta.json`, and, when the
+An examples folder holds `shards/` (rows in an `core.schema` schema), usually `meta.json`, and, when the
 augmentation stage wrote it, `stats.json` (at least examples_in, examples_out, substitutions_by_source; the
 substitution rate needs substituted_words and eligible_words too) and `rejects.jsonl`. `inspect_examples` reads
 it in one streaming pass into an `InspectReport`; `render_plain`, `render_rich` and `report_json` show that
@@ -27,13 +27,13 @@ from rich.text import Text
 
 import pyarrow.parquet as pq
 
-from augment.writers import iter_shard_batches, shard_paths
+from core.shards import iter_shard_batches, shard_paths
 
 # How many invalid answer spans a report lists (all of them are counted).
 MAX_INVALID_SPANS_LISTED = 20
 
 QA_FIELDS = ("question", "context")
-# the columns every examples shard has, whatever its task (augment.schema)
+# the columns every examples shard has, whatever its task (core.schema)
 EXAMPLE_COLUMNS = ("id", "source_id", "variant", "substitutions")
 CLASSIFICATION_FIELDS = ("text", "text_pair")
 

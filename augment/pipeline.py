@@ -70,12 +70,13 @@ import pyarrow.parquet as pq
 from augment.candidates import (MaskedLMProposer, encode_words, load_vectors, nearest_neighbours, propose,
                                 save_vectors, train_vectors)
 from augment.sampling import Tally, augment_classification, augment_qa
-from augment.schema import schema_for
+from augment.spec import AugmentSpec
 from augment.words import eligible_words, segment
-from augment.writers import (SHARD_GLOB, atomic_output, iter_shard_batches, read_rows, shard_paths, write_json,
-                             write_shard)
-from jobs.progress import Progress
-from jobs.spec import AugmentSpec, ResourcesSpec
+from core.progress import Progress
+from core.ray_runtime import cluster_resources, ensure_ray
+from core.resources import ResourcesSpec, resolve_resources
+from core.schema import schema_for
+from core.shards import SHARD_GLOB, atomic_output, iter_shard_batches, read_rows, shard_paths, write_json, write_shard
 
 log = logging.getLogger(__name__)
 
@@ -288,7 +289,7 @@ def _read_input(examples_dir: Path, task: str) -> tuple[list[tuple[str, int]], d
     for path in paths:
         schema = pq.read_schema(path)
         if not schema.equals(expected):
-            raise AugmentInputError(f"{path} does not have the {task} schema of augment.schema:\n{schema}\n"
+            raise AugmentInputError(f"{path} does not have the {task} schema of core.schema:\n{schema}\n"
                                     f"expected:\n{expected}")
         variant = pq.read_table(path, columns=["variant"]).column("variant")
         augmented += pc.sum(pc.not_equal(variant, 0)).as_py() or 0
@@ -473,7 +474,7 @@ class _BlockAugmenter:
                  precision: str, threads: int):
         import torch
 
-        from distill.models import device_precision
+        from core.devices import device_precision
 
         torch.set_num_threads(threads)  # actors share the machine's cores; one each unless given more
         self.task, self.config, self.seed = task, config, seed
@@ -522,52 +523,38 @@ def _run_blocks(items: list[dict[str, Any]], task: str, config: AugmentSpec, res
     worker's peak RSS."""
     import ray
 
+    ensure_ray()
+    # decided from the cluster (a job's resources arrive decided; this decides them for a call of its own)
+    resources = resolve_resources(resources, cluster_resources(),
+                                  masked_lm=config.mlm_model is not None).for_stage("augment")
     gpus = resources.gpus_per_worker
-    if gpus is None:
-        import torch
-
-        gpus = 1.0 if torch.cuda.is_available() and config.mlm_model is not None else 0.0
     if gpus == 0 and config.mlm_model is not None:   # refused here, not in every worker (a GPU's is checked there)
-        from distill.models import choose_precision
+        from core.devices import choose_precision
 
         choose_precision("cpu", None, resources.precision)
     workers = min(resources.worker_count, len(items))
-    started_ray = not ray.is_initialized()
-    if started_ray:
-        if os.environ.get("RAY_ADDRESS"):  # a Ray job's driver (or told where the cluster is): join that cluster
-            ray.init(log_to_driver=False, configure_logging=False)
-        else:  # a private in-process instance; plain ray.init() would join any cluster `ray start` left running
-            ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                     configure_logging=False)
-    context = ray.data.DataContext.get_current()  # a dataset copies it when created
-    ray_bars, context.enable_progress_bars = context.enable_progress_bars, False  # ours instead: one line
-    try:
-        (out_dir / "shards").mkdir(parents=True, exist_ok=True)
-        dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-            _BlockAugmenter,
-            fn_constructor_kwargs={"task": task, "config": config, "seed": seed,
-                                   "shards_dir": str(examples_dir / "shards"), "out_dir": str(out_dir),
-                                   "device": "cuda" if gpus > 0 else "cpu", "precision": resources.precision,
-                                   "threads": max(1, int(resources.cpus_per_worker))},
-            batch_size=1,
-            # one block in flight per actor: blocks are large, so queueing them would only unbalance the end
-            compute=ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=1),
-            num_cpus=resources.cpus_per_worker,
-            num_gpus=gpus,
-        )
-        peak: dict[int, float] = {}
-        busy, rows_out = 0.0, 0
-        vectors_loaded = False
-        with Progress("augment", total=len(items), unit="block", bar=progress) as done:
-            for row in dataset.iter_rows():
-                peak[row["pid"]] = max(peak.get(row["pid"], 0.0), row["peak_rss_mb"])
-                vectors_loaded |= bool(row["vectors_loaded"])
-                busy += row["seconds"]
-                rows_out += row["examples_out"]
-                done.update(1, rows_out=rows_out)
-    finally:
-        context.enable_progress_bars = ray_bars
-        if started_ray:
-            ray.shutdown()
+    (out_dir / "shards").mkdir(parents=True, exist_ok=True)
+    dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+        _BlockAugmenter,
+        fn_constructor_kwargs={"task": task, "config": config, "seed": seed,
+                               "shards_dir": str(examples_dir / "shards"), "out_dir": str(out_dir),
+                               "device": "cuda" if gpus > 0 else "cpu", "precision": resources.precision,
+                               "threads": max(1, int(resources.cpus_per_worker))},
+        batch_size=1,
+        # one block in flight per actor: blocks are large, so queueing them would only unbalance the end
+        compute=ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=1),
+        num_cpus=resources.cpus_per_worker,
+        num_gpus=gpus,
+    )
+    peak: dict[int, float] = {}
+    busy, rows_out = 0.0, 0
+    vectors_loaded = False
+    with Progress("augment", total=len(items), unit="block", bar=progress) as done:
+        for row in dataset.iter_rows():
+            peak[row["pid"]] = max(peak.get(row["pid"], 0.0), row["peak_rss_mb"])
+            vectors_loaded |= bool(row["vectors_loaded"])
+            busy += row["seconds"]
+            rows_out += row["examples_out"]
+            done.update(1, rows_out=rows_out)
     return {"workers": workers, "peak_rss_mb_per_worker": round(max(peak.values()), 1) if peak else None,
             "vectors_loaded_by_workers": vectors_loaded, "worker_busy_seconds": round(busy, 2)}

@@ -3,7 +3,7 @@
 `read_examples` is the entry point for a source. It turns a `DataSource` into an examples folder::
 
     out_dir/
-      shards/part-00000.parquet ...   rows in the task's schema (augment.schema), variant 0, source_id == id
+      shards/part-00000.parquet ...   rows in the task's schema (core.schema), variant 0, source_id == id
       rejects.jsonl                   one JSON object per bad record: source, location, id, reason, detail, record
       meta.json                       task, label_names (in id order), source, counts; written last
 
@@ -46,10 +46,9 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
-from augment.schema import CLASSIFICATION_SCHEMA, QA_SCHEMA, SUBSTITUTION
-from augment.writers import (DEFAULT_ROWS_PER_SHARD, SHARD_GLOB, ShardWriter, atomic_output, iter_shard_batches,
-                             write_json)
-from jobs.spec import DataSource
+from augment.spec import DataSource
+from core.schema import CLASSIFICATION_SCHEMA, QA_SCHEMA, SUBSTITUTION
+from core.shards import DEFAULT_ROWS_PER_SHARD, SHARD_GLOB, ShardWriter, atomic_output, iter_shard_batches, write_json
 
 # Texts up to 100k characters are ordinary (long articles); beyond this a record is far more likely a broken
 # file (a whole book in one cell, a missing closing quote in a CSV) than an example, so it is rejected.
@@ -728,7 +727,7 @@ def _qa_row(example_id: str, record: dict[str, Any], context: Any, answers: dict
 
 
 def _gold_answers(record: dict[str, Any]) -> list[str] | None:
-    """The optional `gold_answers` a SQuAD file written by augment.writers.export_squad_json carries."""
+    """The optional `gold_answers` a SQuAD file written by augment.export.export_squad_json carries."""
     value = record.get("gold_answers")
     if value is not None and not (isinstance(value, list) and all(isinstance(text, str) for text in value)):
         raise _BadRecord("wrong_type", f"'gold_answers' is {_short(value)}, expected a list of answer texts")

@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 
 from augment.candidates import TextOptions
+from augment.spec import AugmentSpec
 from augment.words import Substitution, Word, apply_substitutions, eligible_words, restore_case
-from jobs.spec import AugmentSpec
 
 
 @dataclass
@@ -80,7 +80,7 @@ def augment_qa(row: dict[str, Any], context_options: TextOptions, question_optio
     """The rows written for one QA example (original first when `keep_original`) and their counts.
 
     Args:
-        row: an original example in `augment.schema.QA_SCHEMA` (variant 0).
+        row: an original example in `core.schema.QA_SCHEMA` (variant 0).
         context_options: candidates for the words of its context (`candidates.propose`, computed once per
             paragraph; words of this question's answers are skipped here unless `augment_answers`).
         question_options: candidates for the question's words, or None when questions are not augmented.
@@ -136,7 +136,7 @@ def augment_classification(row: dict[str, Any], text_options: TextOptions, pair_
     """The rows written for one classification example (original first when `keep_original`), label kept.
 
     Args:
-        row: an original example in `augment.schema.CLASSIFICATION_SCHEMA` (variant 0).
+        row: an original example in `core.schema.CLASSIFICATION_SCHEMA` (variant 0).
         text_options, pair_options: candidates for the words of `text` and of `text_pair` (None: no pair).
         config: factor, replace_prob, keep_original.
         seed: the job seed.

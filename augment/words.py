@@ -56,7 +56,7 @@ class Substitution:
 class Applied:
     """An augmented text, its answers moved to their new offsets, and a record per substitution.
 
-    `records` follow `augment.schema.SUBSTITUTION`: offsets are into the NEW text, so
+    `records` follow `core.schema.SUBSTITUTION`: offsets are into the NEW text, so
     `text[r["start"]:r["end"]] == r["replacement"]` for every record.
     """
 

@@ -273,7 +273,8 @@ def pipeline(args, workdir: Path, paragraphs: list[dict]) -> dict:
 
     from augment.pipeline import augment_examples
     from augment.readers import read_examples
-    from jobs.spec import AugmentSpec, DataSource, ResourcesSpec
+    from augment.spec import AugmentSpec, DataSource
+    from core.resources import ResourcesSpec
 
     chosen = spread(paragraphs, args.pipeline_paragraphs)
     squad = workdir / "subset.json"

@@ -166,9 +166,10 @@ def main(argv=None) -> dict:
     import torch
     from transformers import AutoTokenizer, BertConfig
 
+    from core.resources import ResourcesSpec
     from distill.models import ModelRef
     from distill.phases import distill_intermediate, distill_prediction
-    from jobs.spec import IntermediateSpec, PredictionSpec, ResourcesSpec, StudentArchitecture, StudentSpec
+    from distill.spec import IntermediateSpec, PredictionSpec, StudentArchitecture, StudentSpec
 
     if args.threads:
         torch.set_num_threads(args.threads)

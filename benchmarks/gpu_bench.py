@@ -116,7 +116,7 @@ def measure_labelling(teacher: Path, features_dir: Path, device, memory: dict) -
 
     from distill.label import TeacherEnsemble
     from distill.models import ModelRef
-    from jobs.spec import LabelSpec
+    from distill.spec import LabelSpec
 
     table = pq.read_table(sorted((features_dir / "shards").glob("*.parquet"))[0])
     ensemble = TeacherEnsemble([ModelRef(str(teacher))], "qa", None, LabelSpec(), device, pad_token_id=0)
@@ -139,9 +139,10 @@ def measure_phase(phase: str, teacher: Path, student: Path, features_dir: Path, 
                   out_dir: Path, memory: dict, compile: bool) -> dict:
     import torch
 
+    from core.resources import ResourcesSpec
     from distill.models import ModelRef
     from distill.phases import distill_intermediate, distill_prediction
-    from jobs.spec import IntermediateSpec, PredictionSpec, ResourcesSpec, StudentSpec
+    from distill.spec import IntermediateSpec, PredictionSpec, StudentSpec
 
     resources = ResourcesSpec(workers=1, gpus_per_worker=1 if device.type == "cuda" else 0, compile=compile)
     loop = dict(epochs=1, batch_size=BATCH, log_every=shape["log_every"], checkpoint_minutes=None)

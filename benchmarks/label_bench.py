@@ -64,7 +64,7 @@ def parse_args() -> argparse.Namespace:
 def squad_examples(path: Path, limit: int | None, out_dir: Path) -> Path:
     """The first `limit` questions (None: all) of a SQuAD file as an examples folder, via the stage's reader."""
     from augment.readers import read_examples
-    from jobs.spec import DataSource
+    from augment.spec import DataSource
 
     read_examples(DataSource(path=str(path), limit=limit), "qa", None, out_dir)
     return out_dir
@@ -75,7 +75,7 @@ def bare_forward_seconds(model, tables, batch_size: int, pad_token_id: int, devi
     import numpy as np
     import torch
 
-    from distill.models import autocast, device_precision
+    from core.devices import autocast, device_precision
 
     batches = []
     for table in tables:   # one table per block of examples, as the stage sees them
@@ -113,11 +113,12 @@ def main() -> int:
     import torch
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer, BertConfig
 
-    from augment.writers import read_shards
+    from core.resources import ResourcesSpec
+    from core.shards import read_shards
     from distill.features import qa_features
     from distill.label import label_examples
     from distill.models import ModelRef
-    from jobs.spec import FeaturesSpec, LabelSpec, ResourcesSpec
+    from distill.spec import FeaturesSpec, LabelSpec
 
     cpus = os.cpu_count() or 1
     cpus_per_worker = args.cpus_per_worker or cpus / args.workers

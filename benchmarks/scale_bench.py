@@ -151,7 +151,8 @@ def _augment_child(queue, examples: str, mlm: str, factor: int, workers: int, cp
     import dataclasses
 
     from augment.pipeline import augment_examples
-    from jobs.spec import AugmentSpec, ResourcesSpec
+    from augment.spec import AugmentSpec
+    from core.resources import ResourcesSpec
 
     config = AugmentSpec(factor=factor, mlm_model=mlm)
     resources = ResourcesSpec(workers=workers, cpus_per_worker=cpus_per_worker)
@@ -204,7 +205,7 @@ def augment_at_squad_size(work_dir: Path, repeat: int = 16, factor: int = 20, wo
     import shutil
 
     from augment.readers import read_examples
-    from jobs.spec import DataSource
+    from augment.spec import DataSource
 
     sizes = squad_at_train_size(repeat, work_dir / "squad.json")
     read = read_examples(DataSource(path=str(work_dir / "squad.json")), "qa", None, work_dir / "examples")
@@ -392,7 +393,7 @@ def _table_path_child(queue, folder: str) -> None:
     import pyarrow.parquet as pq
     import torch
 
-    from augment.writers import shard_paths
+    from core.shards import shard_paths
     from distill.trainer import epoch_order, epoch_steps
 
     baseline = _memory_mb()

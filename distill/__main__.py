@@ -127,11 +127,12 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from augment.readers import DataReadError, read_examples
+    from augment.spec import DataSource
+    from core.resources import ResourcesSpec
     from distill.evaluate import EvaluationError, evaluate_models
     from distill.export import saved_settings
-    from distill.models import ModelCheckError, ModelRef, load_config
-    from distill.speed import task_of
-    from jobs.spec import DataSource, EvaluateSpec, FeaturesSpec, ResourcesSpec
+    from distill.models import ModelCheckError, ModelRef, load_config, task_of
+    from distill.spec import EvaluateSpec, FeaturesSpec
 
     try:
         ref = ModelRef(str(Path(args.model).expanduser()) if args.model.startswith("~") else args.model)

@@ -25,14 +25,13 @@ from typing import Any
 
 import pyarrow as pa
 
+from core.devices import device_precision, pick_device
 from distill.evaluate import EXAMPLES_PER_CHUNK, predict_qa
 from distill.export import saved_settings
-from distill.models import (ModelCheckError, ModelRef, device_precision, load_config, load_model, load_tokenizer,
-                            pick_device)
+from distill.models import ModelCheckError, ModelRef, load_config, load_model, load_tokenizer, task_of
 from distill.postprocess import answer_probabilities
 from distill.qa_windows import DEFAULT_SETTINGS
-from distill.speed import task_of
-from jobs.spec import EvaluateSpec, FeaturesSpec
+from distill.spec import EvaluateSpec, FeaturesSpec
 
 
 class AnswerError(ValueError):

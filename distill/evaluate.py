@@ -51,17 +51,19 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from augment.writers import iter_shard_batches, shard_paths, write_json
+from core.devices import autocast, device_precision, pick_device
+from core.progress import Progress
+from core.resources import ResourcesSpec
+from core.shards import iter_shard_batches, shard_paths, write_json
 from distill import speed
 from distill.classification_metrics import classification_report
 from distill.features import CLS_INDEX, FlatFeatures, build_features
-from distill.models import (ModelRef, autocast, check_label_order, check_max_seq_len, device_precision, load_model,
-                            load_tokenizer, pick_device)
+from distill.models import ModelRef, check_label_order, check_max_seq_len, load_tokenizer
+from distill.onnx_export import load_scoring_model
 from distill.postprocess import (QAExample, QAPrediction, QAWindow, postprocess_qa_predictions, write_null_odds,
                                  write_predictions)
+from distill.spec import EvaluateSpec, FeaturesSpec
 from distill.squad_metric import SquadFormatError, squad_v1_scores, squad_v2_scores
-from jobs.progress import Progress
-from jobs.spec import EvaluateSpec, FeaturesSpec, ResourcesSpec
 
 Task = Literal["qa", "classification"]
 Scoring = Literal["squad_v2", "mrqa"]
@@ -342,7 +344,7 @@ def _evaluate_one(name: str, ref: ModelRef, task: Task, examples_dir: Path, num_
     started = time.perf_counter()
     num_labels = len(label_names) if task == "classification" and label_names else None
     tokenizer = load_tokenizer(ref)
-    model = load_model(ref, task, num_labels=num_labels)
+    model = load_scoring_model(ref, task, num_labels=num_labels)
     check_max_seq_len(model.config, features.max_seq_len, name)
     if num_labels is not None and model.config.num_labels != num_labels:
         raise EvaluationError(f"{name}: classifies into {model.config.num_labels} labels, the data has "

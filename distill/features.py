@@ -35,9 +35,9 @@ import pyarrow.compute as pc
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from augment.schema import Task
+from core.schema import Task
 from distill.qa_windows import NOT_CONTEXT, encode_windows
-from jobs.spec import FeaturesSpec
+from distill.spec import FeaturesSpec
 
 # The [CLS] position: the "no answer" target and the gold position of answers a window does not hold.
 CLS_INDEX = 0
@@ -145,7 +145,7 @@ def _flat(nested: list[list[int]], dtype: type) -> np.ndarray:
 
 def qa_features(examples: Sequence[Mapping[str, Any]] | pa.Table, tokenizer: PreTrainedTokenizerBase,
                 features: FeaturesSpec) -> pa.Table:
-    """QA examples (augment.schema.QA_SCHEMA rows, or squad_v2-style dicts) as windows, in QA_FEATURE_SCHEMA.
+    """QA examples (core.schema.QA_SCHEMA rows, or squad_v2-style dicts) as windows, in QA_FEATURE_SCHEMA.
 
     Args:
         examples: rows with id, question, context, answers {text, answer_start} and optionally is_impossible (an

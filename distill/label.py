@@ -55,25 +55,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from augment.writers import SHARD_GLOB, atomic_output, read_rows, shard_paths, write_json
+from core.devices import autocast, choose_precision, device_precision, pick_device
+from core.progress import Progress
+from core.ray_runtime import cluster_resources, ensure_ray
+from core.resources import ResourcesSpec, resolve_resources
+from core.shards import SHARD_GLOB, atomic_output, read_rows, shard_paths, write_json
 from distill.ensemble import labels_depend_on_temperature, mix_teacher_logits
 from distill.features import TEACHER_COLUMNS, build_features
-from distill.models import (
-    ModelCheckError,
-    ModelRef,
-    autocast,
-    check_label_order,
-    check_max_seq_len,
-    check_same_vocabulary,
-    choose_precision,
-    device_precision,
-    load_config,
-    load_model,
-    load_tokenizer,
-    pick_device,
-)
-from jobs.progress import Progress
-from jobs.spec import FeaturesSpec, LabelSpec, ResourcesSpec
+from distill.models import (ModelCheckError, ModelRef, check_label_order, check_max_seq_len, check_same_vocabulary,
+                            load_config, load_model, load_tokenizer)
+from distill.spec import FeaturesSpec, LabelSpec
 
 Task = Literal["qa", "classification"]
 
@@ -173,7 +164,7 @@ class TeacherEnsemble:
         config: batch size, ensemble mode, whether to keep each teacher's logits.
         device: where the teachers run.
         temperature: the distillation temperature the labels are for; a probs mix of several teachers depends on it.
-        precision: resources.precision, resolved for `device` (`models.choose_precision`: auto is fp32 on CPU, bf16
+        precision: resources.precision, resolved for `device` (`core.devices.choose_precision`: auto is fp32 on CPU, bf16
             or fp16 on a GPU).
     """
 
@@ -419,32 +410,6 @@ def _claim_out_dir(out_dir: Path, settings: dict[str, Any]) -> Path:
     return shards_dir
 
 
-def _resolve_gpus(resources: ResourcesSpec) -> float:
-    import ray
-
-    if resources.gpus_per_worker is not None:
-        return resources.gpus_per_worker
-    return 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
-
-
-def _ensure_ray() -> None:
-    import ray
-
-    if not ray.is_initialized():
-        # inside a Ray Job RAY_ADDRESS names the cluster; otherwise a private instance, never a stray `ray start`
-        ray.init(address=os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False)
-
-
-def _check_capacity(resources: ResourcesSpec, gpus: float) -> None:
-    import ray
-
-    available = ray.cluster_resources()
-    for name, need in (("CPU", resources.cpus_per_worker), ("GPU", gpus)):
-        if need > available.get(name, 0):
-            raise LabelError(f"one labelling worker needs {need} {name}, the Ray cluster has "
-                             f"{available.get(name, 0)}; lower resources.{name.lower()}s_per_worker")
-
-
 def _run_blocks(pending: list[_Block], task: Task, teachers: list[ModelRef], tokenizer: ModelRef,
                 features: FeaturesSpec, config: LabelSpec, temperature: float, resources: ResourcesSpec,
                 num_labels: int | None, gpus: float, shards_dir: Path, progress: bool) -> dict[str, float]:
@@ -502,7 +467,7 @@ def label_examples(examples_dir: Path, task: Literal["qa", "classification"], te
     """Tokenize the examples of `examples_dir` into features and label them with the teachers' (mixed) logits.
 
     Args:
-        examples_dir: an examples folder, `shards/part-*.parquet` (augment.schema) and `meta.json`.
+        examples_dir: an examples folder, `shards/part-*.parquet` (core.schema) and `meta.json`.
         task: "qa" or "classification".
         teachers: zero or more; with none the features are written with null teacher columns (a student
             trained on hard labels alone). Weights are normalised to sum 1.
@@ -539,9 +504,10 @@ def label_examples(examples_dir: Path, task: Literal["qa", "classification"], te
         raise LabelError(str(err)) from None
     _check_models(task, teachers, tokenizer, features, num_labels, meta.get("label_names"))
 
-    _ensure_ray()
-    gpus = _resolve_gpus(resources) if teachers else 0.0
-    _check_capacity(resources, gpus)
+    ensure_ray()
+    # decided from the cluster (a job's resources arrive decided; this decides them for a call of its own)
+    resources = resolve_resources(resources, cluster_resources(), masked_lm=False).for_stage("label")
+    gpus = resources.gpus_per_worker if teachers else 0.0
     if gpus == 0:   # a GPU's capability is known only on its node, where the actors check it
         choose_precision("cpu", None, resources.precision)
     settings = _settings(task, teachers, tokenizer, features, config, temperature, num_labels, examples_per_shard,

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Literal
+from typing import Literal
 
 import torch
 from transformers import (
@@ -18,9 +17,6 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
-
-if TYPE_CHECKING:
-    from jobs.spec import ResourcesSpec
 
 log = logging.getLogger(__name__)
 
@@ -80,14 +76,9 @@ def load_tokenizer(ref: ModelRef, local_files_only: bool = False) -> PreTrainedT
 
 
 def load_model(ref: ModelRef, task: Task, num_labels: int | None = None) -> PreTrainedModel:
-    """A model with the task's head, in eval mode. A path to an `.onnx` graph (`distill.onnx_export`) loads as an
-    `OnnxModel`, which evaluation and speed measurement call like the PyTorch model."""
+    """A model with the task's head, in eval mode (an ONNX graph: `distill.onnx_export.load_scoring_model`)."""
     if ref.init == "pretrained":
         check_task_head(load_config(ref), task, num_labels, ref.name_or_path)
-    if ref.name_or_path.endswith(".onnx"):
-        from distill.onnx_export import OnnxModel
-
-        return OnnxModel(ref.name_or_path)
     kwargs = {}
     if task == "classification" and num_labels is not None:
         kwargs["num_labels"] = num_labels
@@ -97,6 +88,21 @@ def load_model(ref: ModelRef, task: Task, num_labels: int | None = None) -> PreT
     else:
         model = _HEADS[task].from_pretrained(ref.name_or_path, trust_remote_code=ref.trust_remote_code, **kwargs)
     return model.eval()
+
+
+def task_of(config, name: str) -> Task:
+    """The task of a model, from the head named in its config (`...ForQuestionAnswering` or `...Classification`).
+
+    Raises:
+        ModelCheckError: the config names neither head.
+    """
+    heads = config.architectures or []
+    if any(head.endswith("ForQuestionAnswering") for head in heads):
+        return "qa"
+    if any(head.endswith("ForSequenceClassification") for head in heads):
+        return "classification"
+    raise ModelCheckError(f"{name}: cannot tell the task from its architectures {heads or '(none)'}; "
+                          "name the task (qa or classification)")
 
 
 def check_task_head(config: PretrainedConfig, task: Task, num_labels: int | None, name: str) -> None:
@@ -182,85 +188,3 @@ def check_same_vocabulary(tokenizers: dict[str, PreTrainedTokenizerBase]) -> Non
                     f"{reference_name} as {reference.convert_ids_to_tokens(expected)}: same vocabulary, different "
                     "normalisation (lower-casing, accents) or pre-tokenisation; every teacher and the student must "
                     "tokenize alike")
-
-
-def needs_a_gpu_elsewhere(resources: ResourcesSpec) -> bool:
-    """Whether the work asks for a GPU that this process does not have (a job's driver on a cluster's head node),
-    so it must run on a Ray worker that has one."""
-    return bool(resources.gpus_per_worker) and not torch.cuda.is_available()
-
-
-def pick_device(gpus_per_worker: float | None) -> torch.device:
-    """CUDA when asked for (or, when unset, when present); CPU otherwise."""
-    want_gpu = torch.cuda.is_available() if gpus_per_worker is None else gpus_per_worker > 0
-    if want_gpu and not torch.cuda.is_available():
-        raise ModelCheckError("resources.gpus_per_worker > 0 but CUDA is not available on this machine")
-    return torch.device("cuda" if want_gpu else "cpu")
-
-
-#: What resources.precision may ask for; "auto" is resolved per device by `choose_precision`.
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-#: The first compute capability with native bf16 (Ampere, 8.0); torch emulates it below, without tensor cores.
-NATIVE_BF16_CAPABILITY = (8, 0)
-
-
-class PrecisionError(ModelCheckError):
-    """A precision the device cannot compute in well: bf16 on a GPU without it, half precision on CPU."""
-
-
-def choose_precision(device_type: str, capability: tuple[int, int] | None, requested: str = "auto") -> str:
-    """The precision ("fp32", "fp16" or "bf16") to compute in on a device; pure, so every case is testable anywhere.
-
-    auto: bf16 on a GPU of compute capability 8.0 or newer (A100, H100, ...), fp16 with a loss scaler on older ones
-    (a V100: `torch.cuda.is_bf16_supported()` says yes there, but emulates bf16 without tensor cores), fp32 on CPU
-    (half precision on a CPU without native support is ~100x slower). An explicit choice is kept where the device
-    computes it natively and refused with the reason where it does not.
-    """
-    if requested not in PRECISIONS:
-        raise PrecisionError(f"resources.precision must be one of {', '.join(PRECISIONS)}, got {requested!r}")
-    if device_type != "cuda":
-        if requested in ("fp16", "bf16"):
-            raise PrecisionError(f"resources.precision {requested} on CPU: training and inference there run in fp32 "
-                                 "(half precision is emulated, about 100x slower); use auto or fp32")
-        return "fp32"
-    native_bf16 = capability is not None and tuple(capability) >= NATIVE_BF16_CAPABILITY
-    if requested == "auto":
-        return "bf16" if native_bf16 else "fp16"
-    if requested == "bf16" and not native_bf16:
-        major, minor = capability or (0, 0)
-        raise PrecisionError(f"resources.precision bf16 needs a GPU of compute capability 8.0 or newer (Ampere); "
-                             f"this one is {major}.{minor}, where bf16 is emulated without tensor cores; use fp16 "
-                             "(or auto, which picks it)")
-    return requested
-
-
-def allows_tf32(device_type: str, capability: tuple[int, int] | None, requested: str = "auto") -> bool:
-    """Whether fp32 matrix products may run on TF32 tensor cores: on Ampere or newer (8.0+), unless fp32 was asked
-    for by name. Under autocast this reaches only the products autocast leaves in fp32 (the projections of phase 1's
-    losses, for one); an explicit fp32 stays IEEE fp32 throughout, for runs compared bit for bit. (Convolutions,
-    which these models have none of, use TF32 by torch's own default.)"""
-    native = device_type == "cuda" and capability is not None and tuple(capability) >= NATIVE_BF16_CAPABILITY
-    return native and requested != "fp32"
-
-
-def device_precision(device: torch.device, requested: str = "auto") -> str:
-    """`choose_precision` for a device of this process (its compute capability read here, where the work runs).
-
-    The TF32 decision (`allows_tf32`) is applied here too, to this process's matmuls: it belongs with the
-    precision, and every stage makes that choice once per worker through this function.
-    """
-    capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
-    precision = choose_precision(device.type, capability, requested)
-    if device.type == "cuda":  # set both ways: an earlier stage in this process may have chosen otherwise
-        torch.backends.cuda.matmul.fp32_precision = "tf32" if allows_tf32("cuda", capability, requested) else "ieee"
-    return precision
-
-
-@contextlib.contextmanager
-def autocast(device: torch.device, precision: str) -> Iterator[None]:
-    """Run the block in `precision` (from `device_precision`): fp32 as it is, fp16/bf16 under torch.autocast."""
-    if precision == "fp32":
-        yield
-        return
-    with torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16):
-        yield

@@ -27,8 +27,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from distill.models import ModelRef, load_config, load_model, load_tokenizer
-from distill.speed import task_of
+from distill.models import ModelRef, check_task_head, load_config, load_model, load_tokenizer, task_of
 
 ONNX_DIR = "onnx"
 FP32_FILE = "model.onnx"
@@ -187,3 +186,12 @@ class OnnxModel:
 
         graph = onnx.load(str(self.path), load_external_data=False).graph
         return sum(int(np.prod(tensor.dims)) for tensor in graph.initializer)
+
+
+def load_scoring_model(ref: ModelRef, task: str, num_labels: int | None = None) -> torch.nn.Module | OnnxModel:
+    """What evaluation and speed measurement score: a path to an `.onnx` graph (`export_onnx`) as an `OnnxModel`,
+    which they call like the PyTorch model, anything else as `models.load_model` gives it."""
+    if not ref.name_or_path.endswith(".onnx"):
+        return load_model(ref, task, num_labels)
+    check_task_head(load_config(ref), task, num_labels, ref.name_or_path)
+    return OnnxModel(ref.name_or_path)

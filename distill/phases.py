@@ -24,6 +24,8 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from augment.spec import MaskedLMTrainingSpec
+from core.resources import ResourcesSpec
 from distill.attention_maps import recorded_attention, use_pre_dropout_attention
 from distill.ensemble import mix_teacher_logits
 from distill.evaluate import ValidationSet
@@ -32,10 +34,9 @@ from distill.layer_map import LayerMap, resolve_layer_map
 from distill.losses import AttentionMSE, HardLabelCE, HiddenStateMSE, SoftTargetKL
 from distill.models import (ModelCheckError, ModelRef, Task, check_same_vocabulary, load_config, load_model,
                             load_tokenizer)
+from distill.spec import FinetuneSpec, IntermediateSpec, PhaseSpec, PredictionSpec, StudentSpec
 from distill.student import build_student, load_for_training, tokenizer_source
 from distill.trainer import PhaseResult, TrainingError, TrainPlan, require_filled, run_plan
-from jobs.spec import (FinetuneSpec, IntermediateSpec, MaskedLMTrainingSpec, PhaseSpec, PredictionSpec,
-                       ResourcesSpec, StudentSpec)
 
 Ensemble = Literal["probs", "logits"]
 

@@ -1,7 +1,7 @@
 """Size and speed of a model: parameters, bytes of weights on disk, latency at batch 1, throughput at batch 32.
 
 Timings use fixed-length synthetic inputs (every example padded to the same length, so that the numbers do not
-depend on the data), `torch.inference_mode`, and the same precision as evaluation (`models.choose_precision`: fp32
+depend on the data), `torch.inference_mode`, and the same precision as evaluation (`core.devices.choose_precision`: fp32
 on CPU, bf16 on GPUs that have it natively, else fp16, unless resources.precision says otherwise). Each measurement runs `warmup` untimed passes (allocator, kernel selection, caches), then
 `repeats` timed passes; the median is the headline number and the 90th percentile shows the slow tail.
 
@@ -24,8 +24,10 @@ from typing import Literal
 import numpy as np
 import torch
 
+from core.devices import autocast, device_precision
 from distill import models
 from distill.models import ModelRef
+from distill.onnx_export import load_scoring_model
 
 Task = Literal["qa", "classification"]
 
@@ -49,7 +51,7 @@ class SpeedReport:
         model: the folder or hub name measured.
         device: "cpu" or "cuda".
         device_name: the GPU's name, or "cpu" with the number of torch threads.
-        precision: "fp32", "bf16" or "fp16" (what `models.choose_precision` chose for the device).
+        precision: "fp32", "bf16" or "fp16" (what `core.devices.choose_precision` chose for the device).
         parameters: number of parameters (shared tensors counted once).
         size_bytes: bytes of weight files on disk (safetensors preferred over .bin when a folder holds both);
             None when the weights are not on local disk (a model built from its config alone).
@@ -107,21 +109,6 @@ def _local_folder(ref: ModelRef) -> Path | None:
         return None
 
 
-def task_of(config, name: str) -> Task:
-    """The task of a model, from the head named in its config (`...ForQuestionAnswering` or `...Classification`).
-
-    Raises:
-        models.ModelCheckError: the config names neither head.
-    """
-    heads = config.architectures or []
-    if any(head.endswith("ForQuestionAnswering") for head in heads):
-        return "qa"
-    if any(head.endswith("ForSequenceClassification") for head in heads):
-        return "classification"
-    raise models.ModelCheckError(f"{name}: cannot tell the task from its architectures {heads or '(none)'}; "
-                                 "name the task (qa or classification)")
-
-
 def _synthetic_batch(model: torch.nn.Module, vocab_size: int, batch_size: int, seq_len: int,
                      device: torch.device) -> dict[str, torch.Tensor]:
     """Fixed random inputs, all positions real (no padding): input_ids (B, T), attention_mask (B, T) and, when
@@ -143,7 +130,7 @@ def _time_passes(model: torch.nn.Module, batch: dict[str, torch.Tensor], device:
                  warmup: int, repeats: int) -> list[float]:
     """Seconds per forward pass, for `repeats` passes after `warmup` untimed ones."""
     seconds = []
-    with torch.inference_mode(), models.autocast(device, precision):
+    with torch.inference_mode(), autocast(device, precision):
         for index in range(warmup + repeats):
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
@@ -171,7 +158,7 @@ def measure_model(model_dir_or_ref: str | Path | ModelRef, seq_len: int, repeats
         task: "qa" or "classification"; read from the config's architectures when None.
         warmup: untimed passes before the timed ones.
         batch_size: examples per pass of the throughput measurement.
-        precision: resources.precision, resolved for the device (`models.choose_precision`).
+        precision: resources.precision, resolved for the device (`core.devices.choose_precision`).
 
     Raises:
         SpeedError: repeats, warmup or batch_size out of range, or CUDA asked for but absent.
@@ -185,11 +172,11 @@ def measure_model(model_dir_or_ref: str | Path | ModelRef, seq_len: int, repeats
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SpeedError(f"{ref.name_or_path}: asked to measure on {device} but CUDA is not available")
     config = models.load_config(ref)
-    task = task or task_of(config, ref.name_or_path)
+    task = task or models.task_of(config, ref.name_or_path)
     positions = getattr(config, "max_position_embeddings", None)
     seq_len = min(seq_len, positions) if positions else seq_len
 
-    model = models.load_model(ref, task).to(device)
+    model = load_scoring_model(ref, task).to(device)
     parameters = model.num_parameters()  # tied tensors once
     if ref.name_or_path.endswith(".onnx"):
         size_bytes = Path(ref.name_or_path).stat().st_size
@@ -198,7 +185,7 @@ def measure_model(model_dir_or_ref: str | Path | ModelRef, seq_len: int, repeats
         size_bytes = weights_size_bytes(folder) if folder is not None else None
 
     vocab_size = config.vocab_size
-    computed_in = models.device_precision(device, precision)
+    computed_in = device_precision(device, precision)
     single = _time_passes(model, _synthetic_batch(model, vocab_size, 1, seq_len, device), device, computed_in, warmup,
                           repeats)
     batched = _time_passes(model, _synthetic_batch(model, vocab_size, batch_size, seq_len, device), device,

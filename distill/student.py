@@ -17,7 +17,7 @@ import torch
 from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification, PreTrainedModel
 
 from distill.models import ModelCheckError, ModelRef, Task, from_config, load_config
-from jobs.spec import StudentSpec
+from distill.spec import StudentSpec
 
 _HEAD_CLASSES = {"qa": AutoModelForQuestionAnswering, "classification": AutoModelForSequenceClassification}
 

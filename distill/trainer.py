@@ -14,7 +14,7 @@ an `Objective`: the trained module (student, projections), which maps a padded b
 - optimisation: AdamW (no weight decay on biases and LayerNorm weights, i.e. parameters with fewer than 2
   dimensions), linear warm-up then linear decay, gradient clipping, mixed precision on GPU;
 - progress: every `log_every` steps a line in metrics.jsonl, the same as TensorBoard scalars in tensorboard/,
-  and a progress line in the job log (`jobs.progress`);
+  and a progress line in the job log (`core.progress`);
 - validation (when the plan has a `ValidationSet`): every `validation_every` steps and at the end, rank 0 scores
   the student on the slice (`distill.evaluate.Validator`), appends a line to validation.jsonl and TensorBoard's
   validation/* scalars, and keeps the best student so far (by F1 or accuracy) in best/, beside the last;
@@ -48,12 +48,14 @@ import torch.distributed as dist
 from torch import nn
 from transformers import get_linear_schedule_with_warmup
 
+from core.devices import autocast, device_precision, needs_a_gpu_elsewhere, pick_device
+from core.progress import LOG_FORMATTER, Progress
+from core.resources import ResourcesSpec
 from distill.evaluate import ValidationSet, Validator
 from distill.features import FlatFeatures
-from distill.models import Task, autocast, device_precision, needs_a_gpu_elsewhere, pick_device
+from distill.models import Task
+from distill.spec import PhaseSpec
 from distill.training_data import open_training_view, prefetch
-from jobs.progress import LOG_FORMATTER, Progress
-from jobs.spec import PhaseSpec, ResourcesSpec
 
 # ---------------------------------------------------------------------------------------------------------------
 # Defaults of the loop itself (everything else comes from the phase's spec)

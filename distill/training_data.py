@@ -35,8 +35,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from augment.locks import file_lock
-from augment.writers import shard_paths
+from core.locks import file_lock
+from core.shards import shard_paths
 from distill.features import TOKEN_COLUMNS, FeaturesError, FlatBatch, FlatFeatures, flatten_features
 
 VIEW_DIR = "training_view"

@@ -20,10 +20,10 @@ from typing import Any, Callable
 from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
+from core.locks import file_lock
+from jobs.api import ACTIVE, default_root, effective_state, pid_alive, spawn
 from jobs.spec import JobSpec, SpecError, dump_spec, load_spec
 from jobs.stages import STAGE_NAMES, STAGES
-from augment.locks import file_lock
-from jobs.api import ACTIVE, default_root, effective_state, pid_alive, spawn
 from jobs.store import JobNotFound, Run, RunStore, folder_bytes, now
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_SPEC, EXIT_NOT_FOUND = 0, 1, 2, 3
@@ -50,7 +50,7 @@ def _report_spec_error(error: SpecError) -> int:
 
 def _preflight(spec: JobSpec, source: str) -> float | None:
     """`jobs.preflight.check_job`: the seconds it took, or None after printing every problem (exit 2 follows)."""
-    from jobs.preflight import check_job  # transformers: imported only when models are checked
+    from jobs.preflight import check_job
 
     started = time.monotonic()
     problems = check_job(spec)
@@ -88,7 +88,7 @@ def _run_in_foreground(run: Run, store: RunStore) -> int:
 
 
 def _print_plan(args: argparse.Namespace, as_json: bool = False, train_examples: int | None = None) -> int:
-    from jobs.plan import format_plan, plan_job  # reads data and model configs: transformers
+    from jobs.plan import format_plan, plan_job
 
     spec = _load(args)
     plan = plan_job(spec, _store(args, spec), train_examples)
@@ -220,7 +220,7 @@ def _evaluation_warnings(state: dict[str, Any]) -> list[str]:
     path = Path(output) / "metrics.json" if output else None
     if path is None or not path.is_file():
         return []
-    from jobs.report import evaluation_warnings  # matplotlib and the export code: only when there are metrics
+    from jobs.report import evaluation_warnings
 
     return evaluation_warnings(json.loads(path.read_text(encoding="utf-8")))
 

@@ -1,6 +1,6 @@
 """Running a job on a Ray cluster through Ray Jobs: submit, status, logs, stop.
 
-The cluster runs the same entrypoint a local job does, `python -m jobs run spec.yaml --job-id ID`, with our three
+The cluster runs the same entrypoint a local job does, `python -m jobs run spec.yaml --job-id ID`, with our four
 packages shipped as `py_modules` and the resolved spec in the working dir; the cluster's Python environment
 provides the dependencies. Paths in the spec must be valid on the cluster (a shared filesystem, or absolute
 paths that exist there).
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 import augment
+import core
 import distill
 import jobs
 from jobs.store import Run
@@ -38,11 +39,12 @@ def submit(address: str, run: Run, root: Path, submission_id: str) -> str:
     staging = Path(tempfile.mkdtemp(prefix="distillery-submit-"))
     try:
         shutil.copy(run.spec_path, staging / "spec.yaml")
-        packages = [str(Path(module.__file__).parent) for module in (augment, distill, jobs)]
+        packages = [str(Path(module.__file__).parent) for module in (core, augment, distill, jobs)]
         entrypoint = (f"python -m jobs run spec.yaml --job-id {shlex.quote(run.job_id)} "
                       f"--root {shlex.quote(str(root))}")
         runtime_env = {"working_dir": str(staging), "py_modules": packages,
-                       "env_vars": {"RAY_DATA_DISABLE_PROGRESS_BARS": "1", "TOKENIZERS_PARALLELISM": "false"}}
+                       # the tokenizers' own threads stay on, as in a local job: labelling actors featurize with them
+                       "env_vars": {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}}
         client = _client(address)
         deadline = time.monotonic() + AGENT_WAIT_SECONDS
         while True:

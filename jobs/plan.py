@@ -33,12 +33,15 @@ from typing import Any, Callable, get_args
 
 import numpy as np
 
-from jobs.runner import asked_gpus, augments_with_masked_lm, resolve_resources
-from jobs.spec import DataSource, EvalSource, JobSpec, ParallelStage, PhaseSpec, ResourcesSpec, TrainSource
+from augment.spec import DataSource, EvalSource, TrainSource
+from core.resources import ParallelStage, ResourcesSpec, asked_per_worker, resolve_resources
+from distill.spec import PhaseSpec
+from jobs.runner import augments_with_masked_lm
+from jobs.spec import JobSpec
 from jobs.stages import STAGES, Stage
+from jobs.store import RunStore, folder_bytes
 
 STAGES_BY_NAME = {stage.name: stage for stage in STAGES}
-from jobs.store import RunStore, folder_bytes
 
 #: Training examples tokenized to measure features per example and tokens per feature.
 SAMPLE_EXAMPLES = 2_000
@@ -333,7 +336,7 @@ def _profile(spec: JobSpec, source: DataSource, field_path: str, folder: Path, k
              models: _Models, notes: list[str]) -> _DataProfile:
     """Read `source` as `prepare` would and tokenize a sample of it; `known_examples` where it cannot be read."""
     from augment.readers import read_examples
-    from augment.writers import read_shards
+    from core.shards import read_shards
 
     unknown_size = "" if known_examples else "; its size is not known" + (
         " (plan --train-examples N)" if field_path == "data.train" else "")
@@ -424,14 +427,15 @@ def _word_estimate(spec: JobSpec, sample: Any) -> tuple[int, int, int]:
 
 
 def _assumed_cluster(resources: ResourcesSpec) -> dict[str, float]:
-    """The Ray cluster a job will find, as far as a plan can tell: this machine's CPUs and GPUs, and at least the
-    GPUs the spec asks for (on a cluster, 1 when it names none)."""
+    """The Ray cluster a job will find, as far as a plan can tell: this machine's CPUs and GPUs, and at least what
+    the spec asks a worker for (on a cluster, 1 GPU when it names none)."""
     import torch
 
-    gpus = [float(torch.cuda.device_count()), *(g for g in asked_gpus(resources).values() if g is not None)]
-    if resources.address:
-        gpus.append(1.0)
-    return {"CPU": float(os.cpu_count() or 1), "GPU": max(gpus)}
+    def at_least(what: str, here: float) -> float:
+        return max([here, *(n for n in asked_per_worker(resources, what).values() if n is not None)])
+
+    gpus = at_least("gpus", float(torch.cuda.device_count()))
+    return {"CPU": at_least("cpus", float(os.cpu_count() or 1)), "GPU": max(gpus, 1.0) if resources.address else gpus}
 
 
 def _device(train: ResourcesSpec) -> tuple[str, float]:
@@ -614,7 +618,7 @@ def _count_text(n: int | None) -> str:
 
 def format_plan(plan: JobPlan) -> str:
     """The plan as the CLI prints it: a table of stages, totals, the assumptions and every note."""
-    from jobs.progress import format_duration
+    from core.progress import format_duration
 
     header = ("stage", "cache", "examples", "features", "steps", "disk", "time")
     rows = []

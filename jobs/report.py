@@ -33,9 +33,10 @@ from typing import Any
 import yaml
 from matplotlib.figure import Figure
 
+from augment.spec import EvalSource, TrainSource
 from distill.export import CARD_METRICS, ModelCardInfo, export_student
-from jobs.spec import EvalSource, JobSpec, SpecError, TrainSource, parse_spec
-from jobs.stages import STAGE_NAMES, STAGES, eval_sets
+from jobs.spec import JobSpec, SpecError, parse_spec
+from jobs.layout import eval_sets
 
 TRAINING_STAGES = ["finetune_teachers", "train_mlm", "distill_intermediate", "distill_prediction"]
 # Phase settings that say how the student was trained (logging and checkpoint cadence do not).
@@ -311,7 +312,7 @@ _DISTILLATION_ROWS = ("augmentation", "label", "phase intermediate", "phase pred
 
 def _stages_section(run: _Run) -> str:
     stages = run.state.get("stages") or {}
-    names = [n for n in STAGE_NAMES if n in stages] + [n for n in stages if n not in STAGE_NAMES]
+    names = list(stages)  # the runner's order: it writes every stage into the state before the first runs
     if not names:
         return "## Stages\n\nNo stage information (state.json missing or empty)."
     rows = []
@@ -486,10 +487,9 @@ def _loss_keys(records: list[dict[str, Any]]) -> list[str]:
 def _training_section(run: _Run, logs: dict[str, list[dict[str, Any]]], validations: dict[str, _Validation],
                       plots: dict[str, str]) -> str:
     lines = ["## Training"]
-    enabled = {stage.name: stage.enabled for stage in STAGES}
     folders = _training_folders(run)
     for stage in TRAINING_STAGES:
-        if run.spec is not None and not enabled[stage](run.spec):
+        if run.stage(stage).get("status") == "skipped":
             if stage.startswith("distill_"):  # a phase turned off is worth saying; the others simply do not apply
                 lines += ["", f"### `{stage}`", "", "Disabled in the spec."]
             continue

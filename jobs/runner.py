@@ -19,12 +19,14 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Iterator, TextIO, get_args
+from typing import Any, Iterator, TextIO
 
 from pydantic import BaseModel
 
-from jobs.progress import LOG_FORMATTER, PROGRESS_LOGGER, use_console
-from jobs.spec import JobSpec, ParallelStage, ResourcesSpec, StageResources, load_spec
+from core.progress import LOG_FORMATTER, PROGRESS_LOGGER, use_console
+from core.ray_runtime import cluster_resources, ensure_ray
+from core.resources import asked_per_worker, resolve_resources
+from jobs.spec import JobSpec, load_spec
 from jobs.stages import STAGE_VERSION, STAGES, Stage, StageContext
 from jobs.store import Run, RunStore, now
 
@@ -35,10 +37,6 @@ LIBRARY_LOGGER = "distillery.library"
 
 class JobCancelled(Exception):
     pass
-
-
-class ClusterResourcesError(RuntimeError):
-    """The job asks for resources (GPUs) that the Ray cluster it runs on does not have."""
 
 
 def _jsonable(value: Any) -> Any:
@@ -78,7 +76,7 @@ def _attach_log_handlers(run: Run, bars: bool, console: TextIO) -> list[logging.
 @contextlib.contextmanager
 def _library_output_to_log() -> Iterator[TextIO]:
     """Send everything written to stderr to the job log at debug level; yield a stream on the real stderr, the
-    console, for the job's own lines and bars (`jobs.progress.console`).
+    console, for the job's own lines and bars (`core.progress.console`).
 
     Libraries print to stderr in ways Python cannot redirect one by one: Ray's C++ core writes its notices (token
     authentication, actor warnings) straight to file descriptor 2, Ray's and transformers' loggers print to
@@ -118,7 +116,7 @@ def _raise_cancelled(signum: int, frame: Any) -> None:
 def run_job(run: Run, store: RunStore, progress: bool | None = None) -> str:
     """Run (or resume) every stage of `run`; return the final job status."""
     progress = sys.stderr.isatty() if progress is None else progress
-    # the stages' progress is ours (jobs.progress); the weight-loading bars of transformers would only add noise
+    # the stages' progress is ours (core.progress); the weight-loading bars of transformers would only add noise
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     with _library_output_to_log() as console:
         return _run_stages(run, store, progress, console)
@@ -132,9 +130,9 @@ def _run_stages(run: Run, store: RunStore, progress: bool, console: TextIO) -> s
         spec = load_spec(run.spec_path)
         run.update_state(lambda s: s.update(status="running", pid=os.getpid(), started_at=now(), error=None))
         log.info("job %s: running in %s", run.job_id, run.path)
-        if any(asked_gpus(spec.resources).values()) and any(s.uses_ray and s.enabled(spec) for s in STAGES):
-            _ensure_ray(progress)  # GPUs asked for: checked against the cluster before any stage runs
-            resolve_resources(spec.resources, _cluster_resources(), masked_lm=augments_with_masked_lm(spec))
+        if any(asked_per_worker(spec.resources, "gpus").values()) and any(s.uses_ray and s.enabled(spec) for s in STAGES):
+            ensure_ray()  # GPUs asked for: checked against the cluster before any stage runs
+            resolve_resources(spec.resources, cluster_resources(), masked_lm=augments_with_masked_lm(spec))
         keys: dict[str, str] = {}
         outputs: dict[str, Path] = {}
         for stage in STAGES:
@@ -204,94 +202,17 @@ def _link_artifact(run: Run, stage: str, target: Path) -> None:
     os.replace(temporary, link)
 
 
-def _ensure_ray(progress: bool) -> None:
-    """Start Ray in this process (the embedded default), or join the cluster when run as a Ray Job.
-
-    `address="local"` keeps a job from silently attaching to some other cluster started on this machine.
-    """
-    import ray
-
-    if ray.is_initialized():
-        return
-    ray.init(address=os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
-    ray.data.DataContext.get_current().enable_progress_bars = progress
-
-
-def _cluster_resources() -> dict[str, float]:
-    import ray
-
-    return ray.cluster_resources()
-
-
-def asked_gpus(resources: ResourcesSpec) -> dict[str, float | None]:
-    """The GPUs per worker the spec sets, shared and per stage, by field path."""
-    asked = {"resources.gpus_per_worker": resources.gpus_per_worker}
-    for stage in get_args(ParallelStage):
-        asked[f"resources.{stage}.gpus_per_worker"] = getattr(resources, stage).gpus_per_worker
-    return asked
-
-
-def resolve_resources(resources: ResourcesSpec, cluster: dict[str, float], *, masked_lm: bool) -> ResourcesSpec:
-    """`resources` with every stage's GPUs and workers decided from the Ray cluster's resources, not from this
-    process: on a cluster the job's driver runs on the head node, which often has no GPU while the workers have them.
-
-    GPUs per worker: an unset shared value becomes 1 when the cluster has a whole GPU, else 0, and a stage's unset
-    value takes it; but augmentation computes on a GPU only for its masked LM (`masked_lm`), so without one it
-    takes 0 and leaves the GPUs to the other stages.
-    Workers: a stage's own value, else the shared one, else the stage's default: augmentation one actor per GPU when
-    it computes on GPUs, else one per CPU but one (left to Ray Data's tasks and the driver; every actor taking a
-    CPU starves them); labelling one actor per GPU (one actor on CPUs); training 1, since the batch is global and
-    more workers split it (resources.train.workers is a choice about the batch, trainer.thin_worker_batch).
-
-    Raises:
-        ClusterResourcesError: more GPUs per worker than the cluster has, named with what the cluster has.
-    """
-    gpus_in_cluster = cluster.get("GPU", 0.0)
-    for field, asked in asked_gpus(resources).items():
-        if asked is not None and asked > gpus_in_cluster:
-            has = ", ".join(f"{cluster.get(name, 0):g} {name}" for name in ("CPU", "GPU"))
-            raise ClusterResourcesError(
-                f"{field}: {asked:g} GPU per worker, but the Ray cluster has {has}; set gpus_per_worker: 0 to run "
-                "on CPUs, or run on a cluster with GPU nodes")
-    shared_gpus = resources.gpus_per_worker
-    if shared_gpus is None:
-        shared_gpus = 1.0 if gpus_in_cluster >= 1 else 0.0
-    update: dict[str, Any] = {"gpus_per_worker": shared_gpus}
-    for stage in get_args(ParallelStage):
-        own: StageResources = getattr(resources, stage)
-        gpus = own.gpus_per_worker
-        if gpus is None:
-            gpus = 0.0 if stage == "augment" and not masked_lm else shared_gpus
-        workers = own.workers or resources.workers
-        if workers is None:
-            cpus = own.cpus_per_worker or resources.cpus_per_worker
-            workers = _default_workers(stage, gpus, cpus, cluster)
-        update[stage] = own.model_copy(update={"gpus_per_worker": gpus, "workers": workers})
-    return resources.model_copy(update=update)
-
-
 def augments_with_masked_lm(spec: JobSpec) -> bool:
     """Whether the augmentation runs a masked LM (the only augmentation work a GPU can do)."""
     return spec.augment.enabled and spec.augment.mlm_model is not None
 
 
-def _default_workers(stage: ParallelStage, gpus: float, cpus: float, cluster: dict[str, float]) -> int:
-    if stage == "train":
-        return 1
-    if gpus > 0:
-        return max(1, int(cluster.get("GPU", 0.0) // gpus))
-    if stage == "augment":
-        return max(1, int((cluster.get("CPU", 1.0) - 1) // cpus))
-    return 1
-
-
 def _execute(stage: Stage, spec: JobSpec, run: Run, out_dir: Path, inputs: dict[str, Path], key: str,
              progress: bool) -> dict[str, Any]:
     if stage.uses_ray:
-        _ensure_ray(progress)
-        # keys were made from the spec as written; the stage gets the GPUs the cluster decides
-        spec = spec.model_copy(update={"resources": resolve_resources(spec.resources, _cluster_resources(),
+        ensure_ray()
+        # keys were made from the spec as written; the stage gets the workers and GPUs the cluster decides
+        spec = spec.model_copy(update={"resources": resolve_resources(spec.resources, cluster_resources(),
                                                                       masked_lm=augments_with_masked_lm(spec))})
     resumed = out_dir.exists() and any(out_dir.iterdir())
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from jobs.spec import EvalSource, JobSpec, StudentSpec
+from distill.spec import StudentSpec
+from jobs.layout import eval_sets
+from jobs.spec import JobSpec
 
 if TYPE_CHECKING:  # distill.models imports torch and transformers: stages import it when they run
     from distill.models import ModelRef
@@ -83,13 +85,6 @@ def tokenizer_ref(ctx: StageContext) -> ModelRef:
     if student is not None and student.model is not None:
         return ModelRef(student.model, trust_remote_code=student.trust_remote_code)
     return teacher_refs(ctx)[0]
-
-
-def eval_sets(spec: JobSpec, prepare_dir: Path) -> list[tuple[EvalSource, Path]]:
-    """Each eval set and its examples folder: prepare/eval, or prepare/eval/<name> when there are several."""
-    if len(spec.data.eval) == 1:
-        return [(spec.data.eval[0], prepare_dir / "eval")]
-    return [(source, prepare_dir / "eval" / source.name) for source in spec.data.eval]
 
 
 def final_student(ctx: StageContext) -> Path:
@@ -235,8 +230,9 @@ def _distill_prediction(ctx: StageContext) -> dict[str, Any]:
 
 
 def _evaluate(ctx: StageContext) -> dict[str, Any]:
+    from core.devices import needs_a_gpu_elsewhere
     from distill.evaluate import EvalSet, evaluate_sets
-    from distill.models import ModelRef, needs_a_gpu_elsewhere
+    from distill.models import ModelRef
 
     spec = ctx.spec
     models = {}
@@ -272,7 +268,7 @@ def _report(ctx: StageContext) -> dict[str, Any]:
 
 
 def _label_config(spec: JobSpec) -> dict[str, Any]:
-    from distill.ensemble import labels_depend_on_temperature  # torch: only when a job keys its label stage
+    from distill.ensemble import labels_depend_on_temperature
 
     config = {"task": spec.task, "teachers": spec.teachers, "student": spec.student and spec.student.model,
               "features": spec.features,

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from augment.locks import file_lock
+from core.locks import file_lock
 
 COMPLETE_MARKER = "COMPLETE.json"
 

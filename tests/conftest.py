@@ -32,10 +32,10 @@ def squad_dev_path() -> Path:
 
 @pytest.fixture(scope="session")
 def squad_rows(squad_dev_path, tmp_path_factory):
-    """The first `limit` dev questions as augment.schema.QA_SCHEMA rows, read by the project's own reader."""
+    """The first `limit` dev questions as core.schema.QA_SCHEMA rows, read by the project's own reader."""
     from augment.readers import read_examples
-    from augment.writers import read_shards
-    from jobs.spec import DataSource
+    from augment.spec import DataSource
+    from core.shards import read_shards
 
     def read(limit: int) -> list[dict]:
         folder = tmp_path_factory.mktemp(f"squad-{limit}")

@@ -16,10 +16,11 @@ from augment.__main__ import main
 from augment.candidates import MaskedLMProposer
 from augment.pipeline import AugmentInputError, _read_runs, _runs, augment_block, augment_examples, plan_blocks
 from augment.readers import read_examples
-from augment.schema import QA_SCHEMA
+from augment.spec import AugmentSpec, DataSource, VectorsSpec
 from augment.words import load_stopwords, segment, undo_substitutions
-from augment.writers import ShardWriter, read_shards
-from jobs.spec import AugmentSpec, DataSource, ResourcesSpec, VectorsSpec
+from core.resources import ResourcesSpec
+from core.schema import QA_SCHEMA
+from core.shards import ShardWriter, read_shards
 
 
 @pytest.fixture(scope="module")

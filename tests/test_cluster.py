@@ -14,8 +14,7 @@ from typing import Iterator
 
 import pytest
 
-from jobs.runner import ClusterResourcesError, resolve_resources
-from jobs.spec import ResourcesSpec, StageResources
+from core.resources import ClusterResourcesError, ResourcesSpec, StageResources, resolve_resources
 from tests.jobutil import job_state, jobs_cli, tiny_qa_spec, wait_for, write_spec
 
 

@@ -18,16 +18,18 @@ import pytest
 import torch
 
 from augment.readers import read_examples
-from augment.writers import read_shards, write_shard
+from augment.spec import DataSource
+from core.resources import ResourcesSpec
+from core.shards import read_shards, write_shard
 from distill import evaluate
 from distill.evaluate import EvaluationError, evaluate_models
 from distill.features import build_features
 from distill.label import TeacherEnsemble
 from distill.models import ModelCheckError, ModelRef, load_model, load_tokenizer
+from distill.spec import EvaluateSpec, FeaturesSpec, LabelSpec, StudentSpec, TeacherSpec
 from distill.squad_metric import load_squad_gold, squad_v2_scores
 from distill.student import build_student
-from jobs.spec import (DataSource, EvaluateSpec, FeaturesSpec, JobSpec, LabelSpec, ResourcesSpec, StudentSpec,
-                       TeacherSpec)
+from jobs.spec import JobSpec
 from jobs.stages import StageContext, teacher_refs
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,12 +9,15 @@ import pytest
 from transformers import pipeline
 
 from augment.readers import read_examples
-from augment.writers import read_shards
+from augment.spec import DataSource
+from core.resources import ResourcesSpec
+from core.shards import read_shards
 from distill.evaluate import evaluate_models
 from distill.export import ExportError, ModelCardInfo, export_student
 from distill.models import ModelRef
+from distill.spec import EvaluateSpec, FeaturesSpec
 from jobs.report import export_final_student
-from jobs.spec import DataSource, EvaluateSpec, FeaturesSpec, JobSpec, ResourcesSpec, dump_spec
+from jobs.spec import JobSpec, dump_spec
 
 FEATURES = FeaturesSpec(max_seq_len=128, doc_stride=32, max_query_len=32)
 QA_METRICS = {"student": {"exact": 61.5, "f1": 64.25, "HasAns_f1": 70.1, "NoAns_f1": 58.0,

@@ -11,19 +11,9 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from distill.features import (
-    CLASSIFICATION_FEATURE_SCHEMA,
-    LOGIT_PAD,
-    NOT_CONTEXT,
-    QA_FEATURE_SCHEMA,
-    FeaturesError,
-    FlatFeatures,
-    classification_features,
-    feature_schema,
-    pad_batch,
-    qa_features,
-)
-from jobs.spec import FeaturesSpec
+from distill.features import (CLASSIFICATION_FEATURE_SCHEMA, LOGIT_PAD, NOT_CONTEXT, QA_FEATURE_SCHEMA, FeaturesError,
+                              FlatFeatures, classification_features, feature_schema, pad_batch, qa_features)
+from distill.spec import FeaturesSpec
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,8 @@ from rich.console import Console
 
 from augment.__main__ import main
 from augment.inspect import highlight_substitutions, inspect_examples, mark_substitutions, render_rich
-from augment.schema import QA_SCHEMA
-from augment.writers import ShardWriter, write_json
+from core.schema import QA_SCHEMA
+from core.shards import ShardWriter, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 CONTEXT = "The quick brown fox jumps over the lazy dog."

@@ -25,12 +25,13 @@ from transformers import (
     BertConfig,
 )
 
-from augment.schema import CLASSIFICATION_SCHEMA, QA_SCHEMA
+from core.resources import ResourcesSpec
+from core.schema import CLASSIFICATION_SCHEMA, QA_SCHEMA
 from distill import label
 from distill.features import QA_FEATURE_SCHEMA, classification_features, qa_features
 from distill.label import LabelError, TeacherEnsemble, _BlockLabeller, _plan, label_examples
 from distill.models import ModelCheckError, ModelRef, check_same_vocabulary
-from jobs.spec import FeaturesSpec, LabelSpec, ResourcesSpec
+from distill.spec import FeaturesSpec, LabelSpec
 
 REPO = Path(__file__).resolve().parents[1]
 FEATURES = FeaturesSpec(max_seq_len=96, doc_stride=24, max_query_len=24)
@@ -208,8 +209,9 @@ def test_one_teacher_labels_do_not_depend_on_temperature(qa_teachers, tokenizer,
 @pytest.mark.parametrize(("teachers", "ensemble", "keyed"), [(2, "probs", True), (2, "logits", False),
                                                              (1, "probs", False)])
 def test_label_cache_key_holds_the_temperature_where_the_labels_depend_on_it(teachers, ensemble, keyed):
+    from distill.spec import TeacherSpec
     from jobs.runner import stage_key
-    from jobs.spec import JobSpec, TeacherSpec
+    from jobs.spec import JobSpec
     from jobs.stages import STAGES
 
     label_stage = next(stage for stage in STAGES if stage.name == "label")

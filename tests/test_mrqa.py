@@ -14,10 +14,12 @@ from pathlib import Path
 import pytest
 
 from augment.readers import WeightedSet, mix_examples, peek_source, read_examples
-from augment.writers import read_shards
+from augment.spec import DataSource
+from core.resources import ResourcesSpec
+from core.shards import read_shards
 from distill.evaluate import EvalSet, evaluate_sets
 from distill.models import ModelRef
-from jobs.spec import DataSource, EvaluateSpec, FeaturesSpec, ResourcesSpec
+from distill.spec import EvaluateSpec, FeaturesSpec
 from tests.jobutil import write_mrqa
 
 CPU = ResourcesSpec(gpus_per_worker=0)

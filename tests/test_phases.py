@@ -20,7 +20,9 @@ from safetensors.torch import load_file
 from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification, AutoTokenizer
 
 from augment.readers import read_examples
-from augment.writers import read_shards
+from augment.spec import DataSource, MaskedLMTrainingSpec
+from core.resources import ResourcesSpec
+from core.shards import read_shards
 from distill.attention_maps import recorded_attention, use_pre_dropout_attention
 from distill.evaluate import ValidationSet, Validator
 from distill.features import classification_features, pad_batch, qa_features
@@ -29,10 +31,10 @@ from distill.losses import HeadCountMismatch
 from distill.models import ModelCheckError, ModelRef
 from distill.phases import (_build_intermediate, _build_prediction, _IntermediateOptions, _PredictionOptions,
                             distill_intermediate, distill_prediction, finetune_teacher, pretrain_masked_lm)
+from distill.spec import (EvaluateSpec, FeaturesSpec, FinetuneSpec, IntermediateSpec, LabelSpec, PredictionSpec,
+                          StudentArchitecture, StudentSpec)
 from distill.student import build_student
 from distill.trainer import COMPLETE_MARKER, Recipe, TrainingError, TrainPlan, Worker
-from jobs.spec import (DataSource, EvaluateSpec, FeaturesSpec, FinetuneSpec, IntermediateSpec, LabelSpec,
-                       MaskedLMTrainingSpec, PredictionSpec, ResourcesSpec, StudentArchitecture, StudentSpec)
 from tests.jobutil import tensorboard_scalars
 
 REPO = Path(__file__).resolve().parents[1]

@@ -15,9 +15,10 @@ import pytest
 from transformers import AutoTokenizer, BertConfig
 
 from augment.readers import read_examples
-from augment.writers import read_shards
+from augment.spec import DataSource
+from core.shards import read_shards
 from jobs.plan import _tokenized, _word_estimate
-from jobs.spec import DataSource, load_spec
+from jobs.spec import load_spec
 from tests.jobutil import REPO, jobs_cli
 
 SHARED = REPO.parent / "shared"

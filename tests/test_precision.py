@@ -12,8 +12,9 @@ import json
 import pytest
 import torch
 
-from distill.models import PrecisionError, allows_tf32, autocast, choose_precision
-from jobs.spec import ResourcesSpec, SpecError, parse_spec
+from core.devices import PrecisionError, allows_tf32, autocast, choose_precision
+from core.resources import ResourcesSpec
+from jobs.spec import SpecError, parse_spec
 
 V100, T4, A100, RTX_3090, H100 = (7, 0), (7, 5), (8, 0), (8, 6), (9, 0)
 
@@ -79,9 +80,10 @@ def test_fp32_runs_the_block_as_it_is_and_half_precision_under_autocast():
 def test_label_stage_refuses_half_precision_on_cpu_before_any_work(tmp_path, ray_session, tiny_model_factory,
                                                                     squad_dev_path):
     from augment.readers import read_examples
+    from augment.spec import DataSource
     from distill.label import label_examples
     from distill.models import ModelRef
-    from jobs.spec import DataSource, FeaturesSpec, LabelSpec
+    from distill.spec import FeaturesSpec, LabelSpec
 
     read_examples(DataSource(path=str(squad_dev_path), limit=4), "qa", None, tmp_path / "examples")
     teacher = ModelRef(str(tiny_model_factory("qa", layers=1, hidden=16)))

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from jobs.progress import PROGRESS_LOGGER, Progress, console, format_duration, use_console
+from core.progress import PROGRESS_LOGGER, Progress, console, format_duration, use_console
 
 
 class Lines:

@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 import pytest
 import torch
 
-from augment.writers import read_shards
+from core.shards import read_shards
 from jobs.spec import JobSpec, load_spec
 from jobs.stages import STAGE_NAMES, STAGES
 from tests.jobutil import QUICKSTART, REPO, foreground_job_id, jsonl_records, parquet_rows, tensorboard_scalars

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from augment.readers import MAX_TEXT_CHARS, REJECT_REASONS, DataReadError, read_examples
-from augment.schema import CLASSIFICATION_SCHEMA, QA_SCHEMA
-from augment.writers import read_shards
-from jobs.spec import DataSource
+from augment.spec import DataSource
+from core.schema import CLASSIFICATION_SCHEMA, QA_SCHEMA
+from core.shards import read_shards
 
 
 def _rejects(result) -> list[dict]:

@@ -26,10 +26,12 @@ import pyarrow.compute as pc
 import pytest
 import yaml
 
-from augment.writers import read_shards
+from augment.spec import DataSource
+from core.shards import read_shards
 from jobs.api import effective_state
-from jobs.spec import DataSource, JobSpec, load_spec
-from jobs.stages import STAGES, eval_sets
+from jobs.layout import eval_sets
+from jobs.spec import JobSpec, load_spec
+from jobs.stages import STAGES
 from jobs.store import Run
 from tests.jobutil import QUICKSTART, REPO, jobs_cli, jsonl_records, parquet_rows, write_mrqa, write_spec
 

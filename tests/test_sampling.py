@@ -9,8 +9,8 @@ import pytest
 
 from augment.candidates import WordOptions
 from augment.sampling import augment_classification, augment_qa, draw_substitutions, variant_rng
+from augment.spec import AugmentSpec
 from augment.words import eligible_words, load_stopwords, segment, undo_substitutions
-from jobs.spec import AugmentSpec
 
 CANDIDATES = ("alpha", "beta", "gamma", "delta")
 

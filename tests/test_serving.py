@@ -156,10 +156,12 @@ def test_model_card_metadata_parses_and_names_no_local_path(qa_export):
 
 def test_onnx_export_matches_pytorch_and_int8_keeps_the_scores(qa_export, squad_dev_path, tmp_path):
     from augment.readers import read_examples
+    from augment.spec import DataSource
+    from core.resources import ResourcesSpec
     from distill.evaluate import evaluate_models
     from distill.models import ModelRef
     from distill.onnx_export import PARITY_TOLERANCE, export_onnx
-    from jobs.spec import DataSource, EvaluateSpec, FeaturesSpec, ResourcesSpec
+    from distill.spec import EvaluateSpec, FeaturesSpec
 
     files = export_onnx(qa_export, out_dir=tmp_path / "onnx")
     assert files.max_abs_diff <= PARITY_TOLERANCE

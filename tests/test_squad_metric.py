@@ -442,3 +442,25 @@ def test_cli_reports_input_errors_in_one_line(tmp_path):
     broken = _run_cli("--data", str(tmp_path / "v1.json"), "--predictions", str(tmp_path / "pred.json"),
                       "--na-prob-thresh", "0.5")
     assert broken.returncode == 2 and "is not valid JSON" in broken.stderr
+
+
+def test_the_evaluate_module_loads_offline_and_scores_as_the_second_implementation(dev_json, dev_gold, monkeypatch):
+    import evaluate
+
+    from distill.metrics import SQUAD_V2
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    answers = {qa["id"]: qa["answers"] for article in dev_json["data"] for paragraph in article["paragraphs"]
+               for qa in paragraph["qas"]}
+    # evaluate pairs predictions with references one to one: the questions the perturbation leaves out say ""
+    perturbed = _perturbed_predictions(dev_json)
+    predictions = {qid: perturbed.get(qid, "") for qid in answers}
+    na_probs = _crafted_na_probs(dev_gold)
+    scores = evaluate.load(SQUAD_V2).compute(
+        predictions=[{"id": qid, "prediction_text": text, "no_answer_probability": na_probs[qid]}
+                     for qid, text in predictions.items()],
+        references=[{"id": qid, "answers": {"text": [a["text"] for a in gold],
+                                            "answer_start": [a["answer_start"] for a in gold]}}
+                    for qid, gold in answers.items()],
+        no_answer_threshold=0.5)
+    _assert_same_scores(scores, _reference_v2(dev_json, predictions, na_probs, 0.5))

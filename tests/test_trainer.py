@@ -19,13 +19,15 @@ from safetensors.torch import load_file
 from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
 from augment.readers import read_examples
-from augment.writers import read_shards
+from augment.spec import DataSource
+from core.resources import ResourcesSpec
+from core.shards import read_shards
 from distill.features import qa_features
 from distill.models import ModelRef
 from distill.phases import distill_prediction
+from distill.spec import FeaturesSpec, PredictionSpec, StudentSpec
 from distill.trainer import (COMPLETE_MARKER, LENGTH_GROUP_BATCHES, TrainingError, epoch_order, epoch_steps,
                              thin_worker_batch, worker_slice)
-from jobs.spec import DataSource, FeaturesSpec, PredictionSpec, ResourcesSpec, StudentSpec
 from tests.jobutil import wait_for
 
 ONE_WORKER = ResourcesSpec(workers=1, gpus_per_worker=0)

@@ -17,9 +17,9 @@ import torch
 from transformers import AutoTokenizer
 
 from distill.features import qa_features
+from distill.spec import FeaturesSpec
 from distill.trainer import epoch_order, epoch_steps, worker_slice
 from distill.training_data import MANIFEST, VIEW_DIR, TrainingDataError, open_training_view, prefetch
-from jobs.spec import FeaturesSpec
 from test_features import reference_pad
 
 PHASE2_COLUMNS = ("input_ids", "token_type_ids", "start_position", "end_position", "teacher_start_logits",

@@ -1,7 +1,7 @@
-"""Writing and reading example shards, and exporting them as a SQuAD 2.0 JSON file.
+"""Writing and reading shards: the folders of numbered Parquet files every stage hands to the next.
 
 An examples folder holds numbered Parquet shards (`shards/part-00000.parquet`, ...) in one of the schemas of
-`augment.schema`. Every file is written atomically: to a hidden temp name in the same folder, then moved into
+`core.schema`; feature and label folders hold theirs in the schemas of `distill.features`. Every file is written atomically: to a hidden temp name in the same folder, then moved into
 place with `os.replace`, so a reader never sees half a file and a killed job leaves no truncated shard behind
 (only a `.part-*.tmp-*` file that nothing reads).
 
@@ -26,8 +26,6 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-
-from augment.schema import QA_SCHEMA
 
 SHARD_GLOB = "part-*.parquet"
 DEFAULT_ROWS_PER_SHARD = 10_000
@@ -69,7 +67,7 @@ class ShardWriter:
     Args:
         out_dir: the shards folder; created if needed. It must not already hold shards, so that a folder never
             mixes the output of two runs (clear it first to redo a run).
-        schema: the Arrow schema of every row, usually `augment.schema.schema_for(task)`.
+        schema: the Arrow schema of every row, usually `core.schema.schema_for(task)`.
         rows_per_shard: rows per file; the last shard holds the rest. A writer that got no rows writes one
             empty shard, so the folder still records the schema.
     """
@@ -158,42 +156,3 @@ def iter_shard_batches(folder: str | os.PathLike[str], batch_size: int = DEFAULT
     """Stream the rows of `folder`'s shards as record batches of at most `batch_size` rows, in order."""
     for path in shard_paths(folder):
         yield from pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=columns)
-
-
-def export_squad_json(examples_dir: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path:
-    """Write the QA examples of `examples_dir` as a SQuAD 2.0 JSON file at `path` (atomically).
-
-    Rows are grouped into articles by title and, within an article, into paragraphs by identical context, each
-    group in the order it first appears; questions keep their order. Augmented variants (`variant` > 0, id
-    `<source_id>#aug<k>`) usually have a context of their own and so a paragraph of their own. They also carry
-    `source_id`, `variant` and `substitutions` as extra keys of their question, as MRQA examples carry their
-    `gold_answers`, which SQuAD tools ignore and `augment.readers.read_examples` reads back, so examples -> JSON ->
-    examples is lossless.
-    """
-    articles: dict[str, dict[str, list[dict[str, Any]]]] = {}
-    for batch in iter_shard_batches(examples_dir):
-        missing = [name for name in QA_SCHEMA.names if name not in batch.schema.names]
-        if missing:
-            raise ValueError(f"{examples_dir} does not hold QA examples: columns {missing} are missing "
-                             f"(found {batch.schema.names})")
-        for row in batch.to_pylist():
-            answers = [{"text": text, "answer_start": start}
-                       for text, start in zip(row["answers"]["text"], row["answers"]["answer_start"])]
-            qa: dict[str, Any] = {"id": row["id"], "question": row["question"], "answers": answers,
-                                  "is_impossible": row["is_impossible"]}
-            if row["variant"] != 0 or row["source_id"] != row["id"] or row["substitutions"]:
-                qa |= {"source_id": row["source_id"], "variant": row["variant"],
-                       "substitutions": row["substitutions"]}
-            if row["gold_answers"] is not None:
-                qa["gold_answers"] = row["gold_answers"]
-            paragraphs = articles.setdefault(row["title"], {})
-            paragraphs.setdefault(row["context"], []).append(qa)
-    document = {"version": "v2.0", "data": [
-        {"title": title, "paragraphs": [{"context": context, "qas": qas} for context, qas in paragraphs.items()]}
-        for title, paragraphs in articles.items()
-    ]}
-    with atomic_output(path) as temp:
-        with open(temp, "w", encoding="utf-8") as handle:
-            json.dump(document, handle, ensure_ascii=False)
-    return Path(path)
-

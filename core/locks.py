@@ -1,5 +1,5 @@
 """`file_lock`: an exclusive `flock` held for a block (with `wait=False`, only if it is free). Apart from
-`augment.writers`, so that the run store (and with it `python -m jobs list`) takes its locks without importing
+`core.shards`, so that the run store (and with it `python -m jobs list`) takes its locks without importing
 pyarrow."""
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""ShardWriter, read_shards and export_squad_json (round trip through read_examples, augmented variants included)."""
+"""ShardWriter, read_shards, and `python -m augment export` / export_squad_json (round trip through read_examples,
+augmented variants included)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from augment.__main__ import main as augment_cli
+from augment.export import export_squad_json
 from augment.readers import read_examples
-from augment.schema import CLASSIFICATION_SCHEMA, QA_SCHEMA
-from augment.writers import ShardWriter, export_squad_json, iter_shard_batches, read_rows, read_shards, write_shard
-from jobs.spec import DataSource
+from augment.spec import DataSource
+from core.schema import CLASSIFICATION_SCHEMA, QA_SCHEMA
+from core.shards import ShardWriter, iter_shard_batches, read_rows, read_shards, write_shard
 
 
 def _row(i: int) -> dict:
@@ -72,10 +75,13 @@ def _sorted_rows(folder: Path) -> list[dict]:
     return sorted(read_shards(folder).to_pylist(), key=lambda row: row["id"])
 
 
-def test_export_round_trip_on_the_dev_set(squad_dev_path, tmp_path):
+def test_export_round_trip_on_the_dev_set(squad_dev_path, tmp_path, capsys):
     read_examples(DataSource(path=str(squad_dev_path)), "qa", None, tmp_path / "examples")
 
-    exported = export_squad_json(tmp_path / "examples", tmp_path / "export.json")
+    assert augment_cli(["export", str(tmp_path / "examples"), "--format", "squad",
+                        "--out", str(tmp_path / "export.json")]) == 0
+    exported = Path(capsys.readouterr().out.strip())
+    assert exported == tmp_path / "export.json"
     again = read_examples(DataSource(path=str(exported)), "qa", None, tmp_path / "again")
 
     assert again.rejected == 0
@@ -126,3 +132,11 @@ def test_export_round_trip_with_augmented_variants(tmp_path):
     # grouped by identical context: q1 and its question-only variant share a paragraph
     assert [[qa["id"] for qa in p["qas"]] for p in paragraphs] == [["q1", "q1#aug2"], ["q1#aug1"]]
     assert "source_id" not in paragraphs[0]["qas"][0]  # originals stay plain SQuAD
+
+
+def test_export_refuses_classification_examples_with_the_reason(tmp_path, capsys):
+    (tmp_path / "examples" / "shards").mkdir(parents=True)
+    write_shard(tmp_path / "examples" / "shards" / "part-00000.parquet", [_row(0)], CLASSIFICATION_SCHEMA)
+    assert augment_cli(["export", str(tmp_path / "examples"), "--out", str(tmp_path / "out.json")]) == 2
+    assert "does not hold QA examples" in capsys.readouterr().err
+    assert not (tmp_path / "out.json").exists()
