@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, model_validator
 
 from core.config import DATA_FILE_FORMATS, Ref, StrictModel
+from core.loop import LoopSpec
 
 DEFAULT_MLM = "bert-base-uncased"
 QA_FORMATS = ("squad", "mrqa", "hf", "jsonl")
@@ -110,7 +111,7 @@ class VectorsSpec(StrictModel):
     min_count: int = Field(2, gt=0, description="ignore words rarer than this when training vectors")
 
 
-class MaskedLMTrainingSpec(StrictModel):
+class MaskedLMTrainingSpec(LoopSpec):
     epochs: float = Field(1.0, gt=0, description="passes over the texts")
     batch_size: int = Field(64, gt=0)
     learning_rate: float = Field(5e-4, gt=0)

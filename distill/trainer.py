@@ -49,12 +49,12 @@ from torch import nn
 from transformers import get_linear_schedule_with_warmup
 
 from core.devices import autocast, device_precision, needs_a_gpu_elsewhere, pick_device
+from core.loop import LoopSpec
 from core.progress import LOG_FORMATTER, Progress
 from core.resources import ResourcesSpec
 from distill.evaluate import ValidationSet, Validator
 from distill.features import FlatFeatures
 from distill.models import Task
-from distill.spec import PhaseSpec
 from distill.training_data import open_training_view, prefetch
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -103,7 +103,7 @@ class TrainPlan:
     options: Any                                            # the phase's own inputs, read by `build`
     task: Task
     features_dir: Path
-    config: PhaseSpec
+    config: LoopSpec
     resources: ResourcesSpec
     seed: int
     out_dir: Path

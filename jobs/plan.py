@@ -34,8 +34,8 @@ from typing import Any, Callable, get_args
 import numpy as np
 
 from augment.spec import DataSource, EvalSource, TrainSource
+from core.loop import LoopSpec
 from core.resources import ParallelStage, ResourcesSpec, asked_per_worker, resolve_resources
-from distill.spec import PhaseSpec
 from jobs.runner import augments_with_masked_lm
 from jobs.spec import JobSpec
 from jobs.stages import STAGES, Stage
@@ -480,7 +480,7 @@ class _Estimator:
             return None
         return flops_per_token * tokens / (self.rate * workers)
 
-    def _train(self, plan: StagePlan, features: int | None, config: PhaseSpec, trained: _Model | None,
+    def _train(self, plan: StagePlan, features: int | None, config: LoopSpec, trained: _Model | None,
                online: list[_Model | None], recorded: dict[str, Any] | None) -> None:
         """A training phase (several add up): steps, the model and its checkpoints on disk, time for training
         `trained` with `online` teachers running beside it."""
@@ -517,17 +517,15 @@ class _Estimator:
             if teacher.finetune.train is not None:
                 plan.notes.append(f"teacher {i} fine-tunes on its own data: counts not estimated")
                 continue
-            config = PhaseSpec(**teacher.finetune.model_dump(exclude={"train"}))
-            self._train(plan, self._features(self.train.examples, self.train), config, self.models.teachers[i], [],
-                        self.recorded.get(plan.name, {}).get(f"teacher_{i}"))
+            self._train(plan, self._features(self.train.examples, self.train), teacher.finetune,
+                        self.models.teachers[i], [], self.recorded.get(plan.name, {}).get(f"teacher_{i}"))
 
     def train_mlm(self, plan: StagePlan) -> None:
         config = self.spec.augment.mlm_training
         if self.spec.augment.corpus is not None:
             plan.notes.append("trains on augment.corpus: counts not estimated")
             return
-        self._train(plan, self._features(self.train.examples, self.train),
-                    PhaseSpec(**config.model_dump(exclude={"mask_prob", "seed"})), self.models.mlm, [],
+        self._train(plan, self._features(self.train.examples, self.train), config, self.models.mlm, [],
                     self.recorded.get(plan.name))
 
     def augment(self, plan: StagePlan) -> None:

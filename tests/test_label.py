@@ -369,7 +369,8 @@ import json, sys
 from pathlib import Path
 from distill.label import label_examples
 from distill.models import ModelRef
-from jobs.spec import FeaturesSpec, LabelSpec, ResourcesSpec
+from core.resources import ResourcesSpec
+from distill.spec import FeaturesSpec, LabelSpec
 
 args = json.loads(sys.argv[1])
 teachers = [ModelRef(path, weight) for path, weight in args["teachers"]]

@@ -29,8 +29,9 @@ from distill.features import classification_features, pad_batch, qa_features
 from distill.label import TeacherEnsemble
 from distill.losses import HeadCountMismatch
 from distill.models import ModelCheckError, ModelRef
-from distill.phases import (_build_intermediate, _build_prediction, _IntermediateOptions, _PredictionOptions,
-                            distill_intermediate, distill_prediction, finetune_teacher, pretrain_masked_lm)
+from distill.objectives.intermediate import IntermediateOptions, build_intermediate
+from distill.objectives.prediction import PredictionOptions, build_prediction
+from distill.phases import distill_intermediate, distill_prediction, finetune_teacher, pretrain_masked_lm
 from distill.spec import (EvaluateSpec, FeaturesSpec, FinetuneSpec, IntermediateSpec, LabelSpec, PredictionSpec,
                           StudentArchitecture, StudentSpec)
 from distill.student import build_student
@@ -93,7 +94,7 @@ def _metrics(out_dir: Path) -> list[dict]:
 
 def test_phase1_teacher_stays_frozen_and_projections_train(teachers, plain_features, tmp_path):
     config = IntermediateSpec(batch_size=8, epochs=1)
-    plan = TrainPlan("intermediate", _build_intermediate, _IntermediateOptions(StudentSpec(architecture=NARROW),
+    plan = TrainPlan("intermediate", build_intermediate, IntermediateOptions(StudentSpec(architecture=NARROW),
                      teachers[0], None), "qa", plain_features, config, ONE_WORKER, 0, tmp_path, progress=False)
     recipe = Recipe(plan, Worker())
     recipe.setup()
@@ -179,10 +180,10 @@ def _only_attention_dropout(tiny_model_factory, bert_tokenizer_dir, folder: Path
 def test_phase1_student_identical_to_its_teacher_has_no_attention_loss_despite_dropout(
         tiny_model_factory, bert_tokenizer_dir, tmp_path):
     teacher = _only_attention_dropout(tiny_model_factory, bert_tokenizer_dir, tmp_path / "teacher")
-    plan = TrainPlan("intermediate", _build_intermediate,
-                     _IntermediateOptions(StudentSpec(model=teacher.name_or_path), teacher, None), "qa", tmp_path,
+    plan = TrainPlan("intermediate", build_intermediate,
+                     IntermediateOptions(StudentSpec(model=teacher.name_or_path), teacher, None), "qa", tmp_path,
                      IntermediateSpec(losses=["attention"]), ONE_WORKER, 0, tmp_path, progress=False)
-    objective = _build_intermediate(plan, CPU)
+    objective = build_intermediate(plan, CPU)
     assert objective.student.training and objective.student.config.attention_probs_dropout_prob == 0.5
     tokenizer = AutoTokenizer.from_pretrained(teacher.name_or_path)
     batch = dict(tokenizer(["Where is the Eiffel Tower?", "In Paris."], padding=True, return_tensors="pt"))
@@ -214,9 +215,9 @@ def test_recorded_attention_keeps_only_the_asked_layers_and_masks_padding(tiny_m
 
 def _prediction_objective(source: str, teachers, features_dir: Path, student_dir: Path, tmp_path: Path):
     config = PredictionSpec(temperature=TEMPERATURE, distill_weight=0.7, teacher_logits=source)
-    options = _PredictionOptions(StudentSpec(model=str(student_dir)), None, tuple(teachers), "probs", None, "student")
+    options = PredictionOptions(StudentSpec(model=str(student_dir)), None, tuple(teachers), "probs", None)
     torch.manual_seed(0)  # the student's fresh QA head
-    return _build_prediction(TrainPlan("prediction", _build_prediction, options, "qa", features_dir, config,
+    return build_prediction(TrainPlan("prediction", build_prediction, options, "qa", features_dir, config,
                                        ONE_WORKER, 0, tmp_path), CPU)
 
 
@@ -327,7 +328,8 @@ import torch
 torch.set_num_threads(1)
 from distill.models import ModelRef
 from distill.phases import distill_intermediate
-from jobs.spec import IntermediateSpec, ResourcesSpec, StudentArchitecture, StudentSpec
+from core.resources import ResourcesSpec
+from distill.spec import IntermediateSpec, StudentArchitecture, StudentSpec
 args = json.loads(sys.argv[1])
 distill_intermediate(StudentSpec(architecture=StudentArchitecture(**args["architecture"])), ModelRef(args["teacher"]),
                      "qa", Path(args["features"]), IntermediateSpec(**args["config"]),
@@ -388,7 +390,8 @@ torch.set_num_threads(1)
 from distill.evaluate import ValidationSet
 from distill.models import ModelRef
 from distill.phases import distill_prediction
-from jobs.spec import EvaluateSpec, FeaturesSpec, PredictionSpec, ResourcesSpec, StudentArchitecture, StudentSpec
+from core.resources import ResourcesSpec
+from distill.spec import EvaluateSpec, FeaturesSpec, PredictionSpec, StudentArchitecture, StudentSpec
 args = json.loads(sys.argv[1])
 validation = ValidationSet(Path(args["eval"]), args["eval_examples"], FeaturesSpec(**args["features_spec"]),
                            EvaluateSpec())

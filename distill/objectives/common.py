@@ -1,0 +1,96 @@
+"""What the objectives share: which feature columns hold what, the model inputs of a batch, logits and gold
+targets in one (B, G, N) layout for both tasks, teachers held frozen, and saving a trained model whole."""
+
+from __future__ import annotations
+
+import inspect
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from distill.models import ModelRef, Task, check_same_vocabulary, load_model, load_tokenizer
+
+# Feature columns each task's model inputs and gold labels come from (distill.features schemas).
+INPUT_COLUMNS = ("input_ids", "token_type_ids")
+LABEL_COLUMNS = {"qa": ("start_position", "end_position"), "classification": ("label",)}
+TEACHER_COLUMNS = {"qa": ("teacher_start_logits", "teacher_end_logits"), "classification": ("teacher_logits",)}
+
+
+
+def takes_token_types(model: PreTrainedModel) -> bool:
+    """Whether the model's forward takes token_type_ids (BERT does, DistilBERT does not)."""
+    return "token_type_ids" in inspect.signature(model.forward).parameters
+
+
+def model_inputs(batch: dict[str, torch.Tensor], token_types: bool = True) -> dict[str, torch.Tensor]:
+    """The keys of a padded batch that the model takes."""
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    if token_types:
+        inputs["token_type_ids"] = batch["token_type_ids"]
+    return inputs
+
+
+def task_logits(outputs: Any, task: Task) -> torch.Tensor:
+    """(B, G, N) logits: QA start and end over the L positions (G=2, N=L); classification (G=1, N=C)."""
+    if task == "qa":
+        return torch.stack([outputs.start_logits, outputs.end_logits], 1)
+    return outputs.logits[:, None, :]
+
+
+def gold_targets(batch: dict[str, torch.Tensor], task: Task) -> torch.Tensor:
+    """(B, G) gold entries matching `task_logits`."""
+    if task == "qa":
+        return torch.stack([batch["start_positions"], batch["end_positions"]], 1)
+    return batch["labels"][:, None]
+
+
+def labelled_teacher_logits(batch: dict[str, torch.Tensor], task: Task) -> torch.Tensor:
+    """(B, G, N) teacher logits read from the features, matching `task_logits`."""
+    if task == "qa":
+        return torch.stack([batch["teacher_start_logits"], batch["teacher_end_logits"]], 1)
+    return batch["teacher_logits"][:, None, :]
+
+
+def distribution_mask(batch: dict[str, torch.Tensor], task: Task) -> torch.Tensor | None:
+    """(B, N) entries that take part in a distribution: QA real tokens; classification every class (None)."""
+    return batch["attention_mask"] if task == "qa" else None
+
+
+def load_teacher(ref: ModelRef, task: Task, num_labels: int | None, device: torch.device) -> PreTrainedModel:
+    """A teacher, frozen, in eval mode on `device`; a random-init one is rebuilt from its `ref.seed`, so it is the
+    teacher whose logits the features hold."""
+    teacher = load_model(ref, task, num_labels).to(device)
+    teacher.requires_grad_(False)
+    return teacher.eval()
+
+
+def check_vocabularies(student_tokenizer: ModelRef, teachers: tuple[ModelRef, ...] | list[ModelRef]) -> None:
+    """Teachers and student must tokenize alike; compared only when the tokenizers come from different places."""
+    sources = {student_tokenizer.name_or_path: student_tokenizer,
+               **{t.name_or_path: t for t in teachers}}
+    if len(sources) > 1:
+        check_same_vocabulary({name: load_tokenizer(ref) for name, ref in sources.items()})
+
+
+def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: Path) -> str:
+    """save_pretrained into a temp folder, then rename: a folder that exists is always whole."""
+    temp = folder.with_name(f".{folder.name}.tmp")
+    if temp.exists():
+        shutil.rmtree(temp)
+    model.save_pretrained(temp)
+    tokenizer.save_pretrained(temp)
+    if folder.exists():
+        shutil.rmtree(folder)
+    temp.rename(folder)
+    return str(folder)
+
+
+class Frozen:
+    """Holds teachers outside nn.Module registration: not trained, not synchronised by DDP, not checkpointed,
+    and left in eval mode when the trained module is switched to train mode."""
+
+    def __init__(self, *models: PreTrainedModel):
+        self.models = models

@@ -1,0 +1,65 @@
+"""Fine-tuning a teacher (or any model with the task's head) on the gold labels alone."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from distill.features import FlatFeatures
+from distill.losses import HardLabelCE
+from distill.models import ModelRef, Task, load_tokenizer
+from distill.objectives.common import (INPUT_COLUMNS, LABEL_COLUMNS, distribution_mask, gold_targets, model_inputs,
+                                       save_model, takes_token_types, task_logits)
+from distill.student import load_for_training
+from distill.trainer import TrainPlan, require_filled
+
+
+@dataclass(frozen=True)
+class FinetuneOptions:
+    base: ModelRef               # a base model (a fresh head is added) or one with the task's head
+    num_labels: int | None
+
+
+class FinetuneObjective(nn.Module):
+    """forward returns `hard`: HardLabelCE of the model's start/end (QA, over real tokens) or class logits against
+    the gold positions or classes."""
+
+    find_unused_parameters = False
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task, spec: dict[str, Any]):
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.pad_token_id = tokenizer.pad_token_id
+        self.task = task
+        self.hard = HardLabelCE()
+        self.columns = (*INPUT_COLUMNS, *LABEL_COLUMNS[task])
+        self.term_weights = {"hard": 1.0}
+        self._spec = spec
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        logits = task_logits(self.model(**model_inputs(batch, takes_token_types(self.model))), self.task)  # (B, G, N)
+        return {"hard": self.hard(logits, gold_targets(batch, self.task), distribution_mask(batch, self.task))}
+
+    def check_features(self, data: FlatFeatures) -> None:
+        if self.task == "classification":
+            require_filled(data, "label", "fine-tuning needs the gold labels of every example")
+
+    def settings(self) -> dict[str, Any]:
+        return {**self._spec, "losses": {"hard": {"weight": 1.0, "reduction": "mean over (example, distribution) "
+                                                                              "rows, padding masked"}}}
+
+    def save_outputs(self, out_dir: Path) -> dict[str, str | None]:
+        return {"model_dir": save_model(self.model, self.tokenizer, out_dir / "model"), "projections": None}
+
+
+def build_finetune(plan: TrainPlan, device: torch.device) -> FinetuneObjective:
+    options: FinetuneOptions = plan.options
+    model = load_for_training(options.base, plan.task, options.num_labels).train()
+    spec = {"model": options.base.name_or_path, "tokenizer": options.base.name_or_path}
+    return FinetuneObjective(model, load_tokenizer(options.base), plan.task, spec).to(device)

@@ -1,0 +1,147 @@
+"""Phase 2: the student learns the teachers' output distributions at a temperature, mixed with the gold labels."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from distill.ensemble import mix_teacher_logits
+from distill.features import FlatFeatures
+from distill.losses import HardLabelCE, SoftTargetKL
+from distill.models import ModelRef, Task, load_tokenizer
+from distill.objectives.common import (INPUT_COLUMNS, LABEL_COLUMNS, TEACHER_COLUMNS, Frozen, check_vocabularies,
+                                       distribution_mask, gold_targets, labelled_teacher_logits, load_teacher,
+                                       model_inputs, save_model, takes_token_types, task_logits)
+from distill.spec import PredictionSpec, StudentSpec
+from distill.student import build_student, load_for_training, tokenizer_source
+from distill.trainer import TrainingError, TrainPlan, require_filled
+
+Ensemble = Literal["probs", "logits"]
+
+
+@dataclass(frozen=True)
+class PredictionOptions:
+    student: StudentSpec | None          # build fresh from this spec ...
+    base: ModelRef | None                # ... or load this folder / base model
+    teachers: tuple[ModelRef, ...]
+    ensemble: Ensemble
+    num_labels: int | None
+
+
+class PredictionObjective(nn.Module):
+    """Phase 2: forward returns `kl` (when w > 0) and `hard` (when w < 1).
+
+    kl: SoftTargetKL at the configured temperature between the student's and the teachers' output
+    distributions (QA: start and end over real tokens, averaged; classification: over classes); teacher logits
+    from the batch ("labelled") or from running the teachers ("online", combined by `ensemble`).
+    hard: HardLabelCE against the gold positions or classes. Loss = w * kl + (1 - w) * hard.
+    """
+
+    find_unused_parameters = False
+
+    def __init__(self, student: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task,
+                 distill_weight: float, temperature: float, teacher_logits: Literal["labelled", "online"],
+                 teachers: list[PreTrainedModel], teacher_weights: list[float], ensemble: Ensemble,
+                 spec: dict[str, Any]):
+        super().__init__()
+        if distill_weight > 0 and teacher_logits == "online" and not teachers:
+            raise TrainingError("distill_weight > 0 with online teacher logits needs at least one teacher")
+        self.student = student
+        self.tokenizer = tokenizer
+        self.pad_token_id = tokenizer.pad_token_id
+        self.task = task
+        self.source = teacher_logits
+        self._teachers = Frozen(*teachers)
+        self.teacher_weights = teacher_weights
+        self.ensemble = ensemble
+        self._spec = spec
+        self.soft = SoftTargetKL(temperature)
+        self.hard = HardLabelCE()
+        self.term_weights = {name: w for name, w in (("kl", distill_weight), ("hard", 1.0 - distill_weight)) if w > 0}
+        columns = [*INPUT_COLUMNS, *LABEL_COLUMNS[task]]
+        if "kl" in self.term_weights and teacher_logits == "labelled":
+            columns += TEACHER_COLUMNS[task]
+        self.columns = tuple(columns)
+
+    @property
+    def teachers(self) -> tuple[PreTrainedModel, ...]:
+        return self._teachers.models
+
+    def teacher_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, G, N) soft-target logits for `batch`, from the features or from the teachers."""
+        if self.source == "labelled":
+            return labelled_teacher_logits(batch, self.task)
+        with torch.no_grad():
+            each = [task_logits(teacher(**model_inputs(batch, takes_token_types(teacher))), self.task)
+                    for teacher in self.teachers]  # K x (B, G, N)
+        mask = distribution_mask(batch, self.task)
+        mask = None if mask is None else mask.bool()
+        weights = torch.tensor(self.teacher_weights, device=each[0].device)
+        weights = weights / weights.sum()
+        return torch.stack([mix_teacher_logits([t[:, g].float() for t in each], weights, self.ensemble, mask,
+                                               self.soft.temperature)
+                            for g in range(each[0].shape[1])], 1)  # (B, G, N)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        logits = task_logits(self.student(**model_inputs(batch, takes_token_types(self.student))),
+                             self.task)  # (B, G, N)
+        mask = distribution_mask(batch, self.task)
+        terms = {}
+        if "kl" in self.term_weights:
+            terms["kl"] = self.soft(logits, self.teacher_logits(batch), mask)
+        if "hard" in self.term_weights:
+            terms["hard"] = self.hard(logits, gold_targets(batch, self.task), mask)
+        return terms
+
+    def check_features(self, data: FlatFeatures) -> None:
+        if "hard" in self.term_weights and self.task == "classification":
+            require_filled(data, "label", "hard labels are needed while distill_weight < 1; label the data or "
+                                           "set distill_weight: 1")
+        if "kl" in self.term_weights and self.source == "labelled":
+            for column in TEACHER_COLUMNS[self.task]:
+                require_filled(data, column, "run the label stage on these features, set "
+                                              "distill.prediction.teacher_logits: online, or distill_weight: 0")
+
+    def settings(self) -> dict[str, Any]:
+        return {**self._spec,
+                "losses": {"kl": {"weight": self.term_weights.get("kl", 0.0), "temperature": self.soft.temperature,
+                                  "scaled_by_t_squared": True, "teacher_logits": self.source,
+                                  "ensemble": self.ensemble if self.source == "online" else "as labelled",
+                                  "reduction": "mean over (example, distribution) rows, padding masked"},
+                           "hard": {"weight": self.term_weights.get("hard", 0.0),
+                                    "reduction": "mean over (example, distribution) rows, padding masked"}}}
+
+    def save_outputs(self, out_dir: Path) -> dict[str, str | None]:
+        return {"model_dir": save_model(self.student, self.tokenizer, out_dir / "student"), "projections": None}
+
+
+def build_prediction(plan: TrainPlan, device: torch.device) -> PredictionObjective:
+    options: PredictionOptions = plan.options
+    config: PredictionSpec = plan.config  # type: ignore[assignment]
+    distill_weight, temperature, source = config.distill_weight, config.temperature, config.teacher_logits
+    first_teacher = options.teachers[0] if options.teachers else None
+    if options.student is not None:
+        student = build_student(options.student, first_teacher, plan.task, options.num_labels)
+        token_source = tokenizer_source(options.student, first_teacher)
+    else:
+        student = load_for_training(options.base, plan.task, options.num_labels).train()
+        token_source = options.base
+    online = distill_weight > 0 and source == "online"
+    if online and not options.teachers:
+        raise TrainingError("distill.prediction.teacher_logits is online and distill_weight > 0, but no teacher "
+                            "was given; add one or use labelled logits")
+    teachers = [load_teacher(ref, plan.task, options.num_labels, device) for ref in options.teachers] if online else []
+    if teachers:
+        check_vocabularies(token_source, options.teachers)
+    spec = {"student": (options.student.model_dump(mode="json") if options.student is not None
+                        else options.base.name_or_path),
+            "teachers": [asdict(t) for t in options.teachers], "tokenizer": token_source.name_or_path}
+    objective = PredictionObjective(student, load_tokenizer(token_source), plan.task, distill_weight, temperature,
+                                    source, teachers, [t.weight for t in options.teachers] if online else [],
+                                    options.ensemble, spec)
+    return objective.to(device)
