@@ -21,7 +21,7 @@ from typing import Any
 
 from jobs.spec import JobSpec, SpecError, dump_spec, load_spec, parse_spec
 from jobs.stages import STAGE_NAMES
-from jobs.store import Run, RunStore
+from jobs.store import Run, RunState, RunStore
 
 #: Statuses of a job that has not ended.
 ACTIVE = ("pending", "running")
@@ -77,7 +77,7 @@ def submit(spec: str | Path | dict[str, Any], *, root: str | Path | None = None,
         if problems:
             raise PreflightError(problems, str(spec) if not isinstance(spec, dict) else "spec")
     store = RunStore(Path(root) if root is not None else default_root(job_spec))
-    run = store.create(store.new_job_id(job_spec.name), dump_spec(job_spec), STAGE_NAMES, backend="local")
+    run = store.create(store.new_job_id(job_spec.name), dump_spec(job_spec), STAGE_NAMES)
     if detach:
         spawn(run, store)
     else:
@@ -91,9 +91,8 @@ def get_job(job_id: str, root: str | Path | None = None) -> Job:
     """The job `job_id` of the run store at `root`; raises `jobs.store.JobNotFound`."""
     run = RunStore(Path(root) if root is not None else default_root()).get(job_id)
     state = effective_state(run)
-    outputs = {name: Path(stage["output"]) for name, stage in state["stages"].items() if stage.get("output")}
-    return Job(job_id=run.job_id, status=state["status"], run_dir=run.path, outputs=outputs,
-               error=state.get("error"))
+    outputs = {name: Path(stage.output) for name, stage in state.stages.items() if stage.output}
+    return Job(job_id=run.job_id, status=state.status, run_dir=run.path, outputs=outputs, error=state.error)
 
 
 def spawn(run: Run, store: RunStore) -> int:
@@ -103,7 +102,7 @@ def spawn(run: Run, store: RunStore) -> int:
         [sys.executable, "-m", "jobs", "run", str(run.spec_path), "--job-id", run.job_id, "--root", str(store.root)],
         stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.STDOUT, start_new_session=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    run.update_state(lambda s: s.update(pid=process.pid))
+    run.set_state(pid=process.pid)
     return process.pid
 
 
@@ -123,17 +122,16 @@ def pid_alive(pid: int | None) -> bool:
         return True
 
 
-def effective_state(run: Run) -> dict[str, Any]:
+def effective_state(run: Run) -> RunState:
     """The stored state, with the status a reader should see: a local job whose process died is 'interrupted'."""
     state = run.read_state()
-    if state.get("backend") == "ray":
+    if state.backend == "ray":
         from jobs import cluster
 
         try:
-            state["status"] = cluster.status(state["address"], state["submission_id"])
+            state.status = cluster.status(state.address, state.submission_id)
         except OSError as error:  # ConnectionError, timeouts: one cluster that is down must not hide the others
-            state["status"] = "unknown"
-            state["cluster_error"] = f"cannot reach the Ray cluster at {state['address']}: {error}"
-    elif state["status"] == "running" and not pid_alive(state.get("pid")):
-        state["status"] = "interrupted"
+            state.set(status="unknown", cluster_error=f"cannot reach the Ray cluster at {state.address}: {error}")
+    elif state.status == "running" and not pid_alive(state.pid):
+        state.status = "interrupted"
     return state

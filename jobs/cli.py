@@ -24,7 +24,7 @@ from core.locks import file_lock
 from jobs.api import ACTIVE, default_root, effective_state, pid_alive, spawn
 from jobs.spec import JobSpec, SpecError, dump_spec, load_spec
 from jobs.stages import STAGE_NAMES, STAGES
-from jobs.store import JobNotFound, Run, RunStore, folder_bytes, now
+from jobs.store import JobNotFound, Run, RunState, RunStore, folder_bytes, now
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_SPEC, EXIT_NOT_FOUND = 0, 1, 2, 3
 
@@ -82,8 +82,8 @@ def _run_in_foreground(run: Run, store: RunStore) -> int:
     status = run_job(run, store)
     state = run.read_state()
     print(f"job {run.job_id}: {status} ({run.path})")
-    if state.get("error"):
-        print(f"  {state['error']}", file=sys.stderr)
+    if state.error:
+        print(f"  {state.error}", file=sys.stderr)
     return EXIT_OK if status == "succeeded" else EXIT_FAILED
 
 
@@ -115,8 +115,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         print(f"preflight: models and data fit together (checked in {seconds:.2f} s)", file=sys.stderr)
     store = _store(args, spec)
     job_id = store.new_job_id(spec.name)
-    backend = {"backend": "ray", "address": address, "submission_id": job_id} if address else {"backend": "local"}
-    run = store.create(job_id, dump_spec(spec), STAGE_NAMES, **backend)
+    run = (store.create(job_id, dump_spec(spec), STAGE_NAMES, backend="ray", address=address, submission_id=job_id)
+           if address else store.create(job_id, dump_spec(spec), STAGE_NAMES))
     if address:
         from jobs import cluster
 
@@ -140,8 +140,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.job_id and (store.root / args.job_id / "state.json").exists():
         run = store.get(args.job_id)
     else:
-        run = store.create(args.job_id or store.new_job_id(spec.name), dump_spec(spec), STAGE_NAMES,
-                           backend="local")
+        run = store.create(args.job_id or store.new_job_id(spec.name), dump_spec(spec), STAGE_NAMES)
     return _run_in_foreground(run, store)
 
 
@@ -149,22 +148,22 @@ def cmd_resume(args: argparse.Namespace) -> int:
     store = _store(args)
     run = store.get(args.job_id)
     state = effective_state(run)
-    if state["status"] in ACTIVE and state.get("backend") != "ray":
-        print(f"error: job {args.job_id} is still {state['status']} (pid {state.get('pid')}); cancel it first",
+    if state.status in ACTIVE and state.backend != "ray":
+        print(f"error: job {args.job_id} is still {state.status} (pid {state.pid}); cancel it first",
               file=sys.stderr)
         return EXIT_FAILED
-    if state["status"] == "succeeded":
+    if state.status == "succeeded":
         print(f"job {args.job_id} already succeeded; nothing to resume")
         return EXIT_OK
-    if state.get("backend") == "ray":
+    if state.backend == "ray":
         from jobs import cluster
 
         submission_id = f"{run.job_id}-resume-{int(time.time())}"
-        cluster.submit(state["address"], run, store.root, submission_id)
-        run.update_state(lambda s: s.update(submission_id=submission_id, resumed_at=now()))
-        print(f"resubmitted {run.job_id} to {state['address']} as Ray job {submission_id}")
+        cluster.submit(state.address, run, store.root, submission_id)
+        run.set_state(submission_id=submission_id, resumed_at=now())
+        print(f"resubmitted {run.job_id} to {state.address} as Ray job {submission_id}")
         return EXIT_OK
-    run.update_state(lambda s: s.update(status="pending", resumed_at=now()))
+    run.set_state(status="pending", resumed_at=now())
     if args.detach:
         pid = spawn(run, store)
         print(f"resumed {run.job_id} (pid {pid})")
@@ -176,12 +175,12 @@ def cmd_resume(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     store = _store(args)
     # the name first: it is in the stored state, while a cluster job's status costs a request to its cluster
-    states = [(run, effective_state(run)) for run in store.list() if args.name in (None, run.read_state()["name"])]
-    states = [(run, state) for run, state in states if args.status in (None, state["status"])]
+    states = [(run, effective_state(run)) for run in store.list() if args.name in (None, run.read_state().name)]
+    states = [(run, state) for run, state in states if args.status in (None, state.status)]
     if args.json:
-        print(json.dumps([{"job_id": run.job_id, "name": state["name"], "status": state["status"],
-                           "created_at": state["created_at"], "started_at": state.get("started_at"),
-                           "ended_at": state.get("ended_at"), "run_dir": str(run.path)}
+        print(json.dumps([{"job_id": run.job_id, "name": state.name, "status": state.status,
+                           "created_at": state.created_at, "started_at": state.started_at,
+                           "ended_at": state.ended_at, "run_dir": str(run.path)}
                           for run, state in states], indent=2))
         return EXIT_OK
     if not states:
@@ -189,9 +188,9 @@ def cmd_list(args: argparse.Namespace) -> int:
         return EXIT_OK
     print(f"{'JOB ID':<44} {'STATUS':<12} {'STAGE':<22} CREATED")
     for run, state in states:
-        stage = next((name for name, s in state["stages"].items() if s["status"] in ("running", "failed",
+        stage = next((name for name, s in state.stages.items() if s.status in ("running", "failed",
                                                                                        "cancelled")), "")
-        print(f"{run.job_id:<44} {state['status']:<12} {stage:<22} {state['created_at']}")
+        print(f"{run.job_id:<44} {state.status:<12} {stage:<22} {state.created_at}")
     return EXIT_OK
 
 
@@ -199,24 +198,25 @@ def cmd_status(args: argparse.Namespace) -> int:
     run = _store(args).get(args.job_id)
     state = effective_state(run)
     if args.json:
-        print(json.dumps(state, indent=2))
+        print(state.model_dump_json(indent=2))
         return EXIT_OK
-    print(f"job {state['job_id']}: {state['status']}" + (f" (pid {state['pid']})" if state.get("pid") else ""))
-    if state.get("error"):
-        print(f"  error: {state['error']}")
-    if state.get("cluster_error"):
-        print(f"  {state['cluster_error']}")
-    for name, stage in state["stages"].items():
-        times = f"{stage['started_at'] or '':<26} {stage['ended_at'] or '':<26}"
-        print(f"  {name:<22} {stage['status']:<10} {times} {stage['output'] or ''}")
+    print(f"job {state.job_id}: {state.status}" + (f" (pid {state.pid})" if state.pid else ""))
+    if state.error:
+        print(f"  error: {state.error}")
+    if state.cluster_error:
+        print(f"  {state.cluster_error}")
+    for name, stage in state.stages.items():
+        times = f"{stage.started_at or '':<26} {stage.ended_at or '':<26}"
+        print(f"  {name:<22} {stage.status:<10} {times} {stage.output or ''}")
     for line in _evaluation_warnings(state):
         print(f"  warning: {line}")
     return EXIT_OK
 
 
-def _evaluation_warnings(state: dict[str, Any]) -> list[str]:
+def _evaluation_warnings(state: RunState) -> list[str]:
     """`jobs.report.evaluation_warnings` of the evaluate stage's metrics.json, once it is written."""
-    output = state["stages"].get("evaluate", {}).get("output")
+    evaluate = state.stages.get("evaluate")
+    output = evaluate.output if evaluate is not None else None
     path = Path(output) / "metrics.json" if output else None
     if path is None or not path.is_file():
         return []
@@ -228,14 +228,14 @@ def _evaluation_warnings(state: dict[str, Any]) -> list[str]:
 def cmd_logs(args: argparse.Namespace) -> int:
     run = _store(args).get(args.job_id)
     state = run.read_state()
-    if state.get("backend") == "ray":
+    if state.backend == "ray":
         from jobs import cluster
 
         if args.follow:
-            for chunk in cluster.follow_logs(state["address"], state["submission_id"]):
+            for chunk in cluster.follow_logs(state.address, state.submission_id):
                 print(chunk, end="", flush=True)
         else:
-            print(cluster.logs(state["address"], state["submission_id"]), end="")
+            print(cluster.logs(state.address, state.submission_id), end="")
         return EXIT_OK
     position = 0
     while True:
@@ -245,7 +245,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
                 chunk = f.read()
                 position = f.tell()
             print(chunk, end="", flush=True)
-        if not args.follow or effective_state(run)["status"] not in ACTIVE:
+        if not args.follow or effective_state(run).status not in ACTIVE:
             return EXIT_OK
         time.sleep(1.0)
 
@@ -253,16 +253,16 @@ def cmd_logs(args: argparse.Namespace) -> int:
 def cmd_cancel(args: argparse.Namespace) -> int:
     run = _store(args).get(args.job_id)
     state = effective_state(run)
-    if state.get("backend") == "ray":
+    if state.backend == "ray":
         from jobs import cluster
 
-        cluster.stop(state["address"], state["submission_id"])
+        cluster.stop(state.address, state.submission_id)
         print(f"asked the cluster to stop {args.job_id}")
         return EXIT_OK
-    if state["status"] not in ACTIVE:
-        print(f"job {args.job_id} is not running ({state['status']}); nothing to cancel")
+    if state.status not in ACTIVE:
+        print(f"job {args.job_id} is not running ({state.status}); nothing to cancel")
         return EXIT_OK
-    pid = state.get("pid")
+    pid = state.pid
     if pid_alive(pid):
         os.killpg(pid, signal.SIGTERM)
         deadline = time.monotonic() + args.timeout
@@ -271,7 +271,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
         if pid_alive(pid):
             os.killpg(pid, signal.SIGKILL)
     # the job marks itself cancelled on SIGTERM; this covers a job that had to be killed or never started
-    run.update_state(lambda s: s.update(status="cancelled", ended_at=now()) if s["status"] in ACTIVE else None)
+    run.update_state(lambda s: s.set(status="cancelled", ended_at=now()) if s.status in ACTIVE else None)
     print(f"cancelled {args.job_id}")
     return EXIT_OK
 
@@ -284,8 +284,8 @@ def cmd_rm(args: argparse.Namespace) -> int:
     store = _store(args)
     run = store.get(args.job_id)
     state = effective_state(run)
-    if state["status"] in ACTIVE or state["status"] == "unknown":
-        print(f"error: job {args.job_id} is {state['status']}; cancel it first (python -m jobs cancel "
+    if state.status in ACTIVE or state.status == "unknown":
+        print(f"error: job {args.job_id} is {state.status}; cancel it first (python -m jobs cancel "
               f"{args.job_id})", file=sys.stderr)
         return EXIT_BAD_SPEC
     size = folder_bytes(run.path)

@@ -36,6 +36,7 @@ from matplotlib.figure import Figure
 from augment.spec import EvalSource, TrainSource
 from distill.export import CARD_METRICS, ModelCardInfo, export_student
 from jobs.spec import JobSpec, SpecError, parse_spec
+from jobs.store import RunState, StageState
 from jobs.layout import eval_sets
 
 TRAINING_STAGES = ["finetune_teachers", "train_mlm", "distill_intermediate", "distill_prediction"]
@@ -55,25 +56,24 @@ class _Run:
 
     path: Path
     spec: JobSpec | None
-    state: dict[str, Any]
+    state: RunState | None     # None: state.json missing or unreadable (named in `problems`)
     problems: list[str]
 
-    def stage(self, name: str) -> dict[str, Any]:
-        return (self.state.get("stages") or {}).get(name) or {}
+    def stage(self, name: str) -> StageState | None:
+        return self.state.stages.get(name) if self.state is not None else None
 
     def output(self, name: str) -> Path | None:
         """The stage's output folder, when the state names one that exists."""
-        output = self.stage(name).get("output")
-        return Path(output) if output and Path(output).is_dir() else None
+        stage = self.stage(name)
+        return Path(stage.output) if stage is not None and stage.output and Path(stage.output).is_dir() else None
 
     def stage_note(self, name: str) -> str:
         """Why a stage has nothing to show: its status, or that the state does not list it."""
         stage = self.stage(name)
-        if not stage:
+        if stage is None:
             return f"stage `{name}` is not in the run state"
-        status = stage.get("status") or "unknown"
-        error = f": {stage['error']}" if stage.get("error") else ""
-        return f"stage `{name}` {status}{error}"
+        error = f": {stage.error}" if stage.error else ""
+        return f"stage `{name}` {stage.status}{error}"
 
     def json(self, path: Path) -> Any | None:
         """The parsed JSON file, or None when absent; an unreadable file is noted in `problems`."""
@@ -109,12 +109,12 @@ class _Run:
 
 def _load_run(run_dir: Path) -> _Run:
     problems: list[str] = []
-    state: dict[str, Any] = {}
+    state = None
     state_path = run_dir / "state.json"
     if state_path.is_file():
         try:
-            state = json.loads(state_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as err:
+            state = RunState.model_validate_json(state_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:  # pydantic's ValidationError is a ValueError
             problems.append(f"`{state_path}` is unreadable: {err}")
     else:
         problems.append(f"`{state_path}` is missing: no stage information")
@@ -174,11 +174,11 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
-def _duration(stage: dict[str, Any]) -> str:
+def _duration(started_at: str | None, ended_at: str | None) -> str:
     try:
-        started = dt.datetime.fromisoformat(stage["started_at"])
-        ended = dt.datetime.fromisoformat(stage["ended_at"])
-    except (KeyError, TypeError, ValueError):
+        started = dt.datetime.fromisoformat(started_at)  # type: ignore[arg-type]
+        ended = dt.datetime.fromisoformat(ended_at)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
         return _NONE
     seconds = (ended - started).total_seconds()
     if seconds < 60:
@@ -234,30 +234,29 @@ def _phase_settings(spec: JobSpec) -> dict[str, dict[str, Any]]:
 # Sections
 
 
-def _written_by_the_job(state: dict[str, Any]) -> bool:
+def _written_by_the_job(state: RunState | None) -> bool:
     """Whether the job's own report stage is writing this report: every other stage is done."""
-    stages = state.get("stages") or {}
-    return (state.get("status") == "running" and (stages.get("report") or {}).get("status") == "running"
-            and all((stage or {}).get("status") in _DONE for name, stage in stages.items() if name != "report"))
+    if state is None or state.status != "running" or "report" not in state.stages:
+        return False
+    return (state.stages["report"].status == "running"
+            and all(stage.status in _DONE for name, stage in state.stages.items() if name != "report"))
 
 
 def _header(run: _Run) -> str:
     state = run.state
     written = dt.datetime.now(dt.timezone.utc)
-    status = state.get("status") or _NONE
-    if _written_by_the_job(state):
-        status = "succeeded"   # the report is the last stage: the job ends as this is written
-    try:
-        ended = dt.datetime.fromisoformat(state["ended_at"]) if state.get("ended_at") else written
-        wall = _duration({"started_at": state["created_at"], "ended_at": ended.isoformat()})
-    except (KeyError, TypeError, ValueError):
-        wall = _NONE
-    lines = [f"# Distillery report: {state.get('job_id') or run.path.name}", ""]
+    lines = [f"# Distillery report: {state.job_id if state is not None else run.path.name}", ""]
+    if state is None:
+        lines.append(_table(["job", "status", "wall time", "created", "report written"], [[
+            _NONE, _NONE, _NONE, _NONE, written.isoformat(timespec="seconds")]]))
+        return "\n".join(lines)
+    # the report is the last stage: the job ends as this is written
+    status = "succeeded" if _written_by_the_job(state) else state.status
+    wall = _duration(state.created_at, state.ended_at or written.isoformat())
     lines.append(_table(["job", "status", "wall time", "created", "report written"], [[
-        state.get("name") or _NONE, status, wall, state.get("created_at") or _NONE,
-        written.isoformat(timespec="seconds")]]))
-    if state.get("error"):
-        lines += ["", f"**Error:** {state['error']}"]
+        state.name, status, wall, state.created_at, written.isoformat(timespec="seconds")]]))
+    if state.error:
+        lines += ["", f"**Error:** {state.error}"]
     return "\n".join(lines)
 
 
@@ -311,19 +310,18 @@ _DISTILLATION_ROWS = ("augmentation", "label", "phase intermediate", "phase pred
 
 
 def _stages_section(run: _Run) -> str:
-    stages = run.state.get("stages") or {}
-    names = list(stages)  # the runner's order: it writes every stage into the state before the first runs
-    if not names:
+    stages = run.state.stages if run.state is not None else {}
+    if not stages:
         return "## Stages\n\nNo stage information (state.json missing or empty)."
     rows = []
-    for name in names:
-        stage = stages[name] or {}
-        status = stage.get("status") or _NONE
+    for name, stage in stages.items():  # the runner's order: it writes every stage into the state first
+        status: str = stage.status
         if name == "report" and _written_by_the_job(run.state):
             status = "completed (this report)"
-        if stage.get("error"):
-            status += f": {stage['error']}"
-        rows.append([f"`{name}`", status, _duration(stage), f"`{stage['output']}`" if stage.get("output") else _NONE])
+        if stage.error:
+            status += f": {stage.error}"
+        rows.append([f"`{name}`", status, _duration(stage.started_at, stage.ended_at),
+                     f"`{stage.output}`" if stage.output else _NONE])
     return "## Stages\n\n" + _table(["stage", "status", "duration", "output"], rows)
 
 
@@ -489,7 +487,7 @@ def _training_section(run: _Run, logs: dict[str, list[dict[str, Any]]], validati
     lines = ["## Training"]
     folders = _training_folders(run)
     for stage in TRAINING_STAGES:
-        if run.stage(stage).get("status") == "skipped":
+        if (run.stage(stage) or StageState()).status == "skipped":
             if stage.startswith("distill_"):  # a phase turned off is worth saying; the others simply do not apply
                 lines += ["", f"### `{stage}`", "", "Disabled in the spec."]
             continue
@@ -820,7 +818,7 @@ def card_info(run_dir: Path) -> ModelCardInfo:
         task=spec.task, teachers=_teacher_names(spec), student_source=_student_source(spec), data=data,
         augmentation=augmentation, phases=_phase_settings(spec), metrics=_evaluation_metrics(run) or {},
         label_names=label_names if spec.task == "classification" else None, inference=inference,
-        name=f"{spec.name}-student", job_id=run.state.get("job_id"), license=spec.evaluate.license)
+        name=f"{spec.name}-student", job_id=run.state.job_id if run.state is not None else None, license=spec.evaluate.license)
 
 
 def export_final_student(run_dir: Path, student_dir: Path) -> Path:

@@ -19,7 +19,7 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Iterator, TextIO
+from typing import Any, Iterator, Literal, TextIO
 
 from pydantic import BaseModel
 
@@ -28,7 +28,7 @@ from core.ray_runtime import cluster_resources, ensure_ray
 from core.resources import asked_per_worker, resolve_resources
 from jobs.spec import JobSpec, load_spec
 from jobs.stages import STAGE_VERSION, STAGES, Stage, StageContext
-from jobs.store import Run, RunStore, now
+from jobs.store import Run, RunState, RunStore, now
 
 log = logging.getLogger("distillery")
 #: Lines libraries write to stderr, kept in the job log at debug level.
@@ -128,9 +128,10 @@ def _run_stages(run: Run, store: RunStore, progress: bool, console: TextIO) -> s
     current: str | None = None
     try:
         spec = load_spec(run.spec_path)
-        run.update_state(lambda s: s.update(status="running", pid=os.getpid(), started_at=now(), error=None))
+        run.set_state(status="running", pid=os.getpid(), started_at=now(), error=None)
         log.info("job %s: running in %s", run.job_id, run.path)
-        if any(asked_per_worker(spec.resources, "gpus").values()) and any(s.uses_ray and s.enabled(spec) for s in STAGES):
+        gpus_asked = any(asked_per_worker(spec.resources, "gpus").values())
+        if gpus_asked and any(s.uses_ray and s.enabled(spec) for s in STAGES):
             ensure_ray()  # GPUs asked for: checked against the cluster before any stage runs
             resolve_resources(spec.resources, cluster_resources(), masked_lm=augments_with_masked_lm(spec))
         keys: dict[str, str] = {}
@@ -141,7 +142,7 @@ def _run_stages(run: Run, store: RunStore, progress: bool, console: TextIO) -> s
                 run.update_stage(stage.name, status="skipped")
                 continue
             _run_stage(stage, spec, run, store, keys, outputs, progress)
-        run.update_state(lambda s: s.update(status="succeeded", ended_at=now()))
+        run.set_state(status="succeeded", ended_at=now())
         log.info("job %s: succeeded", run.job_id)
         return "succeeded"
     except (JobCancelled, KeyboardInterrupt) as exc:
@@ -158,11 +159,11 @@ def _run_stages(run: Run, store: RunStore, progress: bool, console: TextIO) -> s
             handler.close()
 
 
-def _fail(run: Run, stage: str | None, status: str, message: str) -> None:
-    def change(state: dict[str, Any]) -> None:
-        state.update(status=status, ended_at=now(), error=message)
-        if stage is not None and state["stages"][stage]["status"] == "running":
-            state["stages"][stage].update(status=status, ended_at=now(), error=message)
+def _fail(run: Run, stage: str | None, status: Literal["failed", "cancelled"], message: str) -> None:
+    def change(state: RunState) -> None:
+        state.set(status=status, ended_at=now(), error=message)
+        if stage is not None and state.stages[stage].status == "running":
+            state.stages[stage].set(status=status, ended_at=now(), error=message)
     run.update_state(change)
     log.info("job %s: %s", run.job_id, message)
 

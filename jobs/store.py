@@ -23,7 +23,9 @@ import secrets
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Literal
+
+from pydantic import BaseModel, ConfigDict
 
 from core.locks import file_lock
 
@@ -52,6 +54,50 @@ def write_atomic(path: Path, text: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+StageStatus = Literal["pending", "running", "completed", "cached", "skipped", "failed", "cancelled"]
+#: `interrupted` (a local job whose process died) and `unknown` (a cluster that does not answer) are never stored:
+#: `jobs.api.effective_state` says them to readers.
+JobStatus = Literal["pending", "running", "succeeded", "failed", "cancelled", "interrupted", "unknown"]
+
+
+class _State(BaseModel):
+    # every assignment is checked, so a misspelt field or a wrong type fails where it is written
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    def set(self, **fields: Any) -> None:
+        for name, value in fields.items():
+            setattr(self, name, value)
+
+
+class StageState(_State):
+    status: StageStatus = "pending"
+    started_at: str | None = None
+    ended_at: str | None = None
+    output: str | None = None          # the stage's folder: its cache entry, or under the run folder
+    cache_key: str | None = None
+    summary: dict[str, Any] | None = None
+    error: str | None = None
+
+
+class RunState(_State):
+    """A job's state.json: written by the runner and the command line (under a lock), read by everything else."""
+
+    job_id: str
+    name: str
+    status: JobStatus = "pending"
+    created_at: str
+    started_at: str | None = None
+    ended_at: str | None = None
+    resumed_at: str | None = None
+    pid: int | None = None                       # the local process running the job
+    error: str | None = None
+    backend: Literal["local", "ray"] = "local"
+    address: str | None = None                   # backend ray: the cluster's Ray Jobs address ...
+    submission_id: str | None = None             # ... and the job's id there
+    cluster_error: str | None = None             # set by effective_state when the cluster does not answer
+    stages: dict[str, StageState]                # in the runner's order
 
 
 @dataclass(frozen=True)
@@ -108,19 +154,23 @@ class Run:
     def log_path(self) -> Path:
         return self.path / "logs" / "job.log"
 
-    def read_state(self) -> dict[str, Any]:
-        return json.loads(self.state_path.read_text())
+    def read_state(self) -> RunState:
+        return RunState.model_validate_json(self.state_path.read_text())
 
-    def update_state(self, change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    def update_state(self, change: Callable[[RunState], None]) -> RunState:
         """Read, change and atomically write the state under a lock (the CLI and the job may both write)."""
         with file_lock(self.path / ".state.lock"):
             state = self.read_state()
             change(state)
-            write_atomic(self.state_path, json.dumps(state, indent=2))
+            write_atomic(self.state_path, state.model_dump_json(indent=2))
             return state
 
+    def set_state(self, **fields: Any) -> RunState:
+        """Set fields of the job's state."""
+        return self.update_state(lambda state: state.set(**fields))
+
     def update_stage(self, stage: str, **fields: Any) -> None:
-        self.update_state(lambda state: state["stages"][stage].update(fields))
+        self.update_state(lambda state: state.stages[stage].set(**fields))
 
 
 class RunStore:
@@ -131,7 +181,8 @@ class RunStore:
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         return f"{name}-{stamp}-{secrets.token_hex(3)}"
 
-    def create(self, job_id: str, spec_yaml: str, stage_names: list[str], **extra: Any) -> Run:
+    def create(self, job_id: str, spec_yaml: str, stage_names: list[str], backend: Literal["local", "ray"] = "local",
+               address: str | None = None, submission_id: str | None = None) -> Run:
         """Make the run folder with its spec and an all-pending state; the folder appears fully formed."""
         final = self.root / job_id
         if final.exists():
@@ -140,17 +191,10 @@ class RunStore:
         staging = Path(tempfile.mkdtemp(dir=self.root, prefix=f".{job_id}."))
         (staging / "logs").mkdir()
         write_atomic(staging / "spec.yaml", spec_yaml)
-        state = {
-            "job_id": job_id,
-            "name": job_id.rsplit("-", 3)[0],
-            "status": "pending",
-            "created_at": now(),
-            "pid": None,
-            **extra,
-            "stages": {name: {"status": "pending", "started_at": None, "ended_at": None, "output": None,
-                              "cache_key": None, "summary": None, "error": None} for name in stage_names},
-        }
-        write_atomic(staging / "state.json", json.dumps(state, indent=2))
+        state = RunState(job_id=job_id, name=job_id.rsplit("-", 3)[0], created_at=now(), backend=backend,
+                         address=address, submission_id=submission_id,
+                         stages={name: StageState() for name in stage_names})
+        write_atomic(staging / "state.json", state.model_dump_json(indent=2))
         os.replace(staging, final)
         return Run(final)
 
@@ -165,7 +209,7 @@ class RunStore:
         if not self.root.exists():
             return []
         runs = [Run(p) for p in self.root.iterdir() if not p.name.startswith(".") and (p / "state.json").exists()]
-        return sorted(runs, key=lambda r: r.read_state()["created_at"])
+        return sorted(runs, key=lambda r: r.read_state().created_at)
 
     def cache_entry(self, stage: str, key: str) -> CacheEntry:
         return CacheEntry(self.root / ".cache" / stage / key)
@@ -182,9 +226,9 @@ class RunStore:
         """The cache entries some job's state names as a stage output (resolved paths)."""
         referenced = set()
         for run in self.list():
-            for stage in run.read_state()["stages"].values():
-                if stage.get("output"):
-                    referenced.add(Path(stage["output"]).resolve())
+            for stage in run.read_state().stages.values():
+                if stage.output:
+                    referenced.add(Path(stage.output).resolve())
         return referenced
 
 

@@ -44,8 +44,7 @@ def _store_with_jobs(root: Path) -> RunStore:
     store = RunStore(root)
     store.create("quickstart-20260101-120000-aaaaaa", "", ["prepare"], backend="local")
     run = store.create("quickstart-20260101-120001-bbbbbb", "", ["prepare"], backend="local")
-    run.update_state(lambda s: s.update(status="failed", started_at="2026-01-01T12:00:02+00:00",
-                                        ended_at="2026-01-01T12:00:03+00:00"))
+    run.set_state(status="failed", started_at="2026-01-01T12:00:02+00:00", ended_at="2026-01-01T12:00:03+00:00")
     store.create("squad-20260101-120002-cccccc", "", ["prepare"], backend="local")
     return store
 
@@ -140,7 +139,7 @@ def test_rm_deletes_a_finished_job_and_refuses_a_running_one(tmp_path, capsys):
     store = _store_with_jobs(tmp_path)
     finished = store.get("quickstart-20260101-120001-bbbbbb")
     running = store.get("squad-20260101-120002-cccccc")
-    running.update_state(lambda s: s.update(status="running", pid=os.getpid()))
+    running.set_state(status="running", pid=os.getpid())
     assert main(["rm", finished.job_id, "--root", str(tmp_path)]) == 0
     assert "removed quickstart-20260101-120001-bbbbbb: " in capsys.readouterr().out
     assert not finished.path.exists()
@@ -162,7 +161,7 @@ def test_python_api_reads_a_jobs_status_and_outputs(tmp_path):
     assert job.outputs == {"prepare": tmp_path / ".cache" / "prepare" / "k"}
     assert job.report == run.path / "report" / "report.md"
     dead = store.get("squad-20260101-120002-cccccc")
-    dead.update_state(lambda s: s.update(status="running", pid=2**22 + 12345))   # no such process
+    dead.set_state(status="running", pid=2**22 + 12345)   # no such process
     assert get_job(dead.job_id, root=tmp_path).status == "interrupted"
     with pytest.raises(JobNotFound):
         get_job("nonsense", root=tmp_path)

@@ -284,7 +284,7 @@ def recipe_jobs(tiny_recipes) -> dict[str, dict[str, Any]]:
         states = {}
         for name, job in list(running.items()):
             # as `status` sees it (a job whose process died is "interrupted"), without a CLI process per poll
-            states[name] = state = effective_state(Run(job["root"] / job["job_id"]))
+            states[name] = state = effective_state(Run(job["root"] / job["job_id"])).model_dump(mode="json")
             if state["status"] not in ("pending", "running"):
                 finished[name] = running.pop(name) | {"state": state}
         if pending and len(running) < CONCURRENT_JOBS and all(ray_is_up(states[name]) for name in running):

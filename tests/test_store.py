@@ -39,11 +39,17 @@ def test_created_run_holds_spec_and_pending_stages(tmp_path):
     store = RunStore(tmp_path)
     run = store.create("demo-1", "task: qa\n", ["prepare", "label"], backend="local")
     state = run.read_state()
-    assert state["status"] == "pending" and state["backend"] == "local"
-    assert list(state["stages"]) == ["prepare", "label"]
+    assert state.status == "pending" and state.backend == "local"
+    assert list(state.stages) == ["prepare", "label"]
     assert run.spec_path.read_text() == "task: qa\n"
     run.update_stage("prepare", status="completed")
-    assert run.read_state()["stages"]["prepare"]["status"] == "completed"
+    assert run.read_state().stages["prepare"].status == "completed"
+    # the state is typed: a misspelt field or a status no reader knows is refused where it is written
+    with pytest.raises(ValueError, match="statu"):
+        run.update_stage("prepare", statu="completed")
+    with pytest.raises(ValueError, match="done"):
+        run.set_state(status="done")
+    assert run.read_state().status == "pending"
     assert [r.job_id for r in store.list()] == ["demo-1"]
     with pytest.raises(FileExistsError):
         store.create("demo-1", "", [])
