@@ -32,12 +32,11 @@ How it runs:
 2. The driver loads (or trains, once, into vectors.kv) the word vectors and computes the nearest neighbours of
    every distinct word needing them in one batched pass, into neighbours.arrow. Each worker memory-maps that
    file and takes only its block's words from it, so no worker ever holds the vectors (nothing to share or copy).
-3. A Ray Data actor pool (`resources.workers` actors, `cpus_per_worker` CPUs each, fractions allowed, GPUs for
-   the masked LM when available) augments the blocks. Each actor loads the masked LM once, runs torch on
-   max(1, int(cpus_per_worker)) threads, and writes each block's shard atomically, then its counts. Ray is
-   used as initialised by the caller; otherwise the stage joins the cluster named by RAY_ADDRESS (a Ray job)
-   or starts a private local instance with every CPU, and shuts down what it started. On a cluster, the input
-   and output folders must be on storage every node sees.
+3. A pool of Ray actors (`core.blocks.run_on_actors`: `resources.workers` actors, `cpus_per_worker` CPUs each,
+   fractions allowed, GPUs for the masked LM when the cluster has them) augments the blocks. Each actor loads the
+   masked LM once, runs torch on max(1, int(cpus_per_worker)) threads, and writes each block's shard atomically,
+   then its counts. Ray is used as the caller started it, or started once (`core.ray_runtime.ensure_ray`). On a
+   cluster, the input and output folders must be on storage every node sees.
 
 Determinism: a block's output depends only on its rows, the seed, the settings and the models: blocks are fixed
 by the input, each variant's random draws are seeded by (seed, example id, draw), masked-LM batches are formed
@@ -72,6 +71,7 @@ from augment.candidates import (MaskedLMProposer, encode_words, load_vectors, ne
 from augment.sampling import Tally, augment_classification, augment_qa
 from augment.spec import AugmentSpec
 from augment.words import eligible_words, segment
+from core.blocks import claim_output, run_on_actors
 from core.progress import Progress
 from core.ray_runtime import cluster_resources, ensure_ray
 from core.resources import ResourcesSpec, resolve_resources
@@ -136,7 +136,8 @@ def augment_examples(examples_dir: Path, task: Literal["qa", "classification"], 
             run's identity: keep it when resuming.
 
     Raises:
-        AugmentInputError: the input is missing or of the wrong task, or `out_dir` holds another run's output.
+        AugmentInputError: the input is missing or of the wrong task.
+        OutputClaimError: `out_dir` holds another run's output (core.blocks).
     """
     started = time.perf_counter()
     examples_dir, out_dir = Path(examples_dir), Path(out_dir)
@@ -148,8 +149,8 @@ def augment_examples(examples_dir: Path, task: Literal["qa", "classification"], 
         raise AugmentInputError(f"block_rows must be > 0, got {block_rows}")
     shard_rows, meta, fingerprint = _read_input(examples_dir, task)
     blocks = plan_blocks(examples_dir, task, block_rows)
-    _claim(out_dir, {"task": task, "seed": seed, "block_rows": block_rows, "blocks": len(blocks),
-                     "input": fingerprint, "augment": config.model_dump(mode="json")})
+    claim_output(out_dir, "augment.json", {"task": task, "seed": seed, "block_rows": block_rows, "blocks": len(blocks),
+                                           "input": fingerprint, "augment": config.model_dump(mode="json")})
 
     todo = [i for i in range(len(blocks)) if not _block_done(out_dir, i)]
     vectors_path = None
@@ -164,7 +165,7 @@ def augment_examples(examples_dir: Path, task: Literal["qa", "classification"], 
         neighbours, vectors_path = _neighbours_for(wanted, examples_dir, task, config, seed, out_dir)
         _write_neighbours(neighbours, out_dir / NEIGHBOURS_FILE)
         del neighbours  # the workers read the file: nothing per word stays in the driver while they run
-        items = [{"block": i, "runs": json.dumps(_runs(blocks[i], shard_rows))} for i in todo]
+        items = [{"block": i, "runs": _runs(blocks[i], shard_rows)} for i in todo]
         run_info = _run_blocks(items, task, config, resources, seed, examples_dir, out_dir, progress)
     elif config.vectors.path is None and (out_dir / VECTORS_FILE).exists():
         vectors_path = out_dir / VECTORS_FILE
@@ -329,24 +330,6 @@ def _read_runs(shards_dir: Path, runs: list[tuple[str, int, int]]) -> pa.Table:
     return pa.concat_tables([tables[name].slice(start - spans[name][0], stop - start) for name, start, stop in runs])
 
 
-def _claim(out_dir: Path, plan: dict[str, Any]) -> None:
-    """Record what makes `out_dir` (augment.json), or check that an earlier, unfinished run had the same plan."""
-    plan_path = out_dir / "augment.json"
-    if plan_path.exists():
-        earlier = json.loads(plan_path.read_text(encoding="utf-8"))
-        if earlier != plan:
-            differ = sorted(k for k in plan.keys() | earlier.keys() if plan.get(k) != earlier.get(k))
-            raise AugmentInputError(f"{out_dir} holds the output of a run with other settings (differs in: "
-                                    f"{', '.join(differ)}); remove the folder or choose another output folder")
-        return
-    leftovers = list((out_dir / "shards").glob(SHARD_GLOB)) if (out_dir / "shards").is_dir() else []
-    if leftovers:
-        raise AugmentInputError(f"{out_dir} holds {len(leftovers)} shard(s) but no augment.json, so they are not "
-                                "this stage's output; remove them or choose another output folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(plan_path, plan)
-
-
 def _block_done(out_dir: Path, index: int) -> bool:
     # the counts are written after the shard, so both existing means the block is complete
     name = f"part-{index:05d}"
@@ -467,7 +450,7 @@ def _write_neighbours(neighbours: dict[str, tuple[str, ...]], path: Path) -> Non
 
 
 class _BlockAugmenter:
-    """A Ray Data actor: loads the masked LM once, then reads blocks, augments them and writes their shards and
+    """A Ray actor: loads the masked LM once, then reads blocks, augments them and writes their shards and
     counts."""
 
     def __init__(self, task: str, config: AugmentSpec, seed: int, shards_dir: str, out_dir: str, device: str,
@@ -494,35 +477,28 @@ class _BlockAugmenter:
         own = self.neighbours.filter(pc.is_in(self.neighbours.column("word"), value_set=words))
         return dict(zip(own.column("word").to_pylist(), own.column("neighbours").to_pylist()))
 
-    def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
-        result: dict[str, list] = {"block": [], "examples_out": [], "pid": [], "peak_rss_mb": [],
-                                   "vectors_loaded": [], "seconds": []}
-        for index, runs in zip(batch["block"], batch["runs"]):
-            started = time.perf_counter()
-            rows = _read_runs(self.shards_dir, json.loads(runs)).to_pylist()
-            out, tally = augment_block(rows, self.task, self.config, self.seed, self._neighbours_of(rows), self.mlm)
-            name = f"part-{int(index):05d}"
-            write_shard(self.out_dir / "shards" / f"{name}.parquet", out, schema_for(self.task))
-            (self.out_dir / "blocks").mkdir(exist_ok=True)
-            write_json(self.out_dir / "blocks" / f"{name}.json", {
-                "examples_in": tally.examples_in, "examples_out": tally.examples_out, "variants": tally.variants,
-                "eligible_words": tally.eligible_words, "substituted_words": tally.substituted_words,
-                "substitutions_by_source": dict(sorted(tally.by_source.items()))})
-            result["block"].append(int(index))
-            result["examples_out"].append(tally.examples_out)
-            result["pid"].append(os.getpid())
-            result["peak_rss_mb"].append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-            result["vectors_loaded"].append("gensim" in sys.modules)  # evidence that workers never load vectors
-            result["seconds"].append(time.perf_counter() - started)
-        return result
+    def run(self, item: dict[str, Any]) -> dict[str, Any]:
+        """Augment block `item["block"]` (its rows are `item["runs"]`); its shard and counts are written here."""
+        started = time.perf_counter()
+        rows = _read_runs(self.shards_dir, item["runs"]).to_pylist()
+        out, tally = augment_block(rows, self.task, self.config, self.seed, self._neighbours_of(rows), self.mlm)
+        name = f"part-{item['block']:05d}"
+        write_shard(self.out_dir / "shards" / f"{name}.parquet", out, schema_for(self.task))
+        (self.out_dir / "blocks").mkdir(exist_ok=True)
+        write_json(self.out_dir / "blocks" / f"{name}.json", {
+            "examples_in": tally.examples_in, "examples_out": tally.examples_out, "variants": tally.variants,
+            "eligible_words": tally.eligible_words, "substituted_words": tally.substituted_words,
+            "substitutions_by_source": dict(sorted(tally.by_source.items()))})
+        return {"examples_out": tally.examples_out, "pid": os.getpid(),
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "vectors_loaded": "gensim" in sys.modules,  # evidence that workers never load vectors
+                "seconds": time.perf_counter() - started}
 
 
 def _run_blocks(items: list[dict[str, Any]], task: str, config: AugmentSpec, resources: ResourcesSpec, seed: int,
                 examples_dir: Path, out_dir: Path, progress: bool) -> dict[str, Any]:
-    """Augment the blocks in `items` (index and row runs) on a Ray Data actor pool; return the pool size and each
+    """Augment the blocks in `items` (index and row runs) on a pool of Ray actors; return the pool size and each
     worker's peak RSS."""
-    import ray
-
     ensure_ray()
     # decided from the cluster (a job's resources arrive decided; this decides them for a call of its own)
     resources = resolve_resources(resources, cluster_resources(),
@@ -533,24 +509,14 @@ def _run_blocks(items: list[dict[str, Any]], task: str, config: AugmentSpec, res
 
         choose_precision("cpu", None, resources.precision)
     workers = min(resources.worker_count, len(items))
-    (out_dir / "shards").mkdir(parents=True, exist_ok=True)
-    dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-        _BlockAugmenter,
-        fn_constructor_kwargs={"task": task, "config": config, "seed": seed,
-                               "shards_dir": str(examples_dir / "shards"), "out_dir": str(out_dir),
-                               "device": "cuda" if gpus > 0 else "cpu", "precision": resources.precision,
-                               "threads": max(1, int(resources.cpus_per_worker))},
-        batch_size=1,
-        # one block in flight per actor: blocks are large, so queueing them would only unbalance the end
-        compute=ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=1),
-        num_cpus=resources.cpus_per_worker,
-        num_gpus=gpus,
-    )
+    args = (task, config, seed, str(examples_dir / "shards"), str(out_dir),
+            "cuda" if gpus > 0 else "cpu", resources.precision, max(1, int(resources.cpus_per_worker)))
     peak: dict[int, float] = {}
     busy, rows_out = 0.0, 0
     vectors_loaded = False
     with Progress("augment", total=len(items), unit="block", bar=progress) as done:
-        for row in dataset.iter_rows():
+        for row in run_on_actors(_BlockAugmenter, args, items, "run", workers=workers,
+                                 cpus=resources.cpus_per_worker, gpus=gpus):
             peak[row["pid"]] = max(peak.get(row["pid"], 0.0), row["peak_rss_mb"])
             vectors_loaded |= bool(row["vectors_loaded"])
             busy += row["seconds"]

@@ -10,8 +10,8 @@ def ensure_ray() -> None:
     driver, or a user who pointed us at one); nothing when Ray is already up.
 
     `address="local"` keeps a job from silently attaching to some other cluster a `ray start` left running on this
-    machine. Ray's own output goes to its log files, not the driver's console, and Ray Data's progress bars stay
-    off: the stages draw their own (`core.progress`).
+    machine. Ray's own output goes to its log files, not the driver's console: the stages draw their own progress
+    (`core.progress`).
     """
     import ray
 
@@ -19,7 +19,6 @@ def ensure_ray() -> None:
         return
     ray.init(address=os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False, log_to_driver=False,
              configure_logging=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
 
 
 def cluster_resources() -> dict[str, float]:

@@ -2,7 +2,7 @@
 
 One entry point, `label_examples`. The examples are cut into blocks of `examples_per_shard` consecutive rows
 (blocks never span two input shards); block k becomes `out_dir/shards/part-{k:05d}.parquet`. A pool of
-`resources.workers` Ray actors (`ray.util.ActorPool`) takes the blocks: each actor loads the tokenizer and every
+Ray actors (`core.blocks.run_on_actors`) takes the blocks: each actor loads the tokenizer and every
 teacher once, then per block reads the rows, tokenizes them in one batch, runs every teacher on every feature
 (sorted by length and cut into batches of `label.batch_size` features, so little padding is computed), mixes the
 teachers and writes the shard atomically (temp file, then `os.replace`). An actor with a GPU holds two blocks at
@@ -12,9 +12,7 @@ takes one at a time, since its teachers already use every core it has.
 Why blocks: a shard's bytes must depend on nothing but its examples and the settings, so that an interrupted run
 resumes by skipping the shards already on disk and the result is byte-identical to an uninterrupted run with any
 number of workers. A forward pass's last bits depend on which rows share its padded batch, so the unit of
-scheduling is the unit of output, and everything inside a block is computed in a fixed order. Why plain actors and
-not Ray Data's `map_batches`: the actors only need block descriptors, and on a small machine Ray Data's executor
-and helper actors took CPU from the teachers (measured: start-up 3 s longer, the whole stage 5-6% slower).
+scheduling is the unit of output, and everything inside a block is computed in a fixed order.
 
 Ensembles (`distill.ensemble`), with weights normalised to sum 1 and T the distillation temperature:
 `label.ensemble = "probs"` (default) stores T * log(sum_k w_k softmax(z_k / T)), so that the loss's
@@ -55,6 +53,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from core.blocks import claim_output, run_on_actors
 from core.devices import autocast, choose_precision, device_precision, pick_device
 from core.progress import Progress
 from core.ray_runtime import cluster_resources, ensure_ray
@@ -92,7 +91,7 @@ _EXAMPLE_COLUMNS = {"qa": ["id", "question", "context", "answers", "is_impossibl
 
 
 class LabelError(RuntimeError):
-    """Labelling cannot start or continue: a missing examples folder, an out_dir from other settings, no room."""
+    """Labelling cannot start or continue: a missing examples folder, or shards the plan does not make."""
 
 
 @dataclass(frozen=True)
@@ -389,57 +388,23 @@ def _settings(task: Task, teachers: list[ModelRef], tokenizer: ModelRef, feature
     return settings
 
 
-def _claim_out_dir(out_dir: Path, settings: dict[str, Any]) -> Path:
-    """Record the settings in out_dir, or check that shards already there were made with the same ones."""
-    shards_dir = out_dir / "shards"
-    shards_dir.mkdir(parents=True, exist_ok=True)
-    record = out_dir / "label_config.json"
-    if record.exists():
-        previous = json.loads(record.read_text(encoding="utf-8"))
-        if previous != json.loads(json.dumps(settings)):
-            changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
-            raise LabelError(f"{out_dir} holds shards labelled with other settings (differing: {', '.join(changed)});"
-                             " use a fresh out_dir or delete this one to relabel")
-    elif any(shards_dir.glob(SHARD_GLOB)):
-        raise LabelError(f"{shards_dir} holds shards but no label_config.json says how they were made; "
-                         "delete them or use a fresh out_dir")
-    else:
-        write_json(record, settings)
-    for stale in shards_dir.glob(".part-*.tmp-*"):  # left by a killed writer; never read
-        stale.unlink(missing_ok=True)
-    return shards_dir
-
-
 def _run_blocks(pending: list[_Block], task: Task, teachers: list[ModelRef], tokenizer: ModelRef,
                 features: FeaturesSpec, config: LabelSpec, temperature: float, resources: ResourcesSpec,
                 num_labels: int | None, gpus: float, shards_dir: Path, progress: bool) -> dict[str, float]:
     """Label the pending blocks on a pool of actors; the seconds the actors spent per part of the work, summed
     (parts run at once on one actor: reading and tokenizing one block overlaps the teachers on another)."""
-    import ray
-
-    from ray.util import ActorPool
-
-    # a lost actor (a node gone) is rebuilt and its blocks rerun: a shard is written whole or not at all
-    in_flight = _blocks_per_actor(gpus)
-    labeller = ray.remote(num_cpus=resources.cpus_per_worker, num_gpus=gpus, max_concurrency=in_flight,
-                          max_restarts=2, max_task_retries=2)(_BlockLabeller)
-    actors = [labeller.remote(task, teachers, tokenizer, features, config, temperature, num_labels, gpus,
-                              resources.precision, max(1, math.ceil(resources.cpus_per_worker)), str(shards_dir))
-              for _ in range(min(resources.worker_count, len(pending)))]
-    # each actor listed once per call it runs at once: the pool then keeps that many blocks in flight on it
-    pool = ActorPool([actor for actor in actors for _ in range(in_flight)])
     features_done = 0
     busy: dict[str, float] = {}
-    try:
-        with Progress("label", total=sum(b.stop - b.start for b in pending), unit="ex", bar=progress) as done:
-            for examples, n_features, seconds in pool.map_unordered(
-                    lambda actor, block: actor.label_block.remote(block), pending):
-                features_done += n_features
-                busy = {part: busy.get(part, 0.0) + value for part, value in seconds.items()}
-                done.update(examples, features=features_done)
-    finally:
-        for actor in actors:   # their teachers hold device memory the next stage needs
-            ray.kill(actor)
+    in_flight = _blocks_per_actor(gpus)
+    args = (task, teachers, tokenizer, features, config, temperature, num_labels, gpus, resources.precision,
+            max(1, math.ceil(resources.cpus_per_worker)), str(shards_dir))
+    with Progress("label", total=sum(b.stop - b.start for b in pending), unit="ex", bar=progress) as done:
+        for examples, n_features, seconds in run_on_actors(
+                _BlockLabeller, args, pending, "label_block", workers=resources.worker_count,
+                cpus=resources.cpus_per_worker, gpus=gpus, in_flight=in_flight):
+            features_done += n_features
+            busy = {part: busy.get(part, 0.0) + value for part, value in seconds.items()}
+            done.update(examples, features=features_done)
     return busy
 
 
@@ -488,8 +453,9 @@ def label_examples(examples_dir: Path, task: Literal["qa", "classification"], te
         ModelCheckError: a teacher without the task's head, with another label count, named classes other than
             meta.json's label_names (or in another order), another vocabulary, fewer positions than
             features.max_seq_len, or init="random" without a seed.
-        LabelError: no meta.json or another task in it; out_dir labelled with other settings; a worker larger
-            than the Ray cluster.
+        LabelError: no meta.json or another task in it.
+        OutputClaimError: out_dir labelled with other settings (core.blocks).
+        ClusterResourcesError: a worker larger than the Ray cluster (core.resources).
     """
     began = time.perf_counter()
     examples_dir, out_dir = Path(examples_dir), Path(out_dir)
@@ -512,7 +478,7 @@ def label_examples(examples_dir: Path, task: Literal["qa", "classification"], te
         choose_precision("cpu", None, resources.precision)
     settings = _settings(task, teachers, tokenizer, features, config, temperature, num_labels, examples_per_shard,
                          "cuda" if gpus > 0 else "cpu", resources.precision, inputs)
-    shards_dir = _claim_out_dir(out_dir, settings)
+    shards_dir = claim_output(out_dir, "label_config.json", settings)
     expected = {b.name for b in blocks}
     unknown = sorted(p.name for p in shards_dir.glob(SHARD_GLOB) if p.name not in expected)
     if unknown:

@@ -42,9 +42,8 @@ def submit(address: str, run: Run, root: Path, submission_id: str) -> str:
         packages = [str(Path(module.__file__).parent) for module in (core, augment, distill, jobs)]
         entrypoint = (f"python -m jobs run spec.yaml --job-id {shlex.quote(run.job_id)} "
                       f"--root {shlex.quote(str(root))}")
-        runtime_env = {"working_dir": str(staging), "py_modules": packages,
-                       # the tokenizers' own threads stay on, as in a local job: labelling actors featurize with them
-                       "env_vars": {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}}
+        # no env_vars: the tokenizers' own threads stay on, as in a local job (labelling actors featurize with them)
+        runtime_env = {"working_dir": str(staging), "py_modules": packages}
         client = _client(address)
         deadline = time.monotonic() + AGENT_WAIT_SECONDS
         while True:

@@ -57,12 +57,11 @@ def bert_tokenizer_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """One local Ray instance for the whole run: 2 CPUs, no dashboard, quiet progress output."""
+    """One local Ray instance for the whole run: 2 CPUs, no dashboard, Ray's output in its own log files."""
     import ray
 
     if not ray.is_initialized():
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-        ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
     ray.shutdown()
 

@@ -18,6 +18,7 @@ from augment.pipeline import AugmentInputError, _read_runs, _runs, augment_block
 from augment.readers import read_examples
 from augment.spec import AugmentSpec, DataSource, VectorsSpec
 from augment.words import load_stopwords, segment, undo_substitutions
+from core.blocks import OutputClaimError
 from core.resources import ResourcesSpec
 from core.schema import QA_SCHEMA
 from core.shards import ShardWriter, read_shards
@@ -149,7 +150,7 @@ def test_a_bpe_word_that_is_several_tokens_somewhere_gets_neighbours(ray_session
 
 def test_a_rerun_with_other_settings_is_refused(one_and_two_workers, qa_examples, config):
     finished, _ = one_and_two_workers
-    with pytest.raises(AugmentInputError, match="differs in: augment"):
+    with pytest.raises(OutputClaimError, match="differs in: augment"):
         run(qa_examples, config.model_copy(update={"factor": 4}), 1, Path(finished.out_dir))
     with pytest.raises(AugmentInputError, match="holds 'qa' examples"):
         run(qa_examples, config, 1, Path(finished.out_dir) / "other", task="classification")

@@ -25,6 +25,7 @@ from transformers import (
     BertConfig,
 )
 
+from core.blocks import OutputClaimError
 from core.resources import ResourcesSpec
 from core.schema import CLASSIFICATION_SCHEMA, QA_SCHEMA
 from distill import label
@@ -339,7 +340,7 @@ def test_reference_run(reference, qa_examples, qa_teachers, tmp_path):
 def test_other_settings_in_out_dir_are_refused(reference, qa_examples, qa_teachers):
     out, _ = reference
     refs = [ModelRef(str(qa_teachers[0]))]
-    with pytest.raises(LabelError, match="other settings .*teachers"):
+    with pytest.raises(OutputClaimError, match="other settings .*teachers"):
         label_examples(qa_examples, "qa", refs, refs[0], FEATURES, ENSEMBLE_LABEL, ONE_WORKER, out, progress=False,
                        examples_per_shard=PER_SHARD)
 
