@@ -17,7 +17,6 @@ It writes::
                                       vectors.path is unset
       neighbours.arrow                every input word needing embedding candidates and its candidates, best
                                       first (Arrow IPC: word, neighbours), as the workers read them
-      corpus/                         `config.corpus` read and checked (shards, rejects.jsonl), when given
       stats.json                      examples_in, examples_out, variants_per_example, eligible_words,
                                       substituted_words, substitution_rate, substitutions_by_source, seconds, ...
       meta.json                       the input's meta.json (task, label_names, source, ...) with our shard list
@@ -121,7 +120,7 @@ class AugmentResult:
 
 def augment_examples(examples_dir: Path, task: Literal["qa", "classification"], config: AugmentSpec,
                      resources: ResourcesSpec, seed: int, out_dir: Path, progress: bool = True, *,
-                     block_rows: int | None = None) -> AugmentResult:
+                     block_rows: int | None = None, corpus_dir: Path | None = None) -> AugmentResult:
     """Augment the examples of `examples_dir` into `out_dir` (see the module doc), resuming an interrupted run.
 
     Args:
@@ -134,6 +133,8 @@ def augment_examples(examples_dir: Path, task: Literal["qa", "classification"], 
         progress: draw a progress bar of finished blocks; progress lines go to the `distillery` log either way.
         block_rows: examples per block (one shard each); default `config.examples_per_shard`. Part of the
             run's identity: keep it when resuming.
+        corpus_dir: `config.corpus` as an examples folder (read by the prepare stage, or `read_examples`);
+            needed when the corpus is set, and read only when word vectors are trained here.
 
     Raises:
         AugmentInputError: the input is missing or of the wrong task.
@@ -144,6 +145,9 @@ def augment_examples(examples_dir: Path, task: Literal["qa", "classification"], 
     if not config.enabled:
         raise AugmentInputError("augment.enabled is false: this stage has nothing to do; skip it, or set "
                                 "enabled: true")
+    if config.corpus is not None and corpus_dir is None:
+        raise AugmentInputError("augment.corpus is set but no corpus_dir was given: read the corpus into an examples "
+                                "folder first (augment.readers.read_examples) and pass it")
     block_rows = config.examples_per_shard if block_rows is None else block_rows
     if block_rows <= 0:
         raise AugmentInputError(f"block_rows must be > 0, got {block_rows}")
@@ -162,7 +166,7 @@ def augment_examples(examples_dir: Path, task: Literal["qa", "classification"], 
         # the words of the whole input, finished blocks too: the neighbour search then sees the same queries on
         # a resumed run as on an uninterrupted one, so even its floating-point ties break the same way
         wanted = _words_needing_neighbours(examples_dir, _fields(task, config), config.mlm_model)
-        neighbours, vectors_path = _neighbours_for(wanted, examples_dir, task, config, seed, out_dir)
+        neighbours, vectors_path = _neighbours_for(wanted, examples_dir, corpus_dir, task, config, seed, out_dir)
         _write_neighbours(neighbours, out_dir / NEIGHBOURS_FILE)
         del neighbours  # the workers read the file: nothing per word stays in the driver while they run
         items = [{"block": i, "runs": _runs(blocks[i], shard_rows)} for i in todo]
@@ -387,8 +391,8 @@ def _words_needing_neighbours(examples_dir: Path, fields: list[str], mlm_model: 
     return wanted
 
 
-def _neighbours_for(wanted: set[str], examples_dir: Path, task: str, config: AugmentSpec, seed: int,
-                    out_dir: Path) -> tuple[dict[str, tuple[str, ...]], Path | None]:
+def _neighbours_for(wanted: set[str], examples_dir: Path, corpus_dir: Path | None, task: str, config: AugmentSpec,
+                    seed: int, out_dir: Path) -> tuple[dict[str, tuple[str, ...]], Path | None]:
     """Embedding candidates of the `wanted` words, looked up in one batched pass (`nearest_neighbours`), and the
     trained vectors' path."""
     if not wanted:
@@ -402,7 +406,7 @@ def _neighbours_for(wanted: set[str], examples_dir: Path, task: str, config: Aug
         if vectors_path.exists():  # trained by an earlier, interrupted run: training is deterministic
             vectors = load_vectors(vectors_path)
         else:
-            corpus = _corpus(examples_dir, _corpus_folder(config, task, out_dir), task)
+            corpus = _corpus(examples_dir, corpus_dir, task)
             log.info("training word2vec (dim %d, %d epochs) on %d texts", config.vectors.dim,
                      config.vectors.epochs, len(corpus))
             trained = train_vectors(corpus, config.vectors.dim, config.vectors.epochs, config.vectors.min_count,
@@ -412,16 +416,6 @@ def _neighbours_for(wanted: set[str], examples_dir: Path, task: str, config: Aug
             vectors = load_vectors(vectors_path)
     log.info("nearest neighbours of %d words among %d vectors", len(wanted), len(vectors.index_to_key))
     return nearest_neighbours(vectors, wanted, config.top_k), vectors_path
-
-
-def _corpus_folder(config: AugmentSpec, task: str, out_dir: Path) -> Path | None:
-    """`config.corpus` read and checked like training data (rejects beside it) into out_dir/corpus, or None."""
-    if config.corpus is None:
-        return None
-    from augment.readers import read_examples
-
-    read_examples(config.corpus, task, None, out_dir / "corpus")
-    return out_dir / "corpus"
 
 
 def _corpus(examples_dir: Path, corpus_dir: Path | None, task: str) -> list[list[str]]:

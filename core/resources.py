@@ -86,9 +86,10 @@ def resolve_resources(resources: ResourcesSpec, cluster: dict[str, float], *, ma
     value takes it; but augmentation computes on a GPU only for its masked LM (`masked_lm`), so without one it
     takes 0 and leaves the GPUs to the other stages.
     Workers: a stage's own value, else the shared one, else the stage's default: augmentation one actor per GPU when
-    it computes on GPUs, else one per CPU but one (left to the driver, which plans the blocks and reads the
-    results, and to Ray's own processes); labelling one actor per GPU (one actor on CPUs); training 1, since the batch is global and
-    more workers split it (resources.train.workers is a choice about the batch, trainer.thin_worker_batch).
+    it computes on GPUs, else one per CPU but one (left to the driver, which plans the blocks and reads the results,
+    and to Ray's own processes); labelling one actor per GPU (one actor on CPUs); training 1, since the batch is
+    global and more workers split it (resources.train.workers is a choice about the batch,
+    trainer.thin_worker_batch).
 
     Raises:
         ClusterResourcesError: more GPUs or CPUs per worker than the cluster has, named with what it has.

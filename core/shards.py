@@ -1,9 +1,9 @@
 """Writing and reading shards: the folders of numbered Parquet files every stage hands to the next.
 
 An examples folder holds numbered Parquet shards (`shards/part-00000.parquet`, ...) in one of the schemas of
-`core.schema`; feature and label folders hold theirs in the schemas of `distill.features`. Every file is written atomically: to a hidden temp name in the same folder, then moved into
-place with `os.replace`, so a reader never sees half a file and a killed job leaves no truncated shard behind
-(only a `.part-*.tmp-*` file that nothing reads).
+`core.schema`; feature and label folders hold theirs in the schemas of `distill.features`. Every file is written
+atomically: to a hidden temp name in the same folder, then moved into place with `os.replace`, so a reader never
+sees half a file and a killed job leaves no truncated shard behind (only a `.part-*.tmp-*` file that nothing reads).
 
 Example::
 

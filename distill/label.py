@@ -434,8 +434,7 @@ def label_examples(examples_dir: Path, task: Literal["qa", "classification"], te
     Args:
         examples_dir: an examples folder, `shards/part-*.parquet` (core.schema) and `meta.json`.
         task: "qa" or "classification".
-        teachers: zero or more; with none the features are written with null teacher columns (a student
-            trained on hard labels alone). Weights are normalised to sum 1.
+        teachers: one or more, their weights normalised to sum 1 (without any: `featurize_examples`).
         tokenizer: the model whose tokenizer builds the features (the student's when it has its own); every
             teacher must share its vocabulary.
         features: window sizes; `config`: batch size, ensemble mode, keep_teacher_logits.
@@ -453,10 +452,33 @@ def label_examples(examples_dir: Path, task: Literal["qa", "classification"], te
         ModelCheckError: a teacher without the task's head, with another label count, named classes other than
             meta.json's label_names (or in another order), another vocabulary, fewer positions than
             features.max_seq_len, or init="random" without a seed.
-        LabelError: no meta.json or another task in it.
+        LabelError: no teachers; no meta.json or another task in it.
         OutputClaimError: out_dir labelled with other settings (core.blocks).
         ClusterResourcesError: a worker larger than the Ray cluster (core.resources).
     """
+    if not teachers:
+        raise LabelError("no teachers to label with; features without teacher logits are made by "
+                         "featurize_examples")
+    return _write_features(examples_dir, task, teachers, tokenizer, features, config, resources, out_dir, num_labels,
+                           progress, examples_per_shard, temperature)
+
+
+def featurize_examples(examples_dir: Path, task: Literal["qa", "classification"], tokenizer: ModelRef,
+                       features: FeaturesSpec, resources: ResourcesSpec, out_dir: Path, num_labels: int | None = None,
+                       progress: bool = True, *,
+                       examples_per_shard: int = DEFAULT_EXAMPLES_PER_SHARD) -> LabelResult:
+    """Tokenize the examples of `examples_dir` into features that carry their gold labels and no teacher logits:
+    what fine-tuning a teacher and training the masked LM read. The same blocks, actors, shards and resumption as
+    `label_examples` (whose arguments these are), on CPUs, as no teacher runs."""
+    # without a teacher the labelling settings (batch size, ensemble) have nothing to act on
+    return _write_features(examples_dir, task, [], tokenizer, features, LabelSpec(), resources, out_dir, num_labels,
+                           progress, examples_per_shard, 1.0)
+
+
+def _write_features(examples_dir: Path, task: Task, teachers: list[ModelRef], tokenizer: ModelRef,
+                    features: FeaturesSpec, config: LabelSpec, resources: ResourcesSpec, out_dir: Path,
+                    num_labels: int | None, progress: bool, examples_per_shard: int,
+                    temperature: float) -> LabelResult:
     began = time.perf_counter()
     examples_dir, out_dir = Path(examples_dir), Path(out_dir)
     if examples_per_shard <= 0:

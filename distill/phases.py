@@ -6,9 +6,9 @@ masked-LM training of the augmentation's candidate model.
     distill_intermediate  MSE on embeddings, hidden states, attentions      -> out_dir/student/, projections
     distill_prediction    w * KL(teacher || student) * T^2 + (1 - w) * CE   -> out_dir/student/
 
-Each builds a `TrainPlan` around its objective (`distill.objectives`) and hands it to `distill.trainer.run_plan`, which runs it in this process or on Ray
-Train workers and writes train_config.json, metrics.jsonl and checkpoints/ beside the model. Rerunning a stage
-with the same arguments and out_dir resumes from its latest complete checkpoint.
+Each builds a `TrainPlan` around its objective (`distill.objectives`) and hands it to `distill.trainer.run_plan`,
+which runs it in this process or on Ray Train workers and writes train_config.json, metrics.jsonl and checkpoints/
+beside the model. Rerunning a stage with the same arguments and out_dir resumes from its latest complete checkpoint.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from augment.spec import MaskedLMTrainingSpec
 from core.resources import ResourcesSpec
 from distill.evaluate import ValidationSet
 from distill.models import ModelRef, Task
-from distill.objectives.finetune import FinetuneOptions, build_finetune
-from distill.objectives.intermediate import IntermediateOptions, build_intermediate
-from distill.objectives.masked_lm import MaskedLMOptions, build_masked_lm
-from distill.objectives.prediction import Ensemble, PredictionOptions, build_prediction
+from distill.objectives.finetune import FinetuneOptions
+from distill.objectives.intermediate import IntermediateOptions
+from distill.objectives.masked_lm import MaskedLMOptions
+from distill.objectives.prediction import Ensemble, PredictionOptions
 from distill.spec import FinetuneSpec, IntermediateSpec, PredictionSpec, StudentSpec
 from distill.trainer import PhaseResult, TrainingError, TrainPlan, run_plan
 
@@ -38,7 +38,7 @@ def pretrain_masked_lm(base: ModelRef, task: Task, features_dir: Path, config: M
 
     """
     options = MaskedLMOptions(base=base, mask_prob=config.mask_prob)
-    return run_plan(TrainPlan("masked_lm", build_masked_lm, options, task, Path(features_dir), config,
+    return run_plan(TrainPlan("masked_lm", options, task, Path(features_dir), config,
                               resources, config.seed, Path(out_dir), progress))
 
 
@@ -49,7 +49,7 @@ def finetune_teacher(base: ModelRef, task: Task, features_dir: Path, config: Fin
     `config.train` is the caller's business (it built the features).
     """
     options = FinetuneOptions(base=base, num_labels=num_labels)
-    return run_plan(TrainPlan("finetune", build_finetune, options, task, Path(features_dir), config,
+    return run_plan(TrainPlan("finetune", options, task, Path(features_dir), config,
                               resources, seed, Path(out_dir), progress))
 
 
@@ -63,7 +63,7 @@ def distill_intermediate(student: StudentSpec, teacher: ModelRef, task: Task, fe
     `teacher` is the one `config.teacher` picks; the caller resolves the index.
     """
     options = IntermediateOptions(student=student, teacher=teacher, num_labels=num_labels)
-    return run_plan(TrainPlan("intermediate", build_intermediate, options, task, Path(features_dir), config,
+    return run_plan(TrainPlan("intermediate", options, task, Path(features_dir), config,
                               resources, seed, Path(out_dir), progress))
 
 
@@ -83,6 +83,6 @@ def distill_prediction(student: StudentSpec | Path, teachers: list[ModelRef], ta
     student_spec, student_dir = (None, Path(student)) if isinstance(student, (str, Path)) else (student, None)
     options = PredictionOptions(student=student_spec, base=None if student_dir is None else ModelRef(str(student_dir)),
                                  teachers=tuple(teachers), ensemble=ensemble, num_labels=num_labels)
-    return run_plan(TrainPlan("prediction", build_prediction, options, task, Path(features_dir), config,
+    return run_plan(TrainPlan("prediction", options, task, Path(features_dir), config,
                               resources, seed, Path(out_dir), progress,
                               validation if config.eval_every is not None else None, config.eval_every))

@@ -36,7 +36,7 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -94,13 +94,18 @@ class Objective(Protocol):
     def save_outputs(self, out_dir: Path) -> dict[str, str | None]: ...
 
 
+class ObjectiveOptions(Protocol):
+    """A phase's own inputs (which models, which losses), picklable, and how its objective is made from them."""
+
+    def build(self, plan: TrainPlan, device: torch.device) -> Objective: ...
+
+
 @dataclass(frozen=True)
 class TrainPlan:
-    """Everything a worker needs to run one phase. Picklable: `build` must be a module-level function."""
+    """Everything a worker needs to run one phase; picklable, as Ray Train sends it to every worker."""
 
-    phase: str                                              # names the run in train_config.json and logs
-    build: Callable[[TrainPlan, torch.device], Objective]   # makes the objective on a device
-    options: Any                                            # the phase's own inputs, read by `build`
+    phase: str                      # names the run in train_config.json and logs
+    options: ObjectiveOptions       # built into the objective on each worker's device
     task: Task
     features_dir: Path
     config: LoopSpec
@@ -341,7 +346,7 @@ class Recipe:
         where.barrier()
 
         torch.manual_seed(plan.seed)  # same fresh weights (student, projections) on every worker
-        self.objective = plan.build(plan, where.device)
+        self.objective = plan.options.build(plan, where.device)
         self.data = open_training_view(plan.features_dir, self.objective.columns)
         self.objective.check_features(self.data)
         self.term_names = list(self.objective.term_weights)

@@ -13,3 +13,8 @@ def eval_sets(spec: JobSpec, prepare_dir: Path) -> list[tuple[EvalSource, Path]]
     if len(spec.data.eval) == 1:
         return [(spec.data.eval[0], prepare_dir / "eval")]
     return [(source, prepare_dir / "eval" / source.name) for source in spec.data.eval]
+
+
+def finetune_examples(prepare_dir: Path, teacher: int) -> Path:
+    """The examples folder of a teacher's own fine-tuning data (teachers[i].finetune.train)."""
+    return prepare_dir / "finetune" / f"teacher_{teacher}"

@@ -818,7 +818,8 @@ def card_info(run_dir: Path) -> ModelCardInfo:
         task=spec.task, teachers=_teacher_names(spec), student_source=_student_source(spec), data=data,
         augmentation=augmentation, phases=_phase_settings(spec), metrics=_evaluation_metrics(run) or {},
         label_names=label_names if spec.task == "classification" else None, inference=inference,
-        name=f"{spec.name}-student", job_id=run.state.job_id if run.state is not None else None, license=spec.evaluate.license)
+        name=f"{spec.name}-student", job_id=run.state.job_id if run.state is not None else None,
+        license=spec.evaluate.license)
 
 
 def export_final_student(run_dir: Path, student_dir: Path) -> Path:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from distill.spec import StudentSpec
-from jobs.layout import eval_sets
+from jobs.layout import eval_sets, finetune_examples
 from jobs.spec import JobSpec
 
 if TYPE_CHECKING:  # distill.models imports torch and transformers: stages import it when they run
@@ -122,12 +122,18 @@ def _prepare(ctx: StageContext) -> dict[str, Any]:
                   for source, folder in eval_sets(spec, ctx.out_dir)}
     summary["eval"] = next(iter(evaluation.values())) if len(evaluation) == 1 else {
         "written": sum(result["written"] for result in evaluation.values()), "sets": evaluation}
+    # a teacher's own fine-tuning data, read with the training data's label ids
+    for i, teacher in enumerate(spec.teachers):
+        if teacher.finetune is not None and teacher.finetune.train is not None:
+            summary[f"finetune_teacher_{i}"] = _summary(read_examples(
+                teacher.finetune.train, spec.task, train.label_names, finetune_examples(ctx.out_dir, i)))
+    if spec.augment.enabled and spec.augment.corpus is not None:  # texts only: labels are not read
+        summary["corpus"] = _summary(read_examples(spec.augment.corpus, spec.task, None, ctx.out_dir / "corpus"))
     return summary
 
 
 def _finetune_teachers(ctx: StageContext) -> dict[str, Any]:
-    from augment.readers import read_examples
-    from distill.label import label_examples
+    from distill.label import featurize_examples
     from distill.models import ModelRef
     from distill.phases import finetune_teacher
 
@@ -137,16 +143,12 @@ def _finetune_teachers(ctx: StageContext) -> dict[str, Any]:
         if teacher.finetune is None:
             continue
         base = ModelRef(teacher.model, teacher.weight, teacher.trust_remote_code, teacher.init)
-        examples_dir = ctx.inputs["prepare"] / "train"
-        if teacher.finetune.train is not None:
-            # the teacher's own labelled data, read with the training data's label ids
-            examples_dir = ctx.out_dir / f"teacher_{i}" / "examples"
-            read_examples(teacher.finetune.train, spec.task, label_names(ctx), examples_dir)
+        examples_dir = (finetune_examples(ctx.inputs["prepare"], i) if teacher.finetune.train is not None
+                        else ctx.inputs["prepare"] / "train")
         features_dir = ctx.out_dir / f"teacher_{i}" / "features"
-        # hard labels only: the features are built without any teacher
-        label_examples(examples_dir, spec.task, [], base, spec.features, spec.label,
-                       spec.resources.for_stage("label"), features_dir, num_labels(ctx), ctx.progress,
-                       examples_per_shard=spec.label.examples_per_shard)
+        featurize_examples(examples_dir, spec.task, base, spec.features, spec.resources.for_stage("label"),
+                           features_dir, num_labels(ctx), ctx.progress,
+                           examples_per_shard=spec.label.examples_per_shard)
         result = finetune_teacher(base, spec.task, features_dir, teacher.finetune, spec.resources.for_stage("train"),
                                   spec.seed, ctx.out_dir / f"teacher_{i}", num_labels(ctx), ctx.progress)
         results[f"teacher_{i}"] = _summary(result)
@@ -154,20 +156,16 @@ def _finetune_teachers(ctx: StageContext) -> dict[str, Any]:
 
 
 def _train_mlm(ctx: StageContext) -> dict[str, Any]:
-    from augment.readers import read_examples
-    from distill.label import label_examples
+    from distill.label import featurize_examples
     from distill.models import ModelRef
     from distill.phases import pretrain_masked_lm
 
     spec, config = ctx.spec, ctx.spec.augment
-    examples_dir = ctx.inputs["prepare"] / "train"
-    if config.corpus is not None:
-        examples_dir = ctx.out_dir / "corpus"
-        read_examples(config.corpus, spec.task, None, examples_dir)
+    examples_dir = ctx.inputs["prepare"] / ("corpus" if config.corpus is not None else "train")
     base = ModelRef(config.mlm_model, init=config.mlm_init)
     features_dir = ctx.out_dir / "features"
-    label_examples(examples_dir, spec.task, [], base, spec.features, spec.label, spec.resources.for_stage("label"),
-                   features_dir, progress=ctx.progress, examples_per_shard=spec.label.examples_per_shard)
+    featurize_examples(examples_dir, spec.task, base, spec.features, spec.resources.for_stage("label"), features_dir,
+                       progress=ctx.progress, examples_per_shard=spec.label.examples_per_shard)
     result = pretrain_masked_lm(base, spec.task, features_dir, config.mlm_training, spec.resources.for_stage("train"),
                                 ctx.out_dir, ctx.progress)
     return _summary(result)
@@ -181,18 +179,25 @@ def _augment(ctx: StageContext) -> dict[str, Any]:
     if "train_mlm" in ctx.inputs:  # candidates from the masked LM trained by the previous stage
         config = config.model_copy(update={"mlm_model": str(ctx.inputs["train_mlm"] / "model"),
                                            "mlm_init": "pretrained", "mlm_training": None})
+    corpus = ctx.inputs["prepare"] / "corpus" if config.corpus is not None else None
     result = augment_examples(ctx.inputs["prepare"] / "train", spec.task, config, spec.resources.for_stage("augment"),
-                              spec.seed, ctx.out_dir, ctx.progress, block_rows=config.examples_per_shard)
+                              spec.seed, ctx.out_dir, ctx.progress, block_rows=config.examples_per_shard,
+                              corpus_dir=corpus)
     return _summary(result)
 
 
 def _label(ctx: StageContext) -> dict[str, Any]:
-    from distill.label import label_examples
+    from distill.label import featurize_examples, label_examples
 
     spec = ctx.spec
     examples = ctx.inputs["augment"] if "augment" in ctx.inputs else ctx.inputs["prepare"] / "train"
+    resources = spec.resources.for_stage("label")
+    if not spec.teachers:  # a student trained on the gold labels alone
+        return _summary(featurize_examples(examples, spec.task, tokenizer_ref(ctx), spec.features, resources,
+                                           ctx.out_dir, num_labels(ctx), ctx.progress,
+                                           examples_per_shard=spec.label.examples_per_shard))
     result = label_examples(examples, spec.task, teacher_refs(ctx), tokenizer_ref(ctx), spec.features, spec.label,
-                            spec.resources.for_stage("label"), ctx.out_dir, num_labels(ctx), ctx.progress,
+                            resources, ctx.out_dir, num_labels(ctx), ctx.progress,
                             examples_per_shard=spec.label.examples_per_shard,
                             temperature=spec.distill.prediction.temperature)
     return _summary(result)
@@ -284,10 +289,13 @@ def _phase_needs_online_teacher(spec: JobSpec) -> bool:
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("prepare", "read and check the train and eval data; bad records go to rejects.jsonl",
+    Stage("prepare", "read and check every data source (train, eval, the teachers' own fine-tuning data, the "
+                     "augmentation corpus); bad records go to rejects.jsonl",
           inputs=(),
           enabled=lambda s: True,
-          config=lambda s: {"task": s.task, "data": s.data}, run=_prepare),
+          config=lambda s: {"task": s.task, "data": s.data,
+                            "finetune_data": [t.finetune.train if t.finetune is not None else None for t in s.teachers],
+                            "corpus": s.augment.corpus if s.augment.enabled else None}, run=_prepare),
     Stage("finetune_teachers", "fine-tune base teachers on the original training data (or their own)",
           inputs=("prepare",),
           enabled=lambda s: any(t.finetune is not None for t in s.teachers),

@@ -25,7 +25,8 @@ from distill import evaluate
 from distill.evaluate import EvaluationError, evaluate_models
 from distill.features import build_features
 from distill.label import TeacherEnsemble
-from distill.models import ModelCheckError, ModelRef, load_model, load_tokenizer
+from distill.models import ModelCheckError, ModelRef, load_tokenizer
+from distill.onnx_export import load_scoring_model
 from distill.spec import EvaluateSpec, FeaturesSpec, LabelSpec, StudentSpec, TeacherSpec
 from distill.squad_metric import load_squad_gold, squad_v2_scores
 from distill.student import build_student
@@ -285,8 +286,8 @@ def test_random_init_teacher_is_the_labelling_teacher_in_evaluation_and_student_
     torch.manual_seed(123)  # whatever the global RNG holds, a random teacher is rebuilt the same
 
     loaded = []
-    monkeypatch.setattr(evaluate, "load_model", lambda *args, **kwargs: loaded.append(load_model(*args, **kwargs))
-                        or loaded[-1])
+    monkeypatch.setattr(evaluate, "load_scoring_model",
+                        lambda *args, **kwargs: loaded.append(load_scoring_model(*args, **kwargs)) or loaded[-1])
     evaluate_models({"teacher_1": refs[1]}, "classification", sst2_examples, FEATURES,
                     EvaluateSpec(measure_speed=False), CPU, tmp_path / "eval", progress=False)
     assert all(torch.equal(value, labelling[key]) for key, value in loaded[0].state_dict().items())

@@ -18,6 +18,7 @@ from distill.models import ModelRef
 from distill.spec import EvaluateSpec, FeaturesSpec
 from jobs.report import export_final_student
 from jobs.spec import JobSpec, dump_spec
+from jobs.store import RunStore
 
 FEATURES = FeaturesSpec(max_seq_len=128, doc_stride=32, max_query_len=32)
 QA_METRICS = {"student": {"exact": 61.5, "f1": 64.25, "HasAns_f1": 70.1, "NoAns_f1": 58.0,
@@ -121,15 +122,13 @@ def test_export_refuses_a_folder_without_tokenizer_or_with_wrong_labels(tiny_mod
 
 
 def test_export_final_student_builds_the_card_from_the_run_folder(tiny_model_factory, tmp_path):
-    run = tmp_path / "runs" / "squad-20250101-100000-abc123"
     evaluate = tmp_path / "runs" / ".cache" / "evaluate" / "k"
     evaluate.mkdir(parents=True)
     (evaluate / "metrics.json").write_text(json.dumps(QA_METRICS))
-    run.mkdir(parents=True)
-    (run / "spec.yaml").write_text(dump_spec(JobSpec(name="squad", features=FEATURES.model_dump())))
-    stages = {name: {"status": "pending", "output": None} for name in ("prepare", "evaluate")}
-    stages["evaluate"] = {"status": "completed", "output": str(evaluate)}
-    (run / "state.json").write_text(json.dumps({"job_id": run.name, "stages": stages}))
+    spec = dump_spec(JobSpec(name="squad", features=FEATURES.model_dump()))
+    created = RunStore(tmp_path / "runs").create("squad-20250101-100000-abc123", spec, ["prepare", "evaluate"])
+    created.update_stage("evaluate", status="completed", output=str(evaluate))
+    run = created.path
     out = export_final_student(run, tiny_model_factory(task="qa", layers=1, hidden=32))
     assert out == run / "export"
     card = (out / "README.md").read_text()

@@ -177,18 +177,20 @@ def test_masked_lm_trained_on_a_corpus_is_shared_by_jobs_of_other_seeds(tmp_path
     assert [state["status"] for state in states] == ["succeeded", "succeeded"]
     assert (first["train_mlm"]["status"], second["train_mlm"]["status"]) == ("completed", "cached")
     assert first["train_mlm"]["output"] == second["train_mlm"]["output"]
-    trained = Path(first["train_mlm"]["output"])
-    corpus = json.loads((trained / "corpus" / "meta.json").read_text())["counts"]["written"]
+    # the prepare stage read the corpus and the teacher's own data, as it reads every source
+    prepared = Path(first["prepare"]["output"])
+    corpus = json.loads((prepared / "corpus" / "meta.json").read_text())["counts"]["written"]
     assert corpus == 178  # the whole corpus, not the 40 training questions
+    trained = Path(first["train_mlm"]["output"])
     for stages in (first, second):
         # both seeds' augmentations drew candidates from that model, and differ by their sampling
         plan = json.loads((Path(stages["augment"]["output"]) / "augment.json").read_text())
         assert plan["augment"]["mlm_model"] == str(trained / "model")
     assert first["augment"]["output"] != second["augment"]["output"]
     # the teacher learnt from its own 80 questions, the student's data is 40
-    teacher_examples = Path(first["finetune_teachers"]["output"]) / "teacher_0" / "examples" / "meta.json"
+    teacher_examples = prepared / "finetune" / "teacher_0" / "meta.json"
     assert json.loads(teacher_examples.read_text())["counts"]["written"] == 80
-    student_examples = Path(first["prepare"]["output"]) / "train" / "meta.json"
+    student_examples = prepared / "train" / "meta.json"
     assert json.loads(student_examples.read_text())["counts"]["written"] == 40
 
 

@@ -30,7 +30,7 @@ from core.resources import ResourcesSpec
 from core.schema import CLASSIFICATION_SCHEMA, QA_SCHEMA
 from distill import label
 from distill.features import QA_FEATURE_SCHEMA, classification_features, qa_features
-from distill.label import LabelError, TeacherEnsemble, _BlockLabeller, _plan, label_examples
+from distill.label import LabelError, TeacherEnsemble, _BlockLabeller, _plan, featurize_examples, label_examples
 from distill.models import ModelCheckError, ModelRef, check_same_vocabulary
 from distill.spec import FeaturesSpec, LabelSpec
 
@@ -430,7 +430,11 @@ def test_classification_and_no_teacher(tmp_path, ray_session, cls_examples, tiny
     rows = read_rows(tmp_path / "cls")
     assert result.features == 40 and len(rows[0]["teacher_logits"]) == 2 and rows[0]["teachers_logits"] is None
     assert [r["label"] for r in rows] == [i % 2 for i in range(40)]
-    alone = label_examples(cls_examples, "classification", [], teachers[0], FEATURES, LabelSpec(), ONE_WORKER,
-                           tmp_path / "alone", progress=False)
+    alone = featurize_examples(cls_examples, "classification", teachers[0], FEATURES, ONE_WORKER, tmp_path / "alone",
+                               progress=False)
     rows = read_rows(tmp_path / "alone")
     assert alone.teachers == () and all(r["teacher_logits"] is None for r in rows) and len(rows) == 40
+    assert [r["label"] for r in rows] == [i % 2 for i in range(40)]
+    with pytest.raises(LabelError, match="no teachers to label with"):
+        label_examples(cls_examples, "classification", [], teachers[0], FEATURES, LabelSpec(), ONE_WORKER,
+                       tmp_path / "refused", progress=False)

@@ -29,8 +29,8 @@ from distill.features import classification_features, pad_batch, qa_features
 from distill.label import TeacherEnsemble
 from distill.losses import HeadCountMismatch
 from distill.models import ModelCheckError, ModelRef
-from distill.objectives.intermediate import IntermediateOptions, build_intermediate
-from distill.objectives.prediction import PredictionOptions, build_prediction
+from distill.objectives.intermediate import IntermediateOptions
+from distill.objectives.prediction import PredictionOptions
 from distill.phases import distill_intermediate, distill_prediction, finetune_teacher, pretrain_masked_lm
 from distill.spec import (EvaluateSpec, FeaturesSpec, FinetuneSpec, IntermediateSpec, LabelSpec, PredictionSpec,
                           StudentArchitecture, StudentSpec)
@@ -94,8 +94,8 @@ def _metrics(out_dir: Path) -> list[dict]:
 
 def test_phase1_teacher_stays_frozen_and_projections_train(teachers, plain_features, tmp_path):
     config = IntermediateSpec(batch_size=8, epochs=1)
-    plan = TrainPlan("intermediate", build_intermediate, IntermediateOptions(StudentSpec(architecture=NARROW),
-                     teachers[0], None), "qa", plain_features, config, ONE_WORKER, 0, tmp_path, progress=False)
+    plan = TrainPlan("intermediate", IntermediateOptions(StudentSpec(architecture=NARROW), teachers[0], None), "qa",
+                     plain_features, config, ONE_WORKER, 0, tmp_path, progress=False)
     recipe = Recipe(plan, Worker())
     recipe.setup()
     try:
@@ -180,10 +180,9 @@ def _only_attention_dropout(tiny_model_factory, bert_tokenizer_dir, folder: Path
 def test_phase1_student_identical_to_its_teacher_has_no_attention_loss_despite_dropout(
         tiny_model_factory, bert_tokenizer_dir, tmp_path):
     teacher = _only_attention_dropout(tiny_model_factory, bert_tokenizer_dir, tmp_path / "teacher")
-    plan = TrainPlan("intermediate", build_intermediate,
-                     IntermediateOptions(StudentSpec(model=teacher.name_or_path), teacher, None), "qa", tmp_path,
-                     IntermediateSpec(losses=["attention"]), ONE_WORKER, 0, tmp_path, progress=False)
-    objective = build_intermediate(plan, CPU)
+    plan = TrainPlan("intermediate", IntermediateOptions(StudentSpec(model=teacher.name_or_path), teacher, None),
+                     "qa", tmp_path, IntermediateSpec(losses=["attention"]), ONE_WORKER, 0, tmp_path, progress=False)
+    objective = plan.options.build(plan, CPU)
     assert objective.student.training and objective.student.config.attention_probs_dropout_prob == 0.5
     tokenizer = AutoTokenizer.from_pretrained(teacher.name_or_path)
     batch = dict(tokenizer(["Where is the Eiffel Tower?", "In Paris."], padding=True, return_tensors="pt"))
@@ -217,8 +216,7 @@ def _prediction_objective(source: str, teachers, features_dir: Path, student_dir
     config = PredictionSpec(temperature=TEMPERATURE, distill_weight=0.7, teacher_logits=source)
     options = PredictionOptions(StudentSpec(model=str(student_dir)), None, tuple(teachers), "probs", None)
     torch.manual_seed(0)  # the student's fresh QA head
-    return build_prediction(TrainPlan("prediction", build_prediction, options, "qa", features_dir, config,
-                                       ONE_WORKER, 0, tmp_path), CPU)
+    return options.build(TrainPlan("prediction", options, "qa", features_dir, config, ONE_WORKER, 0, tmp_path), CPU)
 
 
 def test_phase2_cached_logits_equal_an_online_teacher(teachers, labelled, tiny_model_factory, tmp_path):

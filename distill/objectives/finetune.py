@@ -24,6 +24,12 @@ class FinetuneOptions:
     base: ModelRef               # a base model (a fresh head is added) or one with the task's head
     num_labels: int | None
 
+    def build(self, plan: TrainPlan, device: torch.device) -> FinetuneObjective:
+        """The objective on `device`, for a worker of `plan`."""
+        model = load_for_training(self.base, plan.task, self.num_labels).train()
+        spec = {"model": self.base.name_or_path, "tokenizer": self.base.name_or_path}
+        return FinetuneObjective(model, load_tokenizer(self.base), plan.task, spec).to(device)
+
 
 class FinetuneObjective(nn.Module):
     """forward returns `hard`: HardLabelCE of the model's start/end (QA, over real tokens) or class logits against
@@ -56,10 +62,3 @@ class FinetuneObjective(nn.Module):
 
     def save_outputs(self, out_dir: Path) -> dict[str, str | None]:
         return {"model_dir": save_model(self.model, self.tokenizer, out_dir / "model"), "projections": None}
-
-
-def build_finetune(plan: TrainPlan, device: torch.device) -> FinetuneObjective:
-    options: FinetuneOptions = plan.options
-    model = load_for_training(options.base, plan.task, options.num_labels).train()
-    spec = {"model": options.base.name_or_path, "tokenizer": options.base.name_or_path}
-    return FinetuneObjective(model, load_tokenizer(options.base), plan.task, spec).to(device)

@@ -29,6 +29,21 @@ class IntermediateOptions:
     teacher: ModelRef
     num_labels: int | None
 
+    def build(self, plan: TrainPlan, device: torch.device) -> IntermediateObjective:
+        """The objective on `device`, for a worker of `plan`."""
+        config: IntermediateSpec = plan.config  # type: ignore[assignment]
+        teacher = load_teacher(self.teacher, plan.task, self.num_labels, device)
+        student = build_student(self.student, self.teacher, plan.task, self.num_labels)
+        token_source = tokenizer_source(self.student, self.teacher)
+        check_vocabularies(token_source, [self.teacher])
+        layer_map = resolve_layer_map(config.layer_map, student.config.num_hidden_layers,
+                                      teacher.config.num_hidden_layers)
+        spec = {"student": self.student.model_dump(mode="json"), "teacher": asdict(self.teacher),
+                "teacher_index": config.teacher, "tokenizer": token_source.name_or_path}
+        objective = IntermediateObjective(student, teacher, load_tokenizer(token_source), list(config.losses),
+                                          layer_map, spec)
+        return objective.to(device)
+
 
 class IntermediateObjective(nn.Module):
     """Phase 1: the student and its projections; forward returns the MSE terms named in `losses`.
@@ -117,19 +132,3 @@ class IntermediateObjective(nn.Module):
             path = str(out_dir / "projections.safetensors")
             safetensors.torch.save_file(projections, path, metadata={"maps": "student hidden -> teacher hidden"})
         return {"model_dir": model_dir, "projections": path}
-
-
-def build_intermediate(plan: TrainPlan, device: torch.device) -> IntermediateObjective:
-    options: IntermediateOptions = plan.options
-    config: IntermediateSpec = plan.config  # type: ignore[assignment]
-    teacher = load_teacher(options.teacher, plan.task, options.num_labels, device)
-    student = build_student(options.student, options.teacher, plan.task, options.num_labels)
-    token_source = tokenizer_source(options.student, options.teacher)
-    check_vocabularies(token_source, [options.teacher])
-    layer_map = resolve_layer_map(config.layer_map, student.config.num_hidden_layers,
-                                  teacher.config.num_hidden_layers)
-    spec = {"student": options.student.model_dump(mode="json"), "teacher": asdict(options.teacher),
-            "teacher_index": config.teacher, "tokenizer": token_source.name_or_path}
-    objective = IntermediateObjective(student, teacher, load_tokenizer(token_source), list(config.losses),
-                                      layer_map, spec)
-    return objective.to(device)

@@ -21,6 +21,18 @@ class MaskedLMOptions:
     base: ModelRef
     mask_prob: float
 
+    def build(self, plan: TrainPlan, device: torch.device) -> MaskedLMObjective:
+        """The objective on `device`, for a worker of `plan`."""
+        from transformers import AutoModelForMaskedLM
+
+        base = self.base
+        if base.init == "random":
+            model = AutoModelForMaskedLM.from_config(load_config(base), trust_remote_code=base.trust_remote_code)
+        else:
+            model = AutoModelForMaskedLM.from_pretrained(base.name_or_path, trust_remote_code=base.trust_remote_code)
+        spec = {"model": base.name_or_path, "init": base.init}
+        return MaskedLMObjective(model.train(), load_tokenizer(base), self.mask_prob, spec).to(device)
+
 
 class MaskedLMObjective(nn.Module):
     """BERT's masked-LM objective: forward returns `mlm`, the cross-entropy at the masked positions.
@@ -74,16 +86,3 @@ class MaskedLMObjective(nn.Module):
 
     def save_outputs(self, out_dir: Path) -> dict[str, str | None]:
         return {"model_dir": save_model(self.model, self.tokenizer, out_dir / "model"), "projections": None}
-
-
-def build_masked_lm(plan: TrainPlan, device: torch.device) -> MaskedLMObjective:
-    from transformers import AutoModelForMaskedLM
-
-    options: MaskedLMOptions = plan.options
-    base = options.base
-    if base.init == "random":
-        model = AutoModelForMaskedLM.from_config(load_config(base), trust_remote_code=base.trust_remote_code)
-    else:
-        model = AutoModelForMaskedLM.from_pretrained(base.name_or_path, trust_remote_code=base.trust_remote_code)
-    spec = {"model": base.name_or_path, "init": base.init}
-    return MaskedLMObjective(model.train(), load_tokenizer(base), options.mask_prob, spec).to(device)

@@ -32,6 +32,32 @@ class PredictionOptions:
     ensemble: Ensemble
     num_labels: int | None
 
+    def build(self, plan: TrainPlan, device: torch.device) -> PredictionObjective:
+        """The objective on `device`, for a worker of `plan`."""
+        config: PredictionSpec = plan.config  # type: ignore[assignment]
+        distill_weight, temperature, source = config.distill_weight, config.temperature, config.teacher_logits
+        first_teacher = self.teachers[0] if self.teachers else None
+        if self.student is not None:
+            student = build_student(self.student, first_teacher, plan.task, self.num_labels)
+            token_source = tokenizer_source(self.student, first_teacher)
+        else:
+            student = load_for_training(self.base, plan.task, self.num_labels).train()
+            token_source = self.base
+        online = distill_weight > 0 and source == "online"
+        if online and not self.teachers:
+            raise TrainingError("distill.prediction.teacher_logits is online and distill_weight > 0, but no teacher "
+                                "was given; add one or use labelled logits")
+        teachers = [load_teacher(ref, plan.task, self.num_labels, device) for ref in self.teachers] if online else []
+        if teachers:
+            check_vocabularies(token_source, self.teachers)
+        spec = {"student": (self.student.model_dump(mode="json") if self.student is not None
+                            else self.base.name_or_path),
+                "teachers": [asdict(t) for t in self.teachers], "tokenizer": token_source.name_or_path}
+        objective = PredictionObjective(student, load_tokenizer(token_source), plan.task, distill_weight, temperature,
+                                        source, teachers, [t.weight for t in self.teachers] if online else [],
+                                        self.ensemble, spec)
+        return objective.to(device)
+
 
 class PredictionObjective(nn.Module):
     """Phase 2: forward returns `kl` (when w > 0) and `hard` (when w < 1).
@@ -118,30 +144,3 @@ class PredictionObjective(nn.Module):
 
     def save_outputs(self, out_dir: Path) -> dict[str, str | None]:
         return {"model_dir": save_model(self.student, self.tokenizer, out_dir / "student"), "projections": None}
-
-
-def build_prediction(plan: TrainPlan, device: torch.device) -> PredictionObjective:
-    options: PredictionOptions = plan.options
-    config: PredictionSpec = plan.config  # type: ignore[assignment]
-    distill_weight, temperature, source = config.distill_weight, config.temperature, config.teacher_logits
-    first_teacher = options.teachers[0] if options.teachers else None
-    if options.student is not None:
-        student = build_student(options.student, first_teacher, plan.task, options.num_labels)
-        token_source = tokenizer_source(options.student, first_teacher)
-    else:
-        student = load_for_training(options.base, plan.task, options.num_labels).train()
-        token_source = options.base
-    online = distill_weight > 0 and source == "online"
-    if online and not options.teachers:
-        raise TrainingError("distill.prediction.teacher_logits is online and distill_weight > 0, but no teacher "
-                            "was given; add one or use labelled logits")
-    teachers = [load_teacher(ref, plan.task, options.num_labels, device) for ref in options.teachers] if online else []
-    if teachers:
-        check_vocabularies(token_source, options.teachers)
-    spec = {"student": (options.student.model_dump(mode="json") if options.student is not None
-                        else options.base.name_or_path),
-            "teachers": [asdict(t) for t in options.teachers], "tokenizer": token_source.name_or_path}
-    objective = PredictionObjective(student, load_tokenizer(token_source), plan.task, distill_weight, temperature,
-                                    source, teachers, [t.weight for t in options.teachers] if online else [],
-                                    options.ensemble, spec)
-    return objective.to(device)
