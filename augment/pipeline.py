@@ -59,7 +59,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -76,6 +76,7 @@ from core.ray_runtime import cluster_resources, ensure_ray
 from core.resources import ResourcesSpec, resolve_resources
 from core.schema import schema_for
 from core.shards import SHARD_GLOB, atomic_output, iter_shard_batches, read_rows, shard_paths, write_json, write_shard
+from core.tasks import Task
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ class AugmentResult:
     stats: dict[str, Any]
 
 
-def augment_examples(examples_dir: Path, task: Literal["qa", "classification"], config: AugmentSpec,
+def augment_examples(examples_dir: Path, task: Task, config: AugmentSpec,
                      resources: ResourcesSpec, seed: int, out_dir: Path, progress: bool = True, *,
                      block_rows: int | None = None, corpus_dir: Path | None = None) -> AugmentResult:
     """Augment the examples of `examples_dir` into `out_dir` (see the module doc), resuming an interrupted run.

@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -49,6 +49,7 @@ from tqdm import tqdm
 from augment.spec import DataSource
 from core.schema import CLASSIFICATION_SCHEMA, QA_SCHEMA, SUBSTITUTION
 from core.shards import DEFAULT_ROWS_PER_SHARD, SHARD_GLOB, ShardWriter, atomic_output, iter_shard_batches, write_json
+from core.tasks import Task
 
 # Texts up to 100k characters are ordinary (long articles); beyond this a record is far more likely a broken
 # file (a whole book in one cell, a missing closing quote in a CSV) than an example, so it is rejected.
@@ -77,7 +78,6 @@ REJECT_REASONS: dict[str, str] = {
     "too_long": f"a text is longer than {MAX_TEXT_CHARS:,} characters",
 }
 
-Task = Literal["qa", "classification"]
 
 
 class DataReadError(ValueError):

@@ -8,11 +8,9 @@ substituted, with offsets into the augmented text, so `inspect` can show a varia
 
 from __future__ import annotations
 
-from typing import Literal
-
 import pyarrow as pa
 
-Task = Literal["qa", "classification"]
+from core.tasks import Task
 
 SUBSTITUTION = pa.struct([
     ("field", pa.string()),        # "context", "question", "text" or "text_pair"

@@ -55,6 +55,7 @@ from core.devices import autocast, device_precision, pick_device
 from core.progress import Progress
 from core.resources import ResourcesSpec
 from core.shards import iter_shard_batches, shard_paths, write_json
+from core.tasks import Task
 from distill import speed
 from distill.classification_metrics import classification_report
 from distill.features import CLS_INDEX, FlatFeatures, build_features
@@ -65,7 +66,6 @@ from distill.postprocess import (QAExample, QAPrediction, QAWindow, postprocess_
 from distill.spec import EvaluateSpec, FeaturesSpec
 from distill.squad_metric import SquadFormatError, squad_v1_scores, squad_v2_scores
 
-Task = Literal["qa", "classification"]
 Scoring = Literal["squad_v2", "mrqa"]
 
 # Examples whose features are built, run and post-processed together. A chunk never splits an example, so all of a

@@ -27,11 +27,11 @@ import re
 import shutil
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
+from core.tasks import Task
 from distill.qa_windows import DEFAULT_SETTINGS
 
-Task = Literal["qa", "classification"]
 
 PIPELINE_TASK = {"qa": "question-answering", "classification": "text-classification"}
 QA_PIPELINE_FILE = "distillery_qa.py"

@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from core.schema import Task
+from core.tasks import Task
 from distill.qa_windows import NOT_CONTEXT, encode_windows
 from distill.spec import FeaturesSpec
 

@@ -46,7 +46,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -59,13 +59,13 @@ from core.progress import Progress
 from core.ray_runtime import cluster_resources, ensure_ray
 from core.resources import ResourcesSpec, resolve_resources
 from core.shards import SHARD_GLOB, atomic_output, read_rows, shard_paths, write_json
+from core.tasks import Task
 from distill.ensemble import labels_depend_on_temperature, mix_teacher_logits
 from distill.features import TEACHER_COLUMNS, build_features
 from distill.models import (ModelCheckError, ModelRef, check_label_order, check_max_seq_len, check_same_vocabulary,
                             load_config, load_model, load_tokenizer)
 from distill.spec import FeaturesSpec, LabelSpec
 
-Task = Literal["qa", "classification"]
 
 #: Examples per output shard: the unit of work, of resumption and of progress.
 DEFAULT_EXAMPLES_PER_SHARD = 1024
@@ -425,7 +425,7 @@ def _shard_stats(paths: list[Path], task: Task) -> tuple[int, int, int]:
     return features, total_bytes, teacher_bytes
 
 
-def label_examples(examples_dir: Path, task: Literal["qa", "classification"], teachers: list[ModelRef],
+def label_examples(examples_dir: Path, task: Task, teachers: list[ModelRef],
                    tokenizer: ModelRef, features: FeaturesSpec, config: LabelSpec, resources: ResourcesSpec,
                    out_dir: Path, num_labels: int | None = None, progress: bool = True, *,
                    examples_per_shard: int = DEFAULT_EXAMPLES_PER_SHARD, temperature: float = 1.0) -> LabelResult:
@@ -463,7 +463,7 @@ def label_examples(examples_dir: Path, task: Literal["qa", "classification"], te
                            progress, examples_per_shard, temperature)
 
 
-def featurize_examples(examples_dir: Path, task: Literal["qa", "classification"], tokenizer: ModelRef,
+def featurize_examples(examples_dir: Path, task: Task, tokenizer: ModelRef,
                        features: FeaturesSpec, resources: ResourcesSpec, out_dir: Path, num_labels: int | None = None,
                        progress: bool = True, *,
                        examples_per_shard: int = DEFAULT_EXAMPLES_PER_SHARD) -> LabelResult:

@@ -18,9 +18,10 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from core.tasks import Task
+
 log = logging.getLogger(__name__)
 
-Task = Literal["qa", "classification"]
 # A job's teacher with init="random" gets this plus its index among the teachers as ModelRef.seed
 # (jobs.stages.teacher_refs), so that every stage that builds it (each labelling actor, the online teacher of
 # phase 2, init_from_teacher_layers, evaluation) holds the weights of the teacher that labelled.

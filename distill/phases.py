@@ -17,8 +17,9 @@ from pathlib import Path
 
 from augment.spec import MaskedLMTrainingSpec
 from core.resources import ResourcesSpec
+from core.tasks import Task
 from distill.evaluate import ValidationSet
-from distill.models import ModelRef, Task
+from distill.models import ModelRef
 from distill.objectives.finetune import FinetuneOptions
 from distill.objectives.intermediate import IntermediateOptions
 from distill.objectives.masked_lm import MaskedLMOptions

@@ -19,17 +19,16 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 
 from core.devices import autocast, device_precision
+from core.tasks import Task
 from distill import models
 from distill.models import ModelRef
 from distill.onnx_export import load_scoring_model
 
-Task = Literal["qa", "classification"]
 
 #: Batch size of the throughput measurement.
 THROUGHPUT_BATCH_SIZE = 32

@@ -16,7 +16,8 @@ import re
 import torch
 from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification, PreTrainedModel
 
-from distill.models import ModelCheckError, ModelRef, Task, from_config, load_config
+from core.tasks import Task
+from distill.models import ModelCheckError, ModelRef, from_config, load_config
 from distill.spec import StudentSpec
 
 _HEAD_CLASSES = {"qa": AutoModelForQuestionAnswering, "classification": AutoModelForSequenceClassification}

@@ -52,9 +52,9 @@ from core.devices import autocast, device_precision, needs_a_gpu_elsewhere, pick
 from core.loop import LoopSpec
 from core.progress import LOG_FORMATTER, Progress
 from core.resources import ResourcesSpec
+from core.tasks import Task
 from distill.evaluate import ValidationSet, Validator
 from distill.features import FlatFeatures
-from distill.models import Task
 from distill.training_data import open_training_view, prefetch
 
 # ---------------------------------------------------------------------------------------------------------------

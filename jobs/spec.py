@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
@@ -25,6 +25,7 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 from augment.spec import QA_FORMATS, AugmentSpec, DataSource, DataSpec
 from core.config import DEFAULT_SEED, StrictModel
 from core.resources import ResourcesSpec
+from core.tasks import Task
 from distill.spec import DistillSpec, EvaluateSpec, FeaturesSpec, LabelSpec, StudentSpec, TeacherSpec
 
 
@@ -44,7 +45,7 @@ class OutputSpec(StrictModel):
 
 class JobSpec(StrictModel):
     name: str = Field("distill", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)
-    task: Literal["qa", "classification"] = "qa"
+    task: Task = "qa"
     seed: int = DEFAULT_SEED
     data: DataSpec = DataSpec()
     teachers: list[TeacherSpec] = Field([TeacherSpec()], description="one or more; empty trains the student alone")

@@ -11,7 +11,8 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from distill.models import ModelRef, Task, check_same_vocabulary, load_model, load_tokenizer
+from core.tasks import Task
+from distill.models import ModelRef, check_same_vocabulary, load_model, load_tokenizer
 
 # Feature columns each task's model inputs and gold labels come from (distill.features schemas).
 INPUT_COLUMNS = ("input_ids", "token_type_ids")

@@ -10,9 +10,10 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from core.tasks import Task
 from distill.features import FlatFeatures
 from distill.losses import HardLabelCE
-from distill.models import ModelRef, Task, load_tokenizer
+from distill.models import ModelRef, load_tokenizer
 from distill.objectives.common import (INPUT_COLUMNS, LABEL_COLUMNS, distribution_mask, gold_targets, model_inputs,
                                        save_model, takes_token_types, task_logits)
 from distill.student import load_for_training

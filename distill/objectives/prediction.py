@@ -10,10 +10,11 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from core.tasks import Task
 from distill.ensemble import mix_teacher_logits
 from distill.features import FlatFeatures
 from distill.losses import HardLabelCE, SoftTargetKL
-from distill.models import ModelRef, Task, load_tokenizer
+from distill.models import ModelRef, load_tokenizer
 from distill.objectives.common import (INPUT_COLUMNS, LABEL_COLUMNS, TEACHER_COLUMNS, Frozen, check_vocabularies,
                                        distribution_mask, gold_targets, labelled_teacher_logits, load_teacher,
                                        model_inputs, save_model, takes_token_types, task_logits)
