@@ -167,13 +167,3 @@ def apply_substitutions(text: str, field: str, substitutions: Sequence[Substitut
 
     new_answers = [(moved(start), new_text[moved(start):moved(end)]) for start, end in spans]
     return Applied(new_text, new_answers, records)
-
-
-def undo_substitutions(text: str, records: Sequence[dict[str, Any]]) -> str:
-    """The original text, rebuilt from an augmented `text` and its substitution records (for checks)."""
-    pieces, cursor = [], 0
-    for record in sorted(records, key=lambda r: r["start"]):
-        pieces += [text[cursor:record["start"]], record["original"]]
-        cursor = record["end"]
-    pieces.append(text[cursor:])
-    return "".join(pieces)

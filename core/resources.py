@@ -11,7 +11,7 @@ from core.config import StrictModel
 
 
 class ClusterResourcesError(RuntimeError):
-    """The job asks for resources (GPUs) that the Ray cluster it runs on does not have."""
+    """The job asks for more GPUs or CPUs per worker than the Ray cluster it runs on has."""
 
 
 class StageResources(StrictModel):
@@ -64,8 +64,7 @@ class ResourcesSpec(StrictModel):
 
     @property
     def worker_count(self) -> int:
-        """`workers` as a job resolved it (jobs.runner.resolve_resources), or 1 where nothing did: a stage's function
-        called on its own."""
+        """`workers` as `resolve_resources` decided it, or 1 where nothing did (a training phase called on its own)."""
         return self.workers or 1
 
 

@@ -17,11 +17,12 @@ from augment.candidates import MaskedLMProposer
 from augment.pipeline import AugmentInputError, _read_runs, _runs, augment_block, augment_examples, plan_blocks
 from augment.readers import read_examples
 from augment.spec import AugmentSpec, DataSource, VectorsSpec
-from augment.words import load_stopwords, segment, undo_substitutions
+from augment.words import load_stopwords, segment
 from core.blocks import OutputClaimError
 from core.resources import ResourcesSpec
 from core.schema import QA_SCHEMA
 from core.shards import ShardWriter, read_shards
+from tests.substitutions import undo_substitutions
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,8 @@ import pytest
 from augment.candidates import WordOptions
 from augment.sampling import augment_classification, augment_qa, draw_substitutions, variant_rng
 from augment.spec import AugmentSpec
-from augment.words import eligible_words, load_stopwords, segment, undo_substitutions
+from augment.words import eligible_words, load_stopwords, segment
+from tests.substitutions import undo_substitutions
 
 CANDIDATES = ("alpha", "beta", "gamma", "delta")
 
