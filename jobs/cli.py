@@ -50,7 +50,7 @@ def _report_spec_error(error: SpecError) -> int:
 
 def _preflight(spec: JobSpec, source: str) -> float | None:
     """`jobs.preflight.check_job`: the seconds it took, or None after printing every problem (exit 2 follows)."""
-    from jobs.preflight import check_job
+    from jobs.preflight import check_job  # transformers: imported only when models are checked
 
     started = time.monotonic()
     problems = check_job(spec)
@@ -88,7 +88,7 @@ def _run_in_foreground(run: Run, store: RunStore) -> int:
 
 
 def _print_plan(args: argparse.Namespace, as_json: bool = False, train_examples: int | None = None) -> int:
-    from jobs.plan import format_plan, plan_job
+    from jobs.plan import format_plan, plan_job  # reads data and model configs: transformers
 
     spec = _load(args)
     plan = plan_job(spec, _store(args, spec), train_examples)
@@ -220,7 +220,7 @@ def _evaluation_warnings(state: RunState) -> list[str]:
     path = Path(output) / "metrics.json" if output else None
     if path is None or not path.is_file():
         return []
-    from jobs.report import evaluation_warnings
+    from jobs.report import evaluation_warnings  # matplotlib and the export code: only when there are metrics
 
     return evaluation_warnings(json.loads(path.read_text(encoding="utf-8")))
 

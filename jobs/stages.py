@@ -273,7 +273,7 @@ def _report(ctx: StageContext) -> dict[str, Any]:
 
 
 def _label_config(spec: JobSpec) -> dict[str, Any]:
-    from distill.ensemble import labels_depend_on_temperature
+    from distill.ensemble import labels_depend_on_temperature  # torch: only when a job keys its label stage
 
     config = {"task": spec.task, "teachers": spec.teachers, "student": spec.student and spec.student.model,
               "features": spec.features,

@@ -21,7 +21,7 @@ from augment.spec import DataSource
 from jobs.cli import main
 from tests.jobutil import QUICKSTART, REPO, jobs_cli
 # fixtures: tiny local stand-ins for every recipe's models and data
-from tests.test_recipes import RECIPE_NAMES, TinyRecipe, stand_in, tiny_recipes
+from tests.test_recipes import RECIPE_NAMES, TinyRecipe, stand_in, tiny_recipes  # noqa: F401
 
 SST2 = "sst2_bert_tiny_two_teachers.yaml"  # classification, two teachers (BERT and DistilBERT), declared labels
 
