@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from augment.words import (Substitution, apply_substitutions, eligible_words, load_stopwords, restore_case, segment,
-                           undo_substitutions)
+from augment.words import Substitution, apply_substitutions, eligible_words, load_stopwords, restore_case, segment
+from tests.substitutions import undo_substitutions
 
 TEXT = "The Eiffel Tower (built 1887-89) isn't in LONDON; it's in Paris, France."
 
