@@ -203,7 +203,8 @@ def main() -> int:
              "prediction": REFERENCE_STEPS / phases["prediction"]["steps_per_s"] / 3600}
     report = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "smoke": args.smoke, "compile": args.compile, "shapes": shape, "batch": BATCH, "mean_tokens_per_feature": mean_length,
+        "smoke": args.smoke, "compile": args.compile, "shapes": shape, "batch": BATCH,
+        "mean_tokens_per_feature": mean_length,
         "label": label, "intermediate": phases["intermediate"], "prediction": phases["prediction"],
         "projected_hours": {**hours, "total": sum(hours.values())},
         "targets": {"prediction_mfu": 0.40, "intermediate_mfu": 0.30, "total_hours_h100": 2.0,

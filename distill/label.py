@@ -163,8 +163,8 @@ class TeacherEnsemble:
         config: batch size, ensemble mode, whether to keep each teacher's logits.
         device: where the teachers run.
         temperature: the distillation temperature the labels are for; a probs mix of several teachers depends on it.
-        precision: resources.precision, resolved for `device` (`core.devices.choose_precision`: auto is fp32 on CPU, bf16
-            or fp16 on a GPU).
+        precision: resources.precision, resolved for `device` (`core.devices.choose_precision`: auto is fp32 on
+            CPU, bf16 or fp16 on a GPU).
     """
 
     def __init__(self, teachers: list[ModelRef], task: Task, num_labels: int | None, config: LabelSpec,
