@@ -28,7 +28,8 @@ import pyarrow as pa
 from core.devices import device_precision, pick_device
 from distill.evaluate import EXAMPLES_PER_CHUNK, predict_qa
 from distill.export import saved_settings
-from distill.models import ModelCheckError, ModelRef, load_config, load_model, load_tokenizer, task_of
+from distill.models import (ModelCheckError, ModelRef, load_config, load_model, load_tokenizer, task_of,
+                            usable_positions)
 from distill.postprocess import answer_probabilities
 from distill.qa_windows import DEFAULT_SETTINGS
 from distill.spec import EvaluateSpec, FeaturesSpec
@@ -88,7 +89,7 @@ class QuestionAnswerer:
                               "(classify text with pipeline('text-classification', model=...))")
         self.settings = (DEFAULT_SETTINGS | saved_settings(config, "qa")
                          | {key: value for key, value in settings.items() if value is not None})
-        positions = getattr(config, "max_position_embeddings", None)
+        positions = usable_positions(config)
         if positions:
             self.settings["max_seq_len"] = min(self.settings["max_seq_len"], positions)
         self.features = FeaturesSpec(max_seq_len=self.settings["max_seq_len"], doc_stride=self.settings["doc_stride"],

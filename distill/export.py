@@ -139,7 +139,7 @@ def export_student(student_dir: Path, out_dir: Path, card: ModelCardInfo, onnx_g
     except models.ModelCheckError as err:
         raise ExportError(f"cannot export {student_dir}: {err}") from err
     tokenizer = models.load_tokenizer(ref)
-    positions = getattr(model.config, "max_position_embeddings", None)
+    positions = models.usable_positions(model.config)
 
     if card.task == "classification":
         names = card.label_names or [model.config.id2label[i] for i in range(model.config.num_labels)]

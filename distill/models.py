@@ -121,8 +121,22 @@ def check_task_head(config: PretrainedConfig, task: Task, num_labels: int | None
         raise ModelCheckError(f"{name}: classifies into {config.num_labels} labels, the data has {num_labels}")
 
 
-def check_max_seq_len(config: PretrainedConfig, max_seq_len: int, name: str) -> None:
+# Models whose position ids count from the padding id + 1 (fairseq's convention): the first pad_token_id + 1 rows of
+# their position table are never used for tokens, so RoBERTa's 514 positions hold 512 tokens.
+_POSITIONS_AFTER_PADDING = {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "roberta-prelayernorm",
+                            "data2vec-text", "longformer", "ibert"}
+
+
+def usable_positions(config: PretrainedConfig) -> int | None:
+    """How many tokens one window of the model can hold; None when its config does not say."""
     positions = getattr(config, "max_position_embeddings", None)
+    if positions is not None and config.model_type in _POSITIONS_AFTER_PADDING:
+        positions -= (config.pad_token_id or 0) + 1
+    return positions
+
+
+def check_max_seq_len(config: PretrainedConfig, max_seq_len: int, name: str) -> None:
+    positions = usable_positions(config)
     if positions is not None and max_seq_len > positions:
         raise ModelCheckError(f"{name}: features.max_seq_len {max_seq_len} exceeds the model's "
                               f"{positions} positions; lower features.max_seq_len")

@@ -172,7 +172,7 @@ def measure_model(model_dir_or_ref: str | Path | ModelRef, seq_len: int, repeats
         raise SpeedError(f"{ref.name_or_path}: asked to measure on {device} but CUDA is not available")
     config = models.load_config(ref)
     task = task or models.task_of(config, ref.name_or_path)
-    positions = getattr(config, "max_position_embeddings", None)
+    positions = models.usable_positions(config)
     seq_len = min(seq_len, positions) if positions else seq_len
 
     model = load_scoring_model(ref, task).to(device)

@@ -18,6 +18,7 @@ from transformers import AutoTokenizer
 
 from augment.readers import peek_source
 from augment.spec import DataSource
+from distill.models import ModelCheckError, check_max_seq_len, usable_positions
 from jobs.cli import main
 from tests.jobutil import QUICKSTART, REPO, jobs_cli
 # fixtures: tiny local stand-ins for every recipe's models and data
@@ -231,3 +232,23 @@ def test_python_api_submit_refuses_a_misfit_job_before_creating_anything(sst2, t
         submit(sst2.spec_path, root=tmp_path / "runs", overrides=["features.max_seq_len=1024"])
     assert any("exceeds the model's 512 positions" in problem for problem in caught.value.problems)
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("family, table_rows, usable", [("bert", 64, 64), ("roberta", 66, 65)])
+def test_max_seq_len_is_checked_against_the_positions_a_token_can_take(family, table_rows, usable, tiny_model_factory):
+    """RoBERTa numbers positions from the padding id + 1 (0 in this stand-in, so one row is never a token's; 1 in
+    RoBERTa itself, so 514 rows hold 512 tokens): the check counts what a window can hold, as the model runs it."""
+    import torch
+    from transformers import AutoConfig, AutoModelForQuestionAnswering
+
+    folder = tiny_model_factory("qa", family=family, max_positions=64)
+    config = AutoConfig.from_pretrained(folder)
+    assert (config.max_position_embeddings, usable_positions(config)) == (table_rows, usable)
+    check_max_seq_len(config, usable, family)
+    with pytest.raises(ModelCheckError, match=f"features.max_seq_len {usable + 1} exceeds the model's {usable} "):
+        check_max_seq_len(config, usable + 1, family)
+    model = AutoModelForQuestionAnswering.from_pretrained(folder).eval()
+    with torch.no_grad():
+        assert model(input_ids=torch.full((1, usable), 5)).start_logits.shape == (1, usable)  # a full window runs
+        with pytest.raises((IndexError, RuntimeError)):
+            model(input_ids=torch.full((1, usable + 1), 5))  # one token more does not
