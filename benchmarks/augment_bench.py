@@ -288,7 +288,6 @@ def pipeline(args, workdir: Path, paragraphs: list[dict]) -> dict:
     if not ray.is_initialized():
         ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
                  configure_logging=False)  # "local": never join a cluster someone else started
-        ray.data.DataContext.get_current().enable_progress_bars = False
     runs = {}
     for workers in (1, 2):
         print(f"pipeline: {len(chosen)} paragraphs, factor {FACTOR}, {workers} worker(s)", flush=True)

@@ -154,7 +154,6 @@ def main() -> int:
 
         began = time.perf_counter()
         ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
-        ray.data.DataContext.get_current().enable_progress_bars = False
         ray_init = time.perf_counter() - began
         ref = ModelRef(str(tmp / "teacher"))
         result = label_examples(examples, "qa", [ref], ref, features, config, resources, tmp / "label",

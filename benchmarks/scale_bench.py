@@ -134,7 +134,7 @@ def tiny_masked_lm(folder: Path) -> Path:
 def _import_stage_dependencies() -> None:
     """Import what the augmentation stage imports, so that a process doing only this is the stage's floor."""
     import gensim.models  # noqa: F401
-    import ray.data  # noqa: F401
+    import ray  # noqa: F401
     import torch  # noqa: F401
     import transformers  # noqa: F401
 
