@@ -35,8 +35,5 @@ def _resolve_local(value: str, info: ValidationInfo) -> str:
 Ref = Annotated[str, AfterValidator(_resolve_local)]
 
 
-Ref = Annotated[str, AfterValidator(_resolve_local)]
-
-
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
