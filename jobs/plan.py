@@ -159,8 +159,10 @@ def plan_job(spec: JobSpec, store: RunStore, train_examples: int | None = None) 
     models = _Models(spec)
     prepared = recorded.get("prepare", {})
     with tempfile.TemporaryDirectory(prefix="distillery-plan-") as tmp:
+        # a cached prepare stage counts the training rows after weighting (what the later stages read)
+        prepared_train = prepared.get("train", {})
         train = _profile_sets(spec, spec.data.train, "data.train", Path(tmp) / "train",
-                              prepared.get("train", {}).get("written", train_examples), models, notes)
+                              prepared_train.get("rows", prepared_train.get("written", train_examples)), models, notes)
         evaluation = _profile_sets(spec, spec.data.eval, "data.eval", Path(tmp) / "eval",
                                    prepared.get("eval", {}).get("written"), models, notes)
     if train.features_per_example is None and evaluation.features_per_example is not None:
@@ -305,11 +307,12 @@ def _count(config: Any, head: str, overrides: dict[str, Any]) -> _Model:
 def _profile_sets(spec: JobSpec, sources: list[TrainSource] | list[EvalSource], field_path: str, folder: Path,
                   known_examples: int | None, models: _Models, notes: list[str]) -> _DataProfile:
     """The profile of the sources read as one set (`_profile` of each): examples and bytes summed, training sources
-    by their weights, and rates per example averaged over the examples."""
-    if len(sources) == 1:
+    by their weights (a lone source too), and rates per example averaged over the examples."""
+    if len(sources) == 1 and getattr(sources[0], "weight", 1.0) == 1.0:
         return _profile(spec, sources[0], field_path, folder, known_examples, models, notes)
-    weighted = [(_profile(spec, source, f"{field_path}.{i}", folder / str(i), None, models, notes),
-                 getattr(source, "weight", 1.0)) for i, source in enumerate(sources)]
+    several = len(sources) > 1
+    weighted = [(_profile(spec, source, f"{field_path}.{i}" if several else field_path, folder / str(i), None,
+                          models, notes), getattr(source, "weight", 1.0)) for i, source in enumerate(sources)]
     if any(profile.examples is None for profile, _ in weighted):
         return _DataProfile(known_examples, None, None, None, None, None)
     examples = sum(profile.examples * weight for profile, weight in weighted)

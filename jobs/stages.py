@@ -116,7 +116,9 @@ def _prepare(ctx: StageContext) -> dict[str, Any]:
             weighted.append(WeightedSet(source.name, folder, source.weight))
             summary["train_sets"][source.name] = _summary(read)
         train = mix_examples(weighted, spec.task, ctx.out_dir / "train", spec.seed)
-    summary["train"] = _summary(train)
+    # the rows the later stages read: the examples after weighting
+    rows = json.loads(Path(train.meta_path).read_text(encoding="utf-8"))["counts"].get("rows", train.written)
+    summary["train"] = _summary(train) | {"rows": rows}
     # eval labels must use the train label ids, so the names found in train are passed on
     evaluation = {source.name: _summary(read_examples(source, spec.task, train.label_names, folder))
                   for source, folder in eval_sets(spec, ctx.out_dir)}

@@ -115,3 +115,40 @@ def test_word_estimate_of_windows_is_within_one_percent_of_the_tokenizer(tmp_pat
         features, tokens, _ = _word_estimate(spec, examples)
         assert features == pytest.approx(exact_features, rel=0.01), max_seq_len
         assert tokens == pytest.approx(exact_tokens, rel=0.01), max_seq_len
+
+
+def test_a_weighted_training_source_counts_its_rows_after_weighting(tmp_path):
+    """Weight 2 doubles what the later stages read, for a lone source as for several, and a cached prepare stage
+    is counted by the rows it wrote, not by its distinct examples."""
+    from jobs.plan import plan_job
+    from jobs.spec import parse_spec
+    from jobs.store import RunStore
+
+    def prepared_examples(weight: float, root: Path) -> int:
+        spec = parse_spec({"task": "qa", "augment": {"enabled": False}, "teachers": [],
+                           "distill": {"intermediate": {"enabled": False},
+                                       "prediction": {"distill_weight": 0.0}},
+                           "evaluate": {"evaluate_teachers": False},
+                           "student": {"model": str(REPO / "configs/quickstart/tiny-bert"), "init": "random"},
+                           "data": {"train": {"path": str(REPO / "configs/quickstart/sample-train.json"),
+                                              "weight": weight},
+                                    "eval": {"path": str(REPO / "configs/quickstart/sample-dev.json")}}},
+                          REPO, "spec")
+        return next(s for s in plan_job(spec, RunStore(root)).stages if s.name == "prepare").examples
+
+    once = prepared_examples(1.0, tmp_path / "runs")
+    assert once > 0 and prepared_examples(2.0, tmp_path / "runs") == 2 * once
+
+    # data the plan cannot read (a hub set, offline): a cached prepare stage says what it wrote
+    from jobs.runner import stage_key
+    from jobs.stages import STAGES
+
+    spec = parse_spec({"data": {"train": {"path": "rajpurkar/squad_v2", "format": "hf", "split": "train",
+                                          "weight": 2.5}}}, REPO, "spec")
+    store = RunStore(tmp_path / "hub")
+    prepare = next(stage for stage in STAGES if stage.name == "prepare")
+    entry = store.cache_entry("prepare", stage_key(prepare, spec, {}))
+    entry.path.mkdir(parents=True)
+    entry.mark_complete({"train": {"written": 100, "rows": 250}, "eval": {"written": 10}})
+    planned = next(s for s in plan_job(spec, store).stages if s.name == "prepare")
+    assert (planned.cache, planned.examples) == ("cached", 250)
