@@ -72,8 +72,8 @@ from augment.spec import AugmentSpec
 from augment.words import eligible_words, segment
 from core.blocks import claim_output, run_on_actors
 from core.progress import Progress
-from core.ray_runtime import cluster_resources, ensure_ray
-from core.resources import ResourcesSpec, resolve_resources
+from core.ray_runtime import resolve_on_cluster
+from core.resources import ResourcesSpec
 from core.schema import schema_for
 from core.shards import SHARD_GLOB, atomic_output, iter_shard_batches, read_rows, shard_paths, write_json, write_shard
 from core.tasks import Task
@@ -494,10 +494,7 @@ def _run_blocks(items: list[dict[str, Any]], task: str, config: AugmentSpec, res
                 examples_dir: Path, out_dir: Path, progress: bool) -> dict[str, Any]:
     """Augment the blocks in `items` (index and row runs) on a pool of Ray actors; return the pool size and each
     worker's peak RSS."""
-    ensure_ray()
-    # decided from the cluster (a job's resources arrive decided; this decides them for a call of its own)
-    resources = resolve_resources(resources, cluster_resources(),
-                                  masked_lm=config.mlm_model is not None).for_stage("augment")
+    resources = resolve_on_cluster(resources, masked_lm=config.mlm_model is not None).for_stage("augment")
     gpus = resources.gpus_per_worker
     if gpus == 0 and config.mlm_model is not None:   # refused here, not in every worker (a GPU's is checked there)
         from core.devices import choose_precision

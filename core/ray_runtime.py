@@ -1,8 +1,11 @@
-"""The one Ray start-up: whichever stage needs Ray first starts it, in this process or joined to a cluster."""
+"""The one Ray start-up: whichever stage needs Ray first starts it, in this process or joined to a cluster; and
+the resources decided from that cluster."""
 
 from __future__ import annotations
 
 import os
+
+from core.resources import ResourcesSpec, resolve_resources
 
 
 def ensure_ray() -> None:
@@ -21,8 +24,11 @@ def ensure_ray() -> None:
              configure_logging=False)
 
 
-def cluster_resources() -> dict[str, float]:
-    """What the Ray cluster this process is connected to has in all (CPU, GPU, memory, ...)."""
+def resolve_on_cluster(resources: ResourcesSpec, *, masked_lm: bool) -> ResourcesSpec:
+    """`resources` with workers and GPUs decided from the resources of the Ray cluster this process runs on, joined
+    or started first (`ensure_ray`), by `core.resources.resolve_resources`'s rules. A job's stages get theirs decided
+    this way by the runner; a stage function called on its own decides them the same way."""
     import ray
 
-    return ray.cluster_resources()
+    ensure_ray()
+    return resolve_resources(resources, ray.cluster_resources(), masked_lm=masked_lm)

@@ -56,8 +56,8 @@ import torch
 from core.blocks import claim_output, run_on_actors
 from core.devices import autocast, choose_precision, device_precision, pick_device
 from core.progress import Progress
-from core.ray_runtime import cluster_resources, ensure_ray
-from core.resources import ResourcesSpec, resolve_resources
+from core.ray_runtime import resolve_on_cluster
+from core.resources import ResourcesSpec
 from core.shards import SHARD_GLOB, atomic_output, read_rows, shard_paths, write_json
 from core.tasks import Task
 from distill.ensemble import labels_depend_on_temperature, mix_teacher_logits
@@ -492,9 +492,7 @@ def _write_features(examples_dir: Path, task: Task, teachers: list[ModelRef], to
         raise LabelError(str(err)) from None
     _check_models(task, teachers, tokenizer, features, num_labels, meta.get("label_names"))
 
-    ensure_ray()
-    # decided from the cluster (a job's resources arrive decided; this decides them for a call of its own)
-    resources = resolve_resources(resources, cluster_resources(), masked_lm=False).for_stage("label")
+    resources = resolve_on_cluster(resources, masked_lm=False).for_stage("label")
     gpus = resources.gpus_per_worker if teachers else 0.0
     if gpus == 0:   # a GPU's capability is known only on its node, where the actors check it
         choose_precision("cpu", None, resources.precision)

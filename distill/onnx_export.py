@@ -27,6 +27,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
+from core.tasks import Task
 from distill.models import ModelRef, check_task_head, load_config, load_model, load_tokenizer, task_of
 
 ONNX_DIR = "onnx"
@@ -188,7 +189,7 @@ class OnnxModel:
         return sum(int(np.prod(tensor.dims)) for tensor in graph.initializer)
 
 
-def load_scoring_model(ref: ModelRef, task: str, num_labels: int | None = None) -> torch.nn.Module | OnnxModel:
+def load_scoring_model(ref: ModelRef, task: Task, num_labels: int | None = None) -> torch.nn.Module | OnnxModel:
     """What evaluation and speed measurement score: a path to an `.onnx` graph (`export_onnx`) as an `OnnxModel`,
     which they call like the PyTorch model, anything else as `models.load_model` gives it."""
     if not ref.name_or_path.endswith(".onnx"):

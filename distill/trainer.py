@@ -51,8 +51,8 @@ from transformers import get_linear_schedule_with_warmup
 from core.devices import autocast, device_precision, needs_a_gpu_elsewhere, pick_device
 from core.loop import LoopSpec
 from core.progress import LOG_FORMATTER, Progress
-from core.ray_runtime import cluster_resources, ensure_ray
-from core.resources import ResourcesSpec, resolve_resources
+from core.ray_runtime import resolve_on_cluster
+from core.resources import ResourcesSpec
 from core.tasks import Task
 from distill.evaluate import ValidationSet, Validator
 from distill.features import FlatFeatures
@@ -222,9 +222,7 @@ def _run_on_ray(plan: TrainPlan) -> dict[str, Any]:
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    ensure_ray()
-    # decided from the cluster (a job's resources arrive decided; this decides them for a call of its own)
-    resources = resolve_resources(plan.resources, cluster_resources(), masked_lm=False).for_stage("train")
+    resources = resolve_on_cluster(plan.resources, masked_lm=False).for_stage("train")
     gpus = resources.gpus_per_worker
     per_worker = {"CPU": resources.cpus_per_worker, **({"GPU": gpus} if gpus > 0 else {})}
     # workers import distill as this process does: Ray puts the driver's working directory on their path, and an

@@ -35,9 +35,9 @@ from matplotlib.figure import Figure
 
 from augment.spec import EvalSource, TrainSource
 from distill.export import CARD_METRICS, ModelCardInfo, export_student
+from jobs.layout import eval_sets
 from jobs.spec import JobSpec, SpecError, parse_spec
 from jobs.store import RunState, StageState
-from jobs.layout import eval_sets
 
 TRAINING_STAGES = ["finetune_teachers", "train_mlm", "distill_intermediate", "distill_prediction"]
 # Phase settings that say how the student was trained (logging and checkpoint cadence do not).

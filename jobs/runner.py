@@ -24,8 +24,8 @@ from typing import Any, Iterator, Literal, TextIO
 from pydantic import BaseModel
 
 from core.progress import LOG_FORMATTER, PROGRESS_LOGGER, use_console
-from core.ray_runtime import cluster_resources, ensure_ray
-from core.resources import asked_per_worker, resolve_resources
+from core.ray_runtime import resolve_on_cluster
+from core.resources import asked_per_worker
 from jobs.spec import JobSpec, load_spec
 from jobs.stages import STAGE_VERSION, STAGES, Stage, StageContext
 from jobs.store import Run, RunState, RunStore, now
@@ -132,8 +132,8 @@ def _run_stages(run: Run, store: RunStore, progress: bool, console: TextIO) -> s
         log.info("job %s: running in %s", run.job_id, run.path)
         gpus_asked = any(asked_per_worker(spec.resources, "gpus").values())
         if gpus_asked and any(s.uses_ray and s.enabled(spec) for s in STAGES):
-            ensure_ray()  # GPUs asked for: checked against the cluster before any stage runs
-            resolve_resources(spec.resources, cluster_resources(), masked_lm=augments_with_masked_lm(spec))
+            # GPUs asked for: checked against the cluster before any stage runs
+            resolve_on_cluster(spec.resources, masked_lm=augments_with_masked_lm(spec))
         keys: dict[str, str] = {}
         outputs: dict[str, Path] = {}
         for stage in STAGES:
@@ -211,10 +211,9 @@ def augments_with_masked_lm(spec: JobSpec) -> bool:
 def _execute(stage: Stage, spec: JobSpec, run: Run, out_dir: Path, inputs: dict[str, Path], key: str,
              progress: bool) -> dict[str, Any]:
     if stage.uses_ray:
-        ensure_ray()
         # keys were made from the spec as written; the stage gets the workers and GPUs the cluster decides
-        spec = spec.model_copy(update={"resources": resolve_resources(spec.resources, cluster_resources(),
-                                                                      masked_lm=augments_with_masked_lm(spec))})
+        resolved = resolve_on_cluster(spec.resources, masked_lm=augments_with_masked_lm(spec))
+        spec = spec.model_copy(update={"resources": resolved})
     resumed = out_dir.exists() and any(out_dir.iterdir())
     out_dir.mkdir(parents=True, exist_ok=True)
     run.update_stage(stage.name, status="running", output=str(out_dir), cache_key=key, started_at=now(),

@@ -265,7 +265,7 @@ def test_checks_before_work(tmp_path, qa_examples, cls_examples, qa_teachers, ti
 
 def test_teacher_with_the_classes_in_another_order_is_refused_before_work(tmp_path, cls_examples, monkeypatch,
                                                                         classifier_with_classes):
-    monkeypatch.setattr(label, "ensure_ray", lambda: pytest.fail("labelling started"))
+    monkeypatch.setattr(label, "resolve_on_cluster", lambda *args, **kwargs: pytest.fail("labelling started"))
     swapped = ModelRef(str(classifier_with_classes(["positive", "negative"])))  # the data's: [negative, positive]
     with pytest.raises(ModelCheckError, match=r"\['positive', 'negative'\].*\['negative', 'positive'\]"):
         label_examples(cls_examples, "classification", [swapped], swapped, FEATURES, LabelSpec(), ONE_WORKER,
@@ -273,7 +273,7 @@ def test_teacher_with_the_classes_in_another_order_is_refused_before_work(tmp_pa
 
 
 def test_random_init_teacher_without_a_seed_is_refused(tmp_path, cls_examples, tiny_model_factory, monkeypatch):
-    monkeypatch.setattr(label, "ensure_ray", lambda: pytest.fail("labelling started"))
+    monkeypatch.setattr(label, "resolve_on_cluster", lambda *args, **kwargs: pytest.fail("labelling started"))
     unseeded = ModelRef(str(tiny_model_factory(task="classification")), init="random")
     with pytest.raises(ModelCheckError, match="init='random'.*seed"):
         label_examples(cls_examples, "classification", [unseeded], unseeded, FEATURES, LabelSpec(), ONE_WORKER,
