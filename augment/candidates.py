@@ -406,9 +406,12 @@ class MaskedLMProposer:
         """
         import torch
 
+        from core.devices import padded_length
+
         results: list[list[tuple[str, ...]]] = [[] for _ in sequences]
         for batch in self._batches([len(s) for s in sequences]):
-            width = max(len(sequences[i]) for i in batch) + len(self._prefix) + len(self._suffix)
+            width = padded_length(max(len(sequences[i]) for i in batch) + len(self._prefix) + len(self._suffix),
+                                  torch.device(self.device), self.max_length)
             ids = torch.full((len(batch), width), self.tokenizer.pad_token_id or 0, dtype=torch.long)  # (B, T)
             attention = torch.zeros((len(batch), width), dtype=torch.long)
             rows, cols, originals = [], [], []

@@ -91,6 +91,22 @@ def device_precision(device: torch.device, requested: str = "auto") -> str:
     return precision
 
 
+#: Batches on a GPU are padded to a multiple of this many tokens. cuDNN's attention builds an execution plan for
+#: every new sequence length and keeps it: measured on an H200, a new length cost 0.19 s in a BERT-base forward and
+#: 0.5 s in a 6-layer training step, against 14 and 17 ms once the plan was built, so batches padded only to their
+#: longest row (a new length every few steps) ran at a tenth of the speed. Few lengths, few plans.
+GPU_LENGTH_MULTIPLE = 64
+
+
+def padded_length(longest: int, device: torch.device, limit: int) -> int:
+    """The length to pad a batch whose longest row has `longest` tokens to: on a GPU the next multiple of
+    `GPU_LENGTH_MULTIPLE`, but never past `limit` (the longest row the data holds, so never past what the model
+    takes); on CPU `longest` itself, where padding only costs time."""
+    if device.type != "cuda":
+        return longest
+    return max(longest, min(-(-longest // GPU_LENGTH_MULTIPLE) * GPU_LENGTH_MULTIPLE, limit))
+
+
 @contextlib.contextmanager
 def autocast(device: torch.device, precision: str) -> Iterator[None]:
     """Run the block in `precision` (from `device_precision`): fp32 as it is, fp16/bf16 under torch.autocast."""

@@ -393,13 +393,14 @@ def _infer(model: torch.nn.Module, table: pa.Table, pad_token_id: int, batch_siz
     """
     inputs = FlatFeatures.from_table(table, ["input_ids", "token_type_ids"])
     lengths = inputs.lengths  # (N,)
+    longest = int(lengths.max(initial=1))
     order = np.argsort(-lengths, kind="stable")
     takes_token_types = "token_type_ids" in _forward_parameters(model)
     results: list[Any] = [None] * table.num_rows
     with torch.inference_mode(), autocast(device, precision):
         for begin in range(0, table.num_rows, batch_size):
             indices = order[begin:begin + batch_size]
-            batch = inputs.batch(indices, pad_token_id)  # (B, T) tensors
+            batch = inputs.batch(indices, pad_token_id, device=device, limit=longest)  # (B, T) tensors
             model_inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
             if takes_token_types:
                 model_inputs["token_type_ids"] = batch["token_type_ids"]

@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from core.devices import padded_length
 from core.tasks import Task
 from distill.qa_windows import NOT_CONTEXT, encode_windows
 from distill.spec import FeaturesSpec
@@ -300,8 +301,10 @@ class FlatFeatures:
         np.cumsum(flat.lengths, out=offsets[1:])
         return cls(offsets, flat.values, flat.null_counts)
 
-    def batch(self, rows: np.ndarray, pad_token_id: int, pin_memory: bool = False) -> dict[str, torch.Tensor]:
-        """Features `rows` (indices, in batch order) padded to the longest of them; see `pad_batch` for the keys.
+    def batch(self, rows: np.ndarray, pad_token_id: int, pin_memory: bool = False,
+              device: torch.device | None = None, limit: int | None = None) -> dict[str, torch.Tensor]:
+        """Features `rows` (indices, in batch order) padded to the longest of them, or for a `device` to
+        `core.devices.padded_length` within `limit` tokens; see `pad_batch` for the keys.
 
         One gather per column, no per-row Python: the cost depends on the batch, not on N.
         """
@@ -310,6 +313,8 @@ class FlatFeatures:
         starts = self.offsets[rows]                                   # (B,)
         lengths = self.offsets[rows + 1] - starts                     # (B,)
         width = int(lengths.max())
+        if device is not None:
+            width = padded_length(width, device, width if limit is None else limit)
         real = np.arange(width)[None, :] < lengths[:, None]           # (B, T)
         # padded slots read the row's first token and are overwritten by the fill value
         positions = np.where(real, starts[:, None] + np.arange(width)[None, :], starts[:, None])

@@ -54,7 +54,7 @@ import pyarrow.parquet as pq
 import torch
 
 from core.blocks import claim_output, run_on_actors
-from core.devices import autocast, choose_precision, device_precision, pick_device
+from core.devices import autocast, choose_precision, device_precision, padded_length, pick_device
 from core.progress import Progress
 from core.ray_runtime import resolve_on_cluster
 from core.resources import ResourcesSpec
@@ -206,9 +206,11 @@ class TeacherEnsemble:
         weights = self.weights.to(self.device)
         # longest first (stable): batches of similar length pad little, and the order depends on the block alone
         order = np.argsort(-lengths, kind="stable")
+        longest = int(lengths.max())
         for begin in range(0, n, self.config.batch_size):
             rows = order[begin:begin + self.config.batch_size]
-            mask = np.arange(lengths[rows].max())[None, :] < lengths[rows][:, None]      # (B, T)
+            width = padded_length(int(lengths[rows].max()), self.device, longest)
+            mask = np.arange(width)[None, :] < lengths[rows][:, None]                     # (B, T)
             # flat positions of the batch's tokens, row by row: input_ids[mask] is in this order
             gather = np.concatenate([np.arange(row_starts[r], row_starts[r + 1]) for r in rows])
             input_ids = np.full(mask.shape, self.pad_token_id, dtype=np.int64)

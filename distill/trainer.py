@@ -350,6 +350,7 @@ class Recipe:
         self.objective = plan.options.build(plan, where.device)
         self.data = open_training_view(plan.features_dir, self.objective.columns)
         self.objective.check_features(self.data)
+        self.longest_feature = int(self.data.lengths.max(initial=1))  # batches on a GPU are padded up to this
         self.term_names = list(self.objective.term_weights)
 
         self.steps_per_epoch = math.ceil(math.ceil(self.data.num_rows / config.batch_size) / config.grad_accum_steps)
@@ -517,7 +518,8 @@ class Recipe:
             local = worker_slice(micro, self.where.rank, self.where.world)
             # fewer features than workers: join the gradient exchange with zero weight
             rows, share = (local, len(local) / step_features) if len(local) else (micro[:1], 0.0)
-            collated.append((self.data.batch(rows, self.objective.pad_token_id, pin_memory=pin), share))
+            collated.append((self.data.batch(rows, self.objective.pad_token_id, pin_memory=pin,
+                                             device=self.where.device, limit=self.longest_feature), share))
         return collated, step_features
 
     def _optimizer_step(self, micro_batches: list[HostBatch], step_features: int) -> None:

@@ -11,6 +11,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
+from core.devices import padded_length
 from distill.features import (CLASSIFICATION_FEATURE_SCHEMA, LOGIT_PAD, NOT_CONTEXT, QA_FEATURE_SCHEMA, FeaturesError,
                               FlatFeatures, classification_features, feature_schema, pad_batch, qa_features)
 from distill.spec import FeaturesSpec
@@ -262,3 +263,24 @@ def test_flat_features_cut_any_rows_as_the_row_by_row_reference(squad_rows, toke
         assert got.keys() == expected.keys()
         for key in got:
             assert got[key].dtype == expected[key].dtype and torch.equal(got[key], expected[key]), key
+
+
+def test_batches_for_a_gpu_are_padded_to_a_few_lengths_and_stay_the_same_batch(squad_rows, tokenizer):
+    """On a GPU every batch is padded to a multiple of 64 tokens, never past the limit (cuDNN's attention plans
+    one kernel per length); the real positions are the CPU batch's, the extra ones padding. On CPU: the longest."""
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")   # a device object only: no GPU is touched
+    assert [padded_length(n, gpu, 384) for n in (1, 64, 65, 300, 384)] == [64, 64, 128, 320, 384]
+    assert padded_length(370, gpu, 380) == 380 and padded_length(300, cpu, 384) == 300
+    assert padded_length(90, gpu, 80) == 90   # a limit below the longest row never cuts it
+    table = qa_features(squad_rows(40), tokenizer, FeaturesSpec(max_seq_len=96, doc_stride=32, max_query_len=24))
+    flat = FlatFeatures.from_table(table)
+    rows = np.random.default_rng(1).permutation(table.num_rows)[:26]
+    plain = flat.batch(rows, tokenizer.pad_token_id, device=cpu, limit=200)
+    padded = flat.batch(rows, tokenizer.pad_token_id, device=gpu, limit=200)
+    width = plain["input_ids"].shape[1]
+    assert padded["input_ids"].shape[1] == padded_length(width, gpu, 200) == 128 > width
+    for key in plain:
+        if plain[key].dim() == 2:
+            assert torch.equal(padded[key][:, :width], plain[key]), key
+    assert (padded["input_ids"][:, width:] == tokenizer.pad_token_id).all()
+    assert not padded["attention_mask"][:, width:].any() and not padded["token_type_ids"][:, width:].any()

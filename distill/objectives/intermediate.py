@@ -76,6 +76,11 @@ class IntermediateObjective(nn.Module):
         if self.attention_loss is not None:
             use_pre_dropout_attention(student)
             use_pre_dropout_attention(teacher)
+        # fixed here rather than listed in forward: torch.compile (resources.compile) on Python 3.12 fails on a
+        # list comprehension in a frame it breaks
+        pairs = layer_map.attention_pairs if self.attention_loss is not None else []
+        self.attention_pairs = tuple(pairs)
+        self.recorded_layers = (tuple(s for s, _ in pairs), tuple(t for _, t in pairs))
 
     @property
     def teacher(self) -> PreTrainedModel:
@@ -84,8 +89,7 @@ class IntermediateObjective(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         mask = batch["attention_mask"]  # (B, L)
         # attention maps before dropout, of the mapped layers only (distill.attention_maps); none without the term
-        pairs = self.layer_map.attention_pairs if self.attention_loss is not None else []
-        student_layers, teacher_layers = [s for s, _ in pairs], [t for _, t in pairs]
+        student_layers, teacher_layers = self.recorded_layers
         with recorded_attention(self.student, student_layers) as student_maps:
             student = self.student(**model_inputs(batch, takes_token_types(self.student)), output_hidden_states=True)
         with torch.no_grad(), recorded_attention(self.teacher, teacher_layers) as teacher_maps:
@@ -97,7 +101,8 @@ class IntermediateObjective(nn.Module):
             terms["hidden"] = sum(self.hidden_loss(student.hidden_states[s], teacher.hidden_states[t], mask)
                                   for s, t in self.layer_map.hidden_pairs)
         if self.attention_loss is not None:
-            terms["attention"] = sum(self.attention_loss(student_maps[s], teacher_maps[t], mask) for s, t in pairs)
+            terms["attention"] = sum(self.attention_loss(student_maps[s], teacher_maps[t], mask)
+                                     for s, t in self.attention_pairs)
         return terms
 
     def check_features(self, data: FlatFeatures) -> None:
