@@ -70,7 +70,7 @@ def write_features(folder: Path, rows: int, seq: int, seed: int = 0) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from distill.features import feature_schema
+    from distill.features import QA_FEATURE_SCHEMA
 
     rng = np.random.default_rng(seed)
     question = seq // 4
@@ -90,7 +90,7 @@ def write_features(folder: Path, rows: int, seq: int, seed: int = 0) -> None:
         "teacher_end_logits": list(rng.normal(size=(rows, seq)).astype(np.float16)),
         "teachers_start_logits": [None] * rows, "teachers_end_logits": [None] * rows,
     }
-    schema = feature_schema("qa")
+    schema = QA_FEATURE_SCHEMA
     table = pa.Table.from_arrays([pa.array(columns[f.name], f.type) for f in schema], schema=schema)
     (folder / "shards").mkdir(parents=True)
     pq.write_table(table, folder / "shards" / "part-00000.parquet")

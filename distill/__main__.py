@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from core.tasks import task_traits
 from distill.squad_metric import DEFAULT_NA_PROB_THRESH, SquadFormatError, squad_scores
 
 
@@ -139,7 +140,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         config = load_config(ref)
         task = args.task or task_of(config, args.model)
         label_names = args.label_names.split(",") if args.label_names else None
-        if task == "classification" and label_names is None:
+        if task_traits(task).classes and label_names is None:
             names = [config.id2label[i] for i in range(config.num_labels)]
             label_names = None if names == [f"LABEL_{i}" for i in range(len(names))] else names
         saved = saved_settings(config, task)
@@ -183,7 +184,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 def _summary(task: str, metrics: dict[str, Any], evaluation: Any) -> str:
     """The headline scores as an aligned two-column table."""
-    if task == "qa":
+    if task_traits(task).windows:
         rows = [("exact match", metrics["exact"]), ("F1", metrics["f1"])]
         for group, label in (("HasAns", "answerable"), ("NoAns", "unanswerable")):
             if f"{group}_total" in metrics:

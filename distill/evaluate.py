@@ -39,15 +39,13 @@ from __future__ import annotations
 
 import inspect
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
@@ -55,28 +53,22 @@ from core.devices import autocast, device_precision, pick_device
 from core.progress import Progress
 from core.resources import ResourcesSpec
 from core.shards import iter_shard_batches, shard_paths, write_json
-from core.tasks import Task
+from core.tasks import Task, task_traits
 from distill import speed
-from distill.classification_metrics import classification_report
-from distill.features import CLS_INDEX, FlatFeatures, build_features
+from distill.features import FlatFeatures
 from distill.models import ModelRef, check_label_order, check_max_seq_len, load_tokenizer
 from distill.onnx_export import load_scoring_model
-from distill.postprocess import (QAExample, QAPrediction, QAWindow, postprocess_qa_predictions, write_null_odds,
-                                 write_predictions)
+from distill.postprocess import QAPrediction
 from distill.spec import EvaluateSpec, FeaturesSpec
-from distill.squad_metric import SquadFormatError, squad_v1_scores, squad_v2_scores
+from distill.tasks import EvaluationError, task_kind
+from distill.tasks.qa import QA, Scoring, qa_predictions
 
-Scoring = Literal["squad_v2", "mrqa"]
 
 # Examples whose features are built, run and post-processed together. A chunk never splits an example, so all of a
 # QA example's windows meet in post-processing. 1,024 SQuAD questions make about 1,050 windows at max_seq_len 384
 # (more for long contexts): about 15 MB of token ids, offsets and logits, and enough rows to sort by length into
 # full batches. Outputs do not depend on it beyond float rounding of batches padded to a different longest row.
 EXAMPLES_PER_CHUNK = 1024
-
-
-class EvaluationError(ValueError):
-    """Evaluation inputs that do not fit: no examples, unlabelled classification data, label names that disagree."""
 
 
 @dataclass(frozen=True)
@@ -91,7 +83,7 @@ class ModelEvaluation:
         seconds: wall time of feature building, inference and scoring (speed measurement excluded).
         metrics: the scores as in metrics.json, without "speed". QA: the official SQuAD 2.0 keys plus
             na_prob_thresh; classification: accuracy, macro_f1, macro_precision, macro_recall, total, per_class.
-            Both: degenerate, `degenerate_predictions` of its predictions (None for a model that discriminates).
+            Both: degenerate, `TaskKind.degenerate` of its predictions (None for a model that discriminates).
         speed: {device: SpeedReport as a dict}; None when speed was not measured.
         predictions_path: predictions.json.
         null_odds_path: null_odds.json (QA), else None.
@@ -161,11 +153,13 @@ def evaluate_models(models: dict[str, ModelRef], task: Task, examples_dir: Path,
     num_examples = _count_examples(examples_dir)
     if num_examples == 0:
         raise EvaluationError(f"{examples_dir} holds no examples; check the eval data and its rejects.jsonl")
-    if task == "classification":
+    kind = task_kind(task)
+    if kind.traits.classes:
         label_names = label_names or _meta_label_names(examples_dir)
-        _check_labelled(examples_dir)
-    else:
+    if kind.traits.windows:
         _check_windows(features)
+    else:
+        _check_labelled(examples_dir)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = pick_device(resources.gpus_per_worker)
@@ -174,7 +168,7 @@ def evaluate_models(models: dict[str, ModelRef], task: Task, examples_dir: Path,
         "task": task, "examples_dir": str(examples_dir), "examples": num_examples,
         "features": features.model_dump(mode="json"), "evaluate": config.model_dump(mode="json"),
         "models": {name: asdict(ref) for name, ref in models.items()}, "device": str(device),
-        "precision": precision, "label_names": label_names, "scoring": scoring if task == "qa" else None,
+        "precision": precision, "label_names": label_names, "scoring": scoring if kind.null_odds else None,
     })
 
     evaluations: dict[str, ModelEvaluation] = {}
@@ -236,7 +230,6 @@ class SetsEvaluation:
 
 
 # The scores averaged over sets (each set counts once, whatever its size); `total` is summed.
-MACRO_METRICS = {"qa": ("exact", "f1"), "classification": ("accuracy", "macro_f1")}
 
 
 def evaluate_sets(models: dict[str, ModelRef], task: Task, sets: list[EvalSet], features: FeaturesSpec,
@@ -289,10 +282,10 @@ def evaluate_sets(models: dict[str, ModelRef], task: Task, sets: list[EvalSet], 
 
 
 def macro_average(task: Task, entries: list[dict[str, Any]]) -> dict[str, Any]:
-    """The unweighted mean of each MACRO_METRICS score over `entries` (one model's metrics on several sets), the
+    """The unweighted mean of each of the task's macro metrics over `entries` (one model's metrics on several sets), the
     summed `total` and the number of sets."""
     averages: dict[str, Any] = {key: sum(entry[key] for entry in entries) / len(entries)
-                                for key in MACRO_METRICS[task]}
+                                for key in task_traits(task).macro_metrics}
     return {**averages, "total": sum(entry["total"] for entry in entries), "sets_averaged": len(entries)}
 
 
@@ -342,7 +335,8 @@ def _evaluate_one(name: str, ref: ModelRef, task: Task, examples_dir: Path, num_
     """Features, inference and scores of one model, EXAMPLES_PER_CHUNK examples at a time; writes its predictions
     into `model_dir`."""
     started = time.perf_counter()
-    num_labels = len(label_names) if task == "classification" and label_names else None
+    kind = task_kind(task)
+    num_labels = len(label_names) if kind.traits.classes and label_names else None
     tokenizer = load_tokenizer(ref)
     model = load_scoring_model(ref, task, num_labels=num_labels)
     check_max_seq_len(model.config, features.max_seq_len, name)
@@ -352,12 +346,12 @@ def _evaluate_one(name: str, ref: ModelRef, task: Task, examples_dir: Path, num_
     if num_labels is not None:
         check_label_order(model.config, label_names, name)
     model = model.to(device)
-    answers = _QAAnswers(config, scoring) if task == "qa" else _ClassAnswers(label_names)
+    answers = kind.answers(config, scoring, label_names)
     examples_seen = features_seen = 0
     with Progress(f"evaluate {name}", total=num_examples, unit="ex", bar=progress) as done:
         for chunk in iter_shard_batches(examples_dir, EXAMPLES_PER_CHUNK):
             examples = pa.Table.from_batches([chunk])
-            table = build_features(examples, task, tokenizer, features)
+            table = kind.build_features(examples, tokenizer, features)
             answers.add(examples, table, _infer(model, table, tokenizer.pad_token_id, config.batch_size, device,
                                                        precision))
             examples_seen += examples.num_rows
@@ -369,12 +363,8 @@ def _evaluate_one(name: str, ref: ModelRef, task: Task, examples_dir: Path, num_
 
     model_dir.mkdir(parents=True, exist_ok=True)
     predictions_path = model_dir / "predictions.json"
-    null_odds_path = None
-    if isinstance(answers, _QAAnswers):
-        null_odds_path = model_dir / "null_odds.json"
-        metrics = answers.score(predictions_path, null_odds_path)
-    else:
-        metrics = answers.score(predictions_path)
+    null_odds_path = model_dir / "null_odds.json" if kind.null_odds else None
+    metrics = answers.score(predictions_path, null_odds_path)
     return ModelEvaluation(
         name=name, model=ref.name_or_path, examples=examples_seen, features=features_seen,
         seconds=time.perf_counter() - started, metrics=metrics, speed=None, predictions_path=str(predictions_path),
@@ -424,141 +414,13 @@ def _forward_parameters(model: torch.nn.Module) -> set[str]:
     return set(inspect.signature(model.forward).parameters)
 
 
-def _per_row(table: pa.Table, name: str) -> list[np.ndarray]:
-    """A list column of `table` as one NumPy array per row."""
-    column = table.column(name)
-    flat = pc.list_flatten(column).to_numpy()
-    ends = np.cumsum(pc.list_value_length(column).to_numpy())
-    return np.split(flat, ends[:-1])
-
-
-def degenerate_predictions(task: Task, predictions: list[str]) -> str | None:
-    """What is wrong with a model that gives one answer to everything, or None.
-
-    Such a model's scores measure the evaluation data (its share of unanswerable questions, of one class), not
-    the model, and a student "keeping" its score has learned nothing to be measured by.
-
-    Args:
-        task: "qa" or "classification".
-        predictions: QA: the answer texts, "" for no answer; classification: the predicted label names.
-    """
-    if task == "qa" and predictions and not any(predictions):
-        return f"answers no answer to all {len(predictions)} questions"
-    if task == "classification" and len(predictions) > 1 and len(set(predictions)) == 1:
-        return f"predicts {predictions[0]!r} for all {len(predictions)} examples"
-    return None
-
-
 def predict_qa(model: torch.nn.Module, tokenizer: Any, examples: pa.Table, features: FeaturesSpec,
                config: EvaluateSpec, device: torch.device, precision: str) -> dict[str, QAPrediction]:
     """Answers to one chunk of QA examples (id, question, context, answers): windows, batched inference and
     post-processing, as evaluation runs them. `distill.answer` serves questions through this."""
-    table = build_features(examples, "qa", tokenizer, features)
+    table = QA.build_features(examples, tokenizer, features)
     outputs = _infer(model, table, tokenizer.pad_token_id, config.batch_size, device, precision)
-    return _qa_predictions(examples, table, outputs, config)
-
-
-def _qa_predictions(examples: pa.Table, table: pa.Table, outputs: list[tuple[np.ndarray, np.ndarray]],
-                    config: EvaluateSpec, scoring: Scoring = "squad_v2") -> dict[str, QAPrediction]:
-    """{id: prediction} of `examples` from the logits `outputs` of their features `table`, in row order; under
-    MRQA scoring every question has an answer, so the best span wins whatever the null score."""
-    ids = examples.column("id").to_pylist()
-    windows: dict[str, list[QAWindow]] = {qid: [] for qid in ids}
-    rows = zip(table.column("example_id").to_pylist(), _per_row(table, "offset_start"),
-               _per_row(table, "offset_end"), outputs)
-    for example_id, offset_start, offset_end, (start_logits, end_logits) in rows:
-        offsets = np.stack([offset_start, offset_end], axis=1)  # (T, 2), -1 outside the context
-        windows[example_id].append(QAWindow(start_logits, end_logits, offsets, CLS_INDEX))
-    qa_examples = [QAExample(qid, context, tuple(windows[qid]))
-                   for qid, context in zip(ids, examples.column("context").to_pylist())]
-    null_threshold = math.inf if scoring == "mrqa" else config.null_threshold
-    return postprocess_qa_predictions(qa_examples, n_best_size=config.n_best, max_answer_length=config.max_answer_len,
-                                      null_threshold=null_threshold)
-
-
-class _QAAnswers:
-    """Each QA example's answer (text, null odds) and gold answers, gathered chunk by chunk.
-
-    A chunk's windows, logits and n-best lists are dropped once its examples are answered; what is kept is a few
-    strings and a float per example.
-    """
-
-    def __init__(self, config: EvaluateSpec, scoring: Scoring = "squad_v2") -> None:
-        self.config, self.scoring = config, scoring
-        self.predictions: dict[str, QAPrediction] = {}
-        # squad_metric marks an unanswerable question with an empty gold list (as load_squad_gold does); the
-        # official script's [""] is what it compares against internally.
-        self.gold: dict[str, list[str]] = {}
-
-    def add(self, examples: pa.Table, table: pa.Table, outputs: list[tuple[np.ndarray, np.ndarray]]) -> None:
-        """Post-process one chunk: `table` holds the features of `examples` (all windows of each), `outputs` their
-        logits in row order."""
-        ids = examples.column("id").to_pylist()
-        for qid, prediction in _qa_predictions(examples, table, outputs, self.config, self.scoring).items():
-            # postprocess_qa_predictions refuses a repeated id within a chunk; this is the check across chunks
-            if qid in self.predictions:
-                raise EvaluationError(f"question id {qid!r} appears in two examples; give each question one "
-                                      "example holding all of its windows")
-            self.predictions[qid] = replace(prediction, n_best=())
-        aliases = (examples.column("gold_answers").to_pylist() if "gold_answers" in examples.column_names
-                   else [None] * examples.num_rows)
-        for qid, answers, impossible, gold in zip(ids, examples.column("answers").to_pylist(),
-                                                  examples.column("is_impossible").to_pylist(), aliases):
-            self.gold[qid] = [] if impossible else list(gold if gold is not None else answers["text"])
-
-    def score(self, predictions_path: Path | None = None, null_odds_path: Path | None = None) -> dict[str, Any]:
-        """Score with the SQuAD 2.0 metric or MRQA's, writing the official files where paths are given."""
-        if predictions_path is not None:
-            write_predictions(self.predictions, predictions_path)
-        if null_odds_path is not None:
-            write_null_odds(self.predictions, null_odds_path)
-        texts = {qid: p.text for qid, p in self.predictions.items()}
-        degenerate = degenerate_predictions("qa", list(texts.values()))
-        if self.scoring == "mrqa":
-            try:
-                scores = squad_v1_scores(self.gold, texts)
-            except SquadFormatError as error:
-                raise EvaluationError(f"{error}: MRQA scoring needs answerable questions; score data with "
-                                      "unanswerable ones with scoring: squad_v2") from None
-            return {"exact": scores["exact_match"], "f1": scores["f1"], "total": len(self.gold),
-                    "scoring": "mrqa", "degenerate": degenerate}
-        # The predictions already say "" where the null odds exceed null_threshold; scoring with the same
-        # threshold makes exact/f1 the scores of predictions.json exactly (best_* search their own threshold).
-        scores = squad_v2_scores(self.gold, texts, na_probs={qid: p.null_odds for qid, p in self.predictions.items()},
-                                 na_prob_thresh=self.config.null_threshold)
-        return {**scores, "na_prob_thresh": self.config.null_threshold, "degenerate": degenerate}
-
-
-class _ClassAnswers:
-    """Each classification example's id, gold label and argmax prediction, gathered chunk by chunk."""
-
-    def __init__(self, label_names: list[str]) -> None:
-        self.label_names = label_names
-        self.ids: list[str] = []
-        self.labels: list[np.ndarray] = []
-        self.predicted: list[np.ndarray] = []
-
-    def add(self, examples: pa.Table, table: pa.Table, logits: np.ndarray) -> None:
-        """One chunk: `logits` (N, C) of `examples`, one feature each (`table` is not needed)."""
-        self.ids.extend(examples.column("id").to_pylist())
-        self.labels.append(examples.column("label").to_numpy())  # no nulls: _check_labelled
-        self.predicted.append(logits.argmax(axis=1))  # (N,)
-
-    def score(self, predictions_path: Path | None = None) -> dict[str, Any]:
-        """Score accuracy, macro scores and the per-class report; write {id: label name} where a path is given."""
-        names = self.label_names
-        predicted = np.concatenate(self.predicted)
-        predicted_names = [names[int(p)] for p in predicted]
-        if predictions_path is not None:
-            write_json(predictions_path, dict(zip(self.ids, predicted_names)))
-        report = classification_report(np.concatenate(self.labels).astype(np.int64), predicted, len(names), names)
-        return {
-            "accuracy": report.accuracy, "macro_f1": report.macro_f1, "macro_precision": report.macro_precision,
-            "macro_recall": report.macro_recall, "total": report.total,
-            "per_class": {c.name: {"precision": c.precision, "recall": c.recall, "f1": c.f1, "support": c.support}
-                          for c in report.per_class},
-            "degenerate": degenerate_predictions("classification", predicted_names),
-        }
+    return qa_predictions(examples, table, outputs, config)
 
 
 @dataclass(frozen=True)
@@ -575,7 +437,7 @@ class ValidationSet:
 
     def metric(self, task: Task) -> str:
         """The score that picks the best checkpoint: SQuAD F1, or accuracy."""
-        return "f1" if task == "qa" else "accuracy"
+        return task_traits(task).headline_metric
 
 
 class Validator:
@@ -601,9 +463,10 @@ class Validator:
         if not rows:
             raise EvaluationError(f"{validation.examples_dir} holds no examples to validate on")
         self.examples = pa.Table.from_batches(batches)
-        if task == "classification":
+        kind = task_kind(task)
+        if not kind.traits.windows:
             _check_labelled(validation.examples_dir)
-        self.table = build_features(self.examples, task, tokenizer, validation.features)
+        self.table = kind.build_features(self.examples, tokenizer, validation.features)
 
     def score(self, model: torch.nn.Module) -> dict[str, float]:
         """The model's scalar scores on the slice (QA: exact, f1, HasAns_*, NoAns_*; classification: accuracy,
@@ -615,8 +478,8 @@ class Validator:
                              self.precision)
         finally:
             model.train(was_training)
-        answers = (_QAAnswers(self.validation.config, self.validation.scoring) if self.task == "qa"
-                   else _ClassAnswers(self.validation.label_names or []))
+        answers = task_kind(self.task).answers(self.validation.config, self.validation.scoring,
+                                               self.validation.label_names)
         answers.add(self.examples, self.table, outputs)
         return {key: float(value) for key, value in answers.score().items()
                 if isinstance(value, (int, float)) and not isinstance(value, bool)}

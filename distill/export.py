@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from core.tasks import Task
+from core.tasks import Task, task_traits
 from distill.qa_windows import DEFAULT_SETTINGS
 
 
@@ -133,7 +133,7 @@ def export_student(student_dir: Path, out_dir: Path, card: ModelCardInfo, onnx_g
     if not any((student_dir / name).is_file() for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json")):
         raise ExportError(f"{student_dir} holds no tokenizer files; save the tokenizer beside the student")
     ref = models.ModelRef(str(student_dir))
-    num_labels = len(card.label_names) if card.task == "classification" and card.label_names else None
+    num_labels = len(card.label_names) if task_traits(card.task).classes and card.label_names else None
     try:
         model = models.load_model(ref, card.task, num_labels=num_labels)
     except models.ModelCheckError as err:
@@ -141,7 +141,7 @@ def export_student(student_dir: Path, out_dir: Path, card: ModelCardInfo, onnx_g
     tokenizer = models.load_tokenizer(ref)
     positions = models.usable_positions(model.config)
 
-    if card.task == "classification":
+    if task_traits(card.task).classes:
         names = card.label_names or [model.config.id2label[i] for i in range(model.config.num_labels)]
         model.config.id2label = dict(enumerate(names))
         model.config.label2id = {name: index for index, name in enumerate(names)}
@@ -170,7 +170,7 @@ def export_student(student_dir: Path, out_dir: Path, card: ModelCardInfo, onnx_g
     staging.mkdir(parents=True)
     model.save_pretrained(staging)  # safetensors: the only format transformers 5 writes
     tokenizer.save_pretrained(staging)
-    if card.task == "qa":
+    if task_traits(card.task).windows:
         package = Path(__file__).parent
         for name, module in QA_PIPELINE_SOURCES.items():
             shutil.copyfile(package / module, staging / name)
@@ -232,7 +232,7 @@ def _metrics_section(card: ModelCardInfo) -> str:
     names = [name for name in names if name in card.metrics]
     keys = [key for key in CARD_METRICS[card.task] if any(key in card.metrics[name] for name in names)]
     rows = [[key, *(_number(card.metrics[name].get(key)) for name in names)] for key in keys]
-    unit = "percent (official SQuAD 2.0 metric)" if card.task == "qa" else "fractions, 0-1"
+    unit = "percent (official SQuAD 2.0 metric)" if task_traits(card.task).percent_scores else "fractions, 0-1"
     return f"Scores on the evaluation data, in {unit}.\n\n" + _table(["metric", *names], rows)
 
 
@@ -261,7 +261,7 @@ def _speed_section(card: ModelCardInfo) -> str:
 
 
 def _usage(card: ModelCardInfo) -> str:
-    if card.task == "qa":
+    if task_traits(card.task).windows:
         return (
             "With Distillery installed, no remote code:\n\n"
             "```python\nimport distill  # registers the extractive-question-answering pipeline\n"
@@ -317,7 +317,7 @@ def _eval_results(card: ModelCardInfo) -> list[Any]:
     from huggingface_hub import EvalResult
 
     scores = card.metrics.get("student") or {}
-    evaluated = card.data.get("eval") or ("squad_v2" if card.task == "qa" else "evaluation data")
+    evaluated = card.data.get("eval") or ("squad_v2" if task_traits(card.task).windows else "evaluation data")
     dataset = ", ".join(evaluated) if isinstance(evaluated, list) else str(evaluated)  # several: macro averages
     return [EvalResult(task_type=PIPELINE_TASK[card.task], dataset_type=_hub_id(dataset) or dataset,
                        dataset_name=dataset, metric_type=key, metric_name=name,
@@ -352,11 +352,10 @@ def model_card(card: ModelCardInfo, parameters: int) -> str:
         recipe.append(f"- {phase_titles.get(phase, phase)}: {_settings_line(settings)}")
     if card.job_id:
         recipe.append(f"- Distillery job: `{card.job_id}`")
-    if card.task == "classification" and card.label_names:
+    if task_traits(card.task).classes and card.label_names:
         recipe.append(f"- Labels: {', '.join(f'{i} = {n}' for i, n in enumerate(card.label_names))}")
 
-    what = "extractive question answering (SQuAD 2.0 style: a span of the context, or no answer)" \
-        if card.task == "qa" else "text classification"
+    what = task_traits(card.task).description
     intended = card.intended_use or (
         f"{what[0].upper()}{what[1:]} on English text like the training data, where a smaller, faster model than "
         "the teacher is needed. The scores above hold for data like the evaluation set.")

@@ -9,8 +9,9 @@ QA windows follow the transformers question-answering example: the question firs
 context overflows into further windows that overlap by `features.doc_stride` tokens. No padding is stored, only
 real tokens; `pad_batch` (or `FlatFeatures.batch`) pads a batch to its longest row when it is collated.
 
-The Parquet layout of a feature shard is `feature_schema(task)`; the label stage fills the teacher columns, a
-feature built here without a teacher has them null. Offsets are two flat lists rather than a list of pairs: the
+The Parquet layout of a feature shard is QA_FEATURE_SCHEMA or CLASSIFICATION_FEATURE_SCHEMA (a task's
+`feature_schema`, `distill.tasks`); the label stage fills the teacher columns, a feature built here without a
+teacher has them null. Offsets are two flat lists rather than a list of pairs: the
 same information with half the nesting, and `np.stack([start, end], 1)` gives the (T, 2) array that
 `distill.postprocess` takes.
 
@@ -36,7 +37,6 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from core.devices import padded_length
-from core.tasks import Task
 from distill.qa_windows import NOT_CONTEXT, encode_windows
 from distill.spec import FeaturesSpec
 
@@ -79,28 +79,8 @@ CLASSIFICATION_FEATURE_SCHEMA = pa.schema([
     pa.field("teachers_logits", pa.list_(_HALF_LIST)),      # (n_teachers, num_labels); keep_teacher_logits only
 ])
 
-#: The teacher columns of each task's schema: ensemble columns first, then the per-teacher ones.
-TEACHER_COLUMNS: dict[str, tuple[str, ...]] = {
-    "qa": ("teacher_start_logits", "teacher_end_logits", "teachers_start_logits", "teachers_end_logits"),
-    "classification": ("teacher_logits", "teachers_logits"),
-}
-
-
 class FeaturesError(ValueError):
     """Examples that cannot be turned into features: missing columns, an empty context, a mixed text_pair column."""
-
-
-def feature_schema(task: Task) -> pa.Schema:
-    """The Parquet schema of a feature shard for `task`."""
-    return QA_FEATURE_SCHEMA if task == "qa" else CLASSIFICATION_FEATURE_SCHEMA
-
-
-def build_features(examples: Sequence[Mapping[str, Any]] | pa.Table, task: Task,
-                   tokenizer: PreTrainedTokenizerBase, features: FeaturesSpec) -> pa.Table:
-    """`qa_features` or `classification_features`, by task."""
-    if task == "qa":
-        return qa_features(examples, tokenizer, features)
-    return classification_features(examples, tokenizer, features)
 
 
 def _columns(examples: Sequence[Mapping[str, Any]] | pa.Table, names: Sequence[str],

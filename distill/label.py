@@ -23,7 +23,7 @@ separately for start and end; for classification over the classes. `label.keep_t
 teacher's raw logits.
 
     out_dir/
-      shards/part-00000.parquet ...   features with teacher columns, `distill.features.feature_schema(task)`
+      shards/part-00000.parquet ...   features with teacher columns, the task's `feature_schema` (`distill.tasks`)
       label_config.json               what the shards were computed from; a rerun with other settings is refused
       stats.json                      counts, teachers and weights, bytes on disk, seconds
       meta.json                       copied from the examples folder
@@ -59,9 +59,9 @@ from core.progress import Progress
 from core.ray_runtime import resolve_on_cluster
 from core.resources import ResourcesSpec
 from core.shards import SHARD_GLOB, atomic_output, read_rows, shard_paths, write_json
-from core.tasks import Task
+from core.tasks import TRAITS, Task, task_traits
 from distill.ensemble import labels_depend_on_temperature, mix_teacher_logits
-from distill.features import TEACHER_COLUMNS, build_features
+from distill.tasks import task_kind
 from distill.models import (ModelCheckError, ModelRef, check_label_order, check_max_seq_len, check_same_vocabulary,
                             load_config, load_model, load_tokenizer)
 from distill.spec import FeaturesSpec, LabelSpec
@@ -75,7 +75,8 @@ _PARQUET_OPTIONS: dict[str, Any] = {
     "compression": "zstd", "compression_level": 3, "use_dictionary": ["feature_id", "example_id"],
     "write_statistics": False,
     "use_byte_stream_split": [f"{name}.list.element" + (".list.element" if name.startswith("teachers_") else "")
-                              for names in TEACHER_COLUMNS.values() for name in names],
+                              for traits in TRAITS.values()
+                              for name in (*traits.teacher_columns, *traits.per_teacher_columns)],
 }
 
 
@@ -85,9 +86,6 @@ def _blocks_per_actor(gpus: float) -> int:
     beside them only makes them wait (label_bench.py, 4,096 questions on 2 cores: teachers 62.0 s with the
     overlap against 53.3 s without, the stage 68.8 s against 61.4 s)."""
     return 2 if gpus > 0 else 1
-
-_EXAMPLE_COLUMNS = {"qa": ["id", "question", "context", "answers", "is_impossible"],
-                    "classification": ["id", "text", "text_pair", "label"]}
 
 
 class LabelError(RuntimeError):
@@ -179,8 +177,9 @@ class TeacherEnsemble:
         self.takes_types = ["token_type_ids" in inspect.signature(m.forward).parameters for m in self.models]
         total = sum(ref.weight for ref in teachers)
         self.weights = torch.tensor([ref.weight / total for ref in teachers], dtype=torch.float32)
+        self.kind = task_kind(task)
         counts = {m.config.num_labels for m in self.models}
-        if task == "classification" and len(counts) > 1:
+        if self.kind.traits.classes and len(counts) > 1:
             raise ModelCheckError(f"the teachers classify into different numbers of labels {sorted(counts)}; "
                                   "an ensemble needs one label set")
         self.num_labels = counts.pop()
@@ -196,11 +195,11 @@ class TeacherEnsemble:
         row_starts = ids.offsets.to_numpy().astype(np.int64)
         lengths = np.diff(row_starts)
         id_values, type_values = ids.values.to_numpy(), types.values.to_numpy()
-        qa = self.task == "qa"
+        per_token = self.kind.traits.windows
         keep = self.config.keep_teacher_logits
-        heads = ("start_logits", "end_logits") if qa else ("logits",)
+        heads = self.kind.output_names
         # results in feature order: QA flat per token like input_ids' values, classification (n, C)
-        shape = (len(id_values),) if qa else (n, self.num_labels)
+        shape = (len(id_values),) if per_token else (n, self.num_labels)
         mixed = {h: np.empty(shape, dtype=np.float32) for h in heads}
         raw = {h: [np.empty(shape, dtype=np.float32) for _ in self.models] if keep else [] for h in heads}
         weights = self.weights.to(self.device)
@@ -228,28 +227,28 @@ class TeacherEnsemble:
                     outputs[h].append(getattr(output, h).float())                     # (B, T) or (B, C)
             for h in heads:
                 batch_mixed = mix_teacher_logits(outputs[h], weights, self.config.ensemble,
-                                                 mask_t if qa else None, self.temperature).cpu().numpy()
-                if qa:
+                                                 mask_t if per_token else None, self.temperature).cpu().numpy()
+                if per_token:
                     mixed[h][gather] = batch_mixed[mask]
                 else:
                     mixed[h][rows] = batch_mixed
                 for t, logits in enumerate(outputs[h] if keep else []):
                     logits = logits.cpu().numpy()
-                    if qa:
+                    if per_token:
                         raw[h][t][gather] = logits[mask]
                     else:
                         raw[h][t][rows] = logits
-        if qa:
+        if per_token:
             per_row = lengths
         else:
             per_row = np.full(n, self.num_labels, dtype=np.int64)
             mixed = {h: m.reshape(-1) for h, m in mixed.items()}
             raw = {h: [r.reshape(-1) for r in rs] for h, rs in raw.items()}
-        # TEACHER_COLUMNS lists the ensemble columns per head, then the per-teacher columns per head
-        names = TEACHER_COLUMNS[self.task]
-        columns = {name: _list_column(mixed[h], per_row) for name, h in zip(names, heads)}
+        traits = self.kind.traits
+        columns = {name: _list_column(mixed[h], per_row) for name, h in zip(traits.teacher_columns, heads)}
         if keep:
-            columns |= {name: _per_teacher_column(raw[h], per_row) for name, h in zip(names[len(heads):], heads)}
+            columns |= {name: _per_teacher_column(raw[h], per_row)
+                        for name, h in zip(traits.per_teacher_columns, heads)}
         for name, column in columns.items():
             index = table.schema.get_field_index(name)
             table = table.set_column(index, table.schema.field(name), column)
@@ -263,7 +262,8 @@ class TeacherEnsemble:
 def _read_block(block: _Block, task: Task) -> pa.Table:
     """Rows [start, stop) of one examples shard, reading only the row groups that hold them."""
     present = pq.read_schema(block.path).names
-    return read_rows(block.path, block.start, block.stop, [c for c in _EXAMPLE_COLUMNS[task] if c in present])
+    return read_rows(block.path, block.start, block.stop,
+                     [c for c in task_traits(task).example_columns if c in present])
 
 
 def _write_shard(table: pa.Table, path: Path) -> int:
@@ -305,7 +305,8 @@ class _BlockLabeller:
         seconds = {"read_and_tokenize": 0.0, "teachers": 0.0, "write": 0.0}   # each timed once its lock is held
         with self.tokenizing:
             began = time.perf_counter()
-            table = build_features(_read_block(block, self.task), self.task, self.tokenizer, self.features)
+            table = task_kind(self.task).build_features(_read_block(block, self.task), self.tokenizer,
+                                                        self.features)
             seconds["read_and_tokenize"] = time.perf_counter() - began
         if self.ensemble is not None:   # without teachers the teacher columns stay null
             with self.labelling:
@@ -369,9 +370,9 @@ def _check_models(task: Task, teachers: list[ModelRef], tokenizer: ModelRef, fea
         # load_model checks the head and the label count; the weights are dropped again at once
         config = load_model(ref, task, num_labels).config
         label_counts[name] = config.num_labels
-        if task == "classification" and label_names:
+        if task_traits(task).classes and label_names:
             check_label_order(config, label_names, name)
-    if task == "classification" and len(set(label_counts.values())) > 1:
+    if task_traits(task).classes and len(set(label_counts.values())) > 1:
         found = ", ".join(f"{name}: {count}" for name, count in label_counts.items())
         raise ModelCheckError(f"the teachers classify into different numbers of labels ({found}); an ensemble "
                               "needs one label set")
@@ -413,7 +414,7 @@ def _run_blocks(pending: list[_Block], task: Task, teachers: list[ModelRef], tok
 def _shard_stats(paths: list[Path], task: Task) -> tuple[int, int, int]:
     """(features, bytes on disk, compressed bytes of the teacher columns) over `paths`."""
     features = total_bytes = teacher_bytes = 0
-    teacher_columns = TEACHER_COLUMNS[task]
+    teacher_columns = (*task_traits(task).teacher_columns, *task_traits(task).per_teacher_columns)
     for path in paths:
         metadata = pq.read_metadata(path)
         features += metadata.num_rows
@@ -486,7 +487,7 @@ def _write_features(examples_dir: Path, task: Task, teachers: list[ModelRef], to
     if examples_per_shard <= 0:
         raise ValueError(f"examples_per_shard must be > 0, got {examples_per_shard}")
     meta = _read_meta(examples_dir, task)
-    if task == "classification" and num_labels is None and meta.get("label_names"):
+    if task_traits(task).classes and num_labels is None and meta.get("label_names"):
         num_labels = len(meta["label_names"])
     try:
         blocks, inputs = _plan(examples_dir, examples_per_shard)
@@ -530,7 +531,8 @@ def _write_features(examples_dir: Path, task: Task, teachers: list[ModelRef], to
         teacher_logit_bytes_per_feature=teacher_bytes / max(n_features, 1), seconds=seconds,
         busy_seconds={part: round(value, 3) for part, value in busy.items()})
     stats = asdict(result) | {
-        "float32_full_bytes_per_feature": (2 * 4 * features.max_seq_len if task == "qa" else 4 * (num_labels or 0)),
+        "float32_full_bytes_per_feature": task_kind(task).teacher_bytes_per_feature(features.max_seq_len,
+                                                                                    num_labels),
         "keep_teacher_logits": config.keep_teacher_logits,
         "workers": resources.worker_count, "device": settings["device"],
     }

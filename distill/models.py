@@ -8,17 +8,10 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from transformers import (
-    AutoConfig,
-    AutoModelForQuestionAnswering,
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-    PretrainedConfig,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
+from transformers import AutoConfig, AutoTokenizer, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from core.tasks import Task
+from distill.tasks import TASKS, task_kind
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +19,6 @@ log = logging.getLogger(__name__)
 # (jobs.stages.teacher_refs), so that every stage that builds it (each labelling actor, the online teacher of
 # phase 2, init_from_teacher_layers, evaluation) holds the weights of the teacher that labelled.
 RANDOM_INIT_SEED = 0
-_HEADS = {"qa": AutoModelForQuestionAnswering, "classification": AutoModelForSequenceClassification}
 
 
 class ModelCheckError(ValueError):
@@ -80,14 +72,15 @@ def load_model(ref: ModelRef, task: Task, num_labels: int | None = None) -> PreT
     """A model with the task's head, in eval mode (an ONNX graph: `distill.onnx_export.load_scoring_model`)."""
     if ref.init == "pretrained":
         check_task_head(load_config(ref), task, num_labels, ref.name_or_path)
+    kind = task_kind(task)
     kwargs = {}
-    if task == "classification" and num_labels is not None:
+    if kind.traits.classes and num_labels is not None:
         kwargs["num_labels"] = num_labels
     if ref.init == "random":
         config = AutoConfig.from_pretrained(ref.name_or_path, trust_remote_code=ref.trust_remote_code, **kwargs)
-        model = from_config(ref, _HEADS[task], config)
+        model = from_config(ref, kind.head, config)
     else:
-        model = _HEADS[task].from_pretrained(ref.name_or_path, trust_remote_code=ref.trust_remote_code, **kwargs)
+        model = kind.head.from_pretrained(ref.name_or_path, trust_remote_code=ref.trust_remote_code, **kwargs)
     return model.eval()
 
 
@@ -95,15 +88,14 @@ def task_of(config, name: str) -> Task:
     """The task of a model, from the head named in its config (`...ForQuestionAnswering` or `...Classification`).
 
     Raises:
-        ModelCheckError: the config names neither head.
+        ModelCheckError: the config names no task's head.
     """
     heads = config.architectures or []
-    if any(head.endswith("ForQuestionAnswering") for head in heads):
-        return "qa"
-    if any(head.endswith("ForSequenceClassification") for head in heads):
-        return "classification"
+    for kind in TASKS.values():
+        if any(head.endswith(kind.architecture_suffix) for head in heads):
+            return kind.name
     raise ModelCheckError(f"{name}: cannot tell the task from its architectures {heads or '(none)'}; "
-                          "name the task (qa or classification)")
+                          f"name the task ({' or '.join(TASKS)})")
 
 
 def check_task_head(config: PretrainedConfig, task: Task, num_labels: int | None, name: str) -> None:
@@ -112,12 +104,13 @@ def check_task_head(config: PretrainedConfig, task: Task, num_labels: int | None
     head_names = list(config.architectures or [])
     if not head_names:
         return
-    expected = "ForQuestionAnswering" if task == "qa" else "ForSequenceClassification"
+    kind = task_kind(task)
+    expected = kind.architecture_suffix
     if not any(a.endswith(expected) for a in head_names):
         raise ModelCheckError(
             f"{name}: has a {', '.join(head_names)} head, not a *{expected} head for task '{task}'; "
             "give a model fine-tuned for the task, or fine-tune it first (teachers[].finetune)")
-    if task == "classification" and num_labels is not None and config.num_labels != num_labels:
+    if kind.traits.classes and num_labels is not None and config.num_labels != num_labels:
         raise ModelCheckError(f"{name}: classifies into {config.num_labels} labels, the data has {num_labels}")
 
 

@@ -14,13 +14,13 @@ from __future__ import annotations
 import re
 
 import torch
-from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification, PreTrainedModel
+from transformers import PreTrainedModel
 
-from core.tasks import Task
+from core.tasks import Task, task_traits
 from distill.models import ModelCheckError, ModelRef, from_config, load_config
 from distill.spec import StudentSpec
+from distill.tasks import task_kind
 
-_HEAD_CLASSES = {"qa": AutoModelForQuestionAnswering, "classification": AutoModelForSequenceClassification}
 
 
 def load_for_training(ref: ModelRef, task: Task, num_labels: int | None = None) -> PreTrainedModel:
@@ -29,8 +29,9 @@ def load_for_training(ref: ModelRef, task: Task, num_labels: int | None = None) 
     Unlike `distill.models.load_model` (which loads teachers and refuses a model without the task's head), this
     accepts base models such as bert-base-uncased or a general TinyBERT: that is what fine-tuning starts from.
     """
-    kwargs = {"num_labels": num_labels} if task == "classification" and num_labels is not None else {}
-    head = _HEAD_CLASSES[task]
+    kind = task_kind(task)
+    kwargs = {"num_labels": num_labels} if kind.traits.classes and num_labels is not None else {}
+    head = kind.head
     if ref.init == "random":
         config = load_config(ref)
         for key, value in kwargs.items():
@@ -62,12 +63,12 @@ def build_student(spec: StudentSpec, teacher: ModelRef | None, task: Task, num_l
         raise ModelCheckError("student.architecture and student.init_from_teacher_layers are built from a teacher; "
                               "give one (teachers) or name a student model (student.model)")
     config = load_config(teacher)
-    if task == "classification" and num_labels is not None:
+    if task_traits(task).classes and num_labels is not None:
         config.num_labels = num_labels
     if spec.architecture is not None:
         for key, value in spec.architecture.model_dump().items():
             setattr(config, key, value)
-        return _HEAD_CLASSES[task].from_config(config, trust_remote_code=teacher.trust_remote_code).train()
+        return task_kind(task).head.from_config(config, trust_remote_code=teacher.trust_remote_code).train()
     return _from_teacher_layers(spec.init_from_teacher_layers, teacher, config, task, num_labels).train()
 
 
@@ -81,7 +82,7 @@ def _from_teacher_layers(layers: list[int], teacher: ModelRef, config, task: Tas
                               f"{teacher.name_or_path} has layers 0..{teacher_layers - 1}")
     source = load_for_training(teacher, task, num_labels)
     config.num_hidden_layers = len(layers)
-    student = _HEAD_CLASSES[task].from_config(config, trust_remote_code=teacher.trust_remote_code)
+    student = task_kind(task).head.from_config(config, trust_remote_code=teacher.trust_remote_code)
     prefix = re.escape(student.base_model_prefix)
     layer_key = re.compile(rf"^({prefix}\.encoder\.layers?\.)(\d+)(\..+)$")  # bert.encoder.layer.3.attention...
     embedding_key = re.compile(rf"^{prefix}\.embeddings\.")

@@ -33,6 +33,7 @@ from typing import Any, Callable, get_args
 
 import numpy as np
 
+from core.tasks import task_traits
 from augment.spec import DataSource, EvalSource, TrainSource
 from core.loop import LoopSpec
 from core.resources import ParallelStage, ResourcesSpec, asked_per_worker, resolve_resources
@@ -209,9 +210,9 @@ class _Models:
         self.spec = spec
         self.problems: list[str] = []
         self._configs: dict[str, Any] = {}
-        head = "qa" if spec.task == "qa" else "classification"
-        self.teachers = [self._model(t.model, head, f"teachers.{i}.model") for i, t in enumerate(spec.teachers)]
-        self.student = self._student(head)
+        self.teachers = [self._model(t.model, spec.task, f"teachers.{i}.model")
+                         for i, t in enumerate(spec.teachers)]
+        self.student = self._student(spec.task)
         mlm = spec.augment.mlm_model if spec.augment.enabled else None
         self.mlm = self._model(mlm, "mlm", "augment.mlm_model") if mlm else None
         self.tokenizer = self._tokenizer()
@@ -291,11 +292,12 @@ def _first_line(error: Exception) -> str:
 
 def _count(config: Any, head: str, overrides: dict[str, Any]) -> _Model:
     import torch
-    from transformers import AutoModelForMaskedLM, AutoModelForQuestionAnswering, AutoModelForSequenceClassification
+    from transformers import AutoModelForMaskedLM
+
+    from distill.tasks import task_kind
 
     config = config.__class__.from_dict({**config.to_dict(), **overrides})
-    model_class = {"qa": AutoModelForQuestionAnswering, "classification": AutoModelForSequenceClassification,
-                   "mlm": AutoModelForMaskedLM}[head]
+    model_class = AutoModelForMaskedLM if head == "mlm" else task_kind(head).head
     with torch.device("meta"):   # shapes only: no memory, no time
         model = model_class.from_config(config)
     params = sum(p.numel() for p in model.parameters())
@@ -385,9 +387,9 @@ def _like(unread: _DataProfile, read: _DataProfile) -> _DataProfile:
 
 def _tokenized(spec: JobSpec, sample: Any, tokenizer: Any) -> tuple[int, int, int]:
     """(features, their tokens, tokens of the distinct texts) of the sample, tokenized as the label stage does."""
-    from distill.features import build_features
+    from distill.tasks import task_kind
 
-    features = build_features(sample, spec.task, tokenizer, spec.features)
+    features = task_kind(spec.task).build_features(sample, tokenizer, spec.features)
     tokens = int(np.diff(features.column("input_ids").combine_chunks().offsets.to_numpy()).sum())
     texts = _distinct_texts(spec, sample)
     # verbose=False: texts longer than the model's positions are only counted here
@@ -397,7 +399,7 @@ def _tokenized(spec: JobSpec, sample: Any, tokenizer: Any) -> tuple[int, int, in
 
 
 def _distinct_texts(spec: JobSpec, sample: Any) -> list[str]:
-    if spec.task == "qa":
+    if task_traits(spec.task).windows:
         return list(dict.fromkeys(sample.column("context").to_pylist())) + sample.column("question").to_pylist()
     pairs = [p for p in sample.column("text_pair").to_pylist() if p] if "text_pair" in sample.column_names else []
     return sample.column("text").to_pylist() + pairs
@@ -410,7 +412,7 @@ def _word_estimate(spec: JobSpec, sample: Any) -> tuple[int, int, int]:
 
     f = spec.features
     text_tokens = sum(pieces(t) for t in _distinct_texts(spec, sample))
-    if spec.task != "qa":   # one feature per example: [CLS] text [SEP] (pair [SEP]), cut at max_seq_len
+    if not task_traits(spec.task).windows:   # one feature per example: [CLS] text [SEP] (pair [SEP]), cut
         texts = sample.column("text").to_pylist()
         pairs = sample.column("text_pair").to_pylist() if "text_pair" in sample.column_names else [None] * len(texts)
         lengths = [min(f.max_seq_len, pieces(t) + 2 + (pieces(p) + 1 if p else 0)) for t, p in zip(texts, pairs)]
@@ -565,7 +567,8 @@ class _Estimator:
         if plan.features is None or length is None:
             return
         tokens = plan.features * length
-        shards = tokens * LABEL_BYTES_PER_TOKEN if self.spec.task == "qa" else plan.features * (5 * length + 8)
+        per_token = task_traits(self.spec.task).windows
+        shards = tokens * LABEL_BYTES_PER_TOKEN if per_token else plan.features * (5 * length + 8)
         plan.disk_bytes = round(shards + tokens * VIEW_BYTES_PER_TOKEN)
         if all(self.models.teachers):
             plan.seconds = self._seconds(sum(t.forward_flops(length) for t in self.models.teachers), tokens,

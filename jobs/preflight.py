@@ -32,6 +32,7 @@ from urllib.parse import urlparse
 from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
 from augment.readers import DataReadError, peek_source, read_label_names
+from core.tasks import task_traits
 from distill.layer_map import LayerMapError, resolve_layer_map
 from distill.losses.attention_mse import AttentionMSE, HeadCountMismatch
 from distill.models import (
@@ -226,12 +227,12 @@ def _head_problems(spec: JobSpec, teachers: list[LoadedModel | None]) -> list[st
                   if model is not None and teacher.finetune is None and teacher.init == "pretrained"]
     if not used_as_is:
         return []
-    label_names = _data_label_names(spec) if spec.task == "classification" else None
+    label_names = _data_label_names(spec) if task_traits(spec.task).classes else None
     problems, class_counts = [], {}
     for model in used_as_is:
         try:
             check_task_head(model.config, spec.task, len(label_names) if label_names else None, model.name)
-            if spec.task == "classification" and model.config.architectures:
+            if task_traits(spec.task).classes and model.config.architectures:
                 class_counts[model.name] = model.config.num_labels
                 if label_names:
                     check_label_order(model.config, label_names, model.name)

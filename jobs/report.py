@@ -34,6 +34,7 @@ import yaml
 from matplotlib.figure import Figure
 
 from augment.spec import EvalSource, TrainSource
+from core.tasks import task_traits
 from distill.export import CARD_METRICS, ModelCardInfo, export_student
 from jobs.layout import eval_sets
 from jobs.spec import JobSpec, SpecError, parse_spec
@@ -533,14 +534,14 @@ def _results_section(run: _Run, metrics: dict[str, dict[str, Any]] | None, plots
     first = metrics[names[0]]
     scorings = {entry.get("scoring", "squad_v2") for entry in (first.get("sets") or {"": first}).values()}
     metric = " and ".join(sorted(_SCORING_NAMES[scoring] for scoring in scorings))
-    unit = f"percent, {metric}" if task == "qa" else "fractions 0-1"
+    unit = f"percent, {metric}" if task_traits(task).percent_scores else "fractions 0-1"
     where = (f"Macro averages over the {len(first['sets'])} evaluation sets, each counting once"
              if "sets" in first else "Scores on the evaluation data")
     rows = [[f"`{key}`", *(metrics[name].get(key) for name in names)] for key in keys]
     text = f"## Results\n\n{where} ({unit}).\n\n" + _table(["metric", *names], rows)
     if "sets" in first:
         text += "\n\n" + _sets_table(task, metrics, names)
-    headline = "f1" if task == "qa" else "accuracy"
+    headline = task_traits(task).headline_metric
     student = (metrics.get("student") or {}).get(headline)
     for teacher in (name for name in names if name != "student"):
         score = metrics[teacher].get(headline)
@@ -548,7 +549,7 @@ def _results_section(run: _Run, metrics: dict[str, dict[str, Any]] | None, plots
             text += f"\n\nThe student keeps {student / score:.1%} of `{teacher}`'s {headline}"
             degenerate = metrics[teacher].get("degenerate")
             text += f", but `{teacher}` {degenerate} (see Warnings)." if degenerate else "."
-    if task == "classification":
+    if task_traits(task).classes:
         for name in names:
             per_class = metrics[name].get("per_class") or {}
             if per_class:
@@ -567,7 +568,7 @@ _SCORING_NAMES = {"squad_v2": "the official SQuAD 2.0 metric",
 
 def _sets_table(task: str, metrics: dict[str, dict[str, Any]], names: list[str]) -> str:
     """Each evaluation set's scores per model, then each group's macro average and the one over all sets."""
-    keys = ["exact", "f1"] if task == "qa" else ["accuracy", "macro_f1"]
+    keys = task_traits(task).macro_metrics
     first = metrics[names[0]]
 
     def cell(entry: dict[str, Any] | None) -> str:
@@ -622,7 +623,7 @@ def _export_section(run: _Run) -> str:
     export = run.path / "export"
     if (export / "README.md").is_file():
         task = run.spec.task if run.spec is not None else "qa"
-        how = ('pipeline("question-answering", model=DIR, trust_remote_code=True)' if task == "qa"
+        how = ('pipeline("question-answering", model=DIR, trust_remote_code=True)' if task_traits(task).windows
                else 'pipeline("text-classification", model=DIR)')
         return (f"## Export\n\nThe final student is ready to serve in `{export}` (weights, config, tokenizer, "
                 f"model card). Load it with `{how}`.")
@@ -710,9 +711,9 @@ def _plot_scores(task: str, metrics: dict[str, dict[str, Any]], path: Path) -> b
     for index, name in enumerate(names):
         positions = [k + (index - (len(names) - 1) / 2) * width for k in range(len(keys))]
         bars = axes.bar(positions, [metrics[name][key] for key in keys], width, label=name)
-        axes.bar_label(bars, fmt="%.1f" if task == "qa" else "%.3f", fontsize="x-small")
+        axes.bar_label(bars, fmt="%.1f" if task_traits(task).percent_scores else "%.3f", fontsize="x-small")
     axes.set_xticks(range(len(keys)), keys, rotation=30, ha="right")
-    axes.set(title="teacher vs student", ylabel="score (%)" if task == "qa" else "score")
+    axes.set(title="teacher vs student", ylabel="score (%)" if task_traits(task).percent_scores else "score")
     axes.legend(fontsize="small")
     axes.grid(axis="y", alpha=0.3)
     figure.savefig(path, dpi=100)
@@ -810,14 +811,14 @@ def card_info(run_dir: Path) -> ModelCardInfo:
         augmentation |= {key: stats[key] for key in ("examples_in", "examples_out", "substitution_rate")
                          if key in stats}
     inference: dict[str, Any] = {"max_seq_len": spec.features.max_seq_len}
-    if spec.task == "qa":
+    if task_traits(spec.task).windows:
         inference |= {"doc_stride": spec.features.doc_stride, "max_question_len": spec.features.max_query_len,
                       "max_answer_len": spec.evaluate.max_answer_len, "n_best": spec.evaluate.n_best,
                       "null_threshold": spec.evaluate.null_threshold}
     return ModelCardInfo(
         task=spec.task, teachers=_teacher_names(spec), student_source=_student_source(spec), data=data,
         augmentation=augmentation, phases=_phase_settings(spec), metrics=_evaluation_metrics(run) or {},
-        label_names=label_names if spec.task == "classification" else None, inference=inference,
+        label_names=label_names if task_traits(spec.task).classes else None, inference=inference,
         name=f"{spec.name}-student", job_id=run.state.job_id if run.state is not None else None,
         license=spec.evaluate.license)
 

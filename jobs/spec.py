@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 from augment.spec import QA_FORMATS, AugmentSpec, DataSource, DataSpec
 from core.config import DEFAULT_SEED, StrictModel
 from core.resources import ResourcesSpec
-from core.tasks import Task
+from core.tasks import Task, task_traits
 from distill.spec import DistillSpec, EvaluateSpec, FeaturesSpec, LabelSpec, StudentSpec, TeacherSpec
 
 
@@ -81,9 +81,9 @@ class JobSpec(StrictModel):
         if isinstance(layer_map, list) and student_layers is not None and len(layer_map) != student_layers:
             problems.append(f"distill.intermediate.layer_map: {len(layer_map)} entries for a student of "
                             f"{student_layers} layers")
-        if self.task == "qa":
+        if task_traits(self.task).windows:
             problems += self._window_problems()
-        if self.task == "qa":
+        if task_traits(self.task).windows:
             problems += [f"{field}.format: qa reads squad, mrqa, hf or jsonl data, got {source.format}"
                          for field, source in self.data_sources()
                          if source.format not in QA_FORMATS and field != "augment.corpus"]

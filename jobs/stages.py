@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from core.tasks import task_traits
 from distill.spec import StudentSpec
 from jobs.layout import eval_sets, finetune_examples
 from jobs.spec import JobSpec
@@ -59,7 +60,7 @@ def label_names(ctx: StageContext) -> list[str] | None:
 
 def num_labels(ctx: StageContext) -> int | None:
     names = label_names(ctx)
-    return len(names) if ctx.spec.task == "classification" and names else None
+    return len(names) if task_traits(ctx.spec.task).classes and names else None
 
 
 def teacher_refs(ctx: StageContext) -> list[ModelRef]:

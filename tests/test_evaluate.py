@@ -23,13 +23,14 @@ from core.resources import ResourcesSpec
 from core.shards import read_shards, write_shard
 from distill import evaluate
 from distill.evaluate import EvaluationError, evaluate_models
-from distill.features import build_features
 from distill.label import TeacherEnsemble
 from distill.models import ModelCheckError, ModelRef, load_tokenizer
 from distill.onnx_export import load_scoring_model
 from distill.spec import EvaluateSpec, FeaturesSpec, LabelSpec, StudentSpec, TeacherSpec
 from distill.squad_metric import load_squad_gold, squad_v2_scores
 from distill.student import build_student
+from distill.tasks import TASKS, task_kind
+from distill.tasks.qa import QA
 from jobs.spec import JobSpec
 from jobs.stages import StageContext, teacher_refs
 
@@ -114,7 +115,7 @@ def test_qa_speed_and_result_structure(qa_result):
     ("classification", ["negative"], None),  # a single example says nothing about the model
 ])
 def test_degenerate_predictions_are_named(task, predictions, note):
-    assert evaluate.degenerate_predictions(task, predictions) == note
+    assert task_kind(task).degenerate(predictions) == note
 
 
 @pytest.mark.parametrize(("null_threshold", "note"), [(-1e9, "answers no answer to all 30 questions"),
@@ -137,12 +138,13 @@ def _record_chunks(monkeypatch) -> list[tuple[list[str], list[str]]]:
     """Record (example ids, feature example ids) of every chunk whose features evaluation builds."""
     chunks = []
 
-    def recording(examples, *args):
-        table = build_features(examples, *args)
-        chunks.append((examples.column("id").to_pylist(), table.column("example_id").to_pylist()))
-        return table
+    for kind in TASKS.values():
+        def recording(examples, *args, build=kind.build_features):
+            table = build(examples, *args)
+            chunks.append((examples.column("id").to_pylist(), table.column("example_id").to_pylist()))
+            return table
 
-    monkeypatch.setattr(evaluate, "build_features", recording)
+        monkeypatch.setattr(kind, "build_features", recording)
     return chunks
 
 
@@ -163,7 +165,7 @@ def test_qa_chunks_hold_whole_examples_and_score_like_one_chunk(qa_examples, tin
                                                                 monkeypatch):
     model = ModelRef(str(tiny_model_factory(task="qa", layers=1, hidden=32)))
     ids = read_shards(qa_examples).column("id").to_pylist()
-    windows = Counter(build_features(read_shards(qa_examples), "qa", load_tokenizer(model), FEATURES)
+    windows = Counter(QA.build_features(read_shards(qa_examples), load_tokenizer(model), FEATURES)
                       .column("example_id").to_pylist())
     # chunks cut right after a context of several windows, so that its windows end the first chunk
     edge = next(i for i, qid in enumerate(ids) if i > 0 and windows[qid] > 1)

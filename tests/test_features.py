@@ -13,8 +13,9 @@ from transformers import AutoTokenizer
 
 from core.devices import padded_length
 from distill.features import (CLASSIFICATION_FEATURE_SCHEMA, LOGIT_PAD, NOT_CONTEXT, QA_FEATURE_SCHEMA, FeaturesError,
-                              FlatFeatures, classification_features, feature_schema, pad_batch, qa_features)
+                              FlatFeatures, classification_features, pad_batch, qa_features)
 from distill.spec import FeaturesSpec
+from distill.tasks import task_kind
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +178,7 @@ def test_classification_features(tokenizer):
 
 
 def _feature_table(rows: list[dict], task: str) -> pa.Table:
-    schema = feature_schema(task)
+    schema = task_kind(task).feature_schema
     return pa.Table.from_pylist(rows, schema=pa.schema([schema.field(name) for name in rows[0]]))
 
 

@@ -1,12 +1,11 @@
-"""What the objectives share: which feature columns hold what, the model inputs of a batch, logits and gold
-targets in one (B, G, N) layout for both tasks, teachers held frozen, and saving a trained model whole."""
+"""What the objectives share: the model inputs of a batch, teachers held frozen, and saving a trained model whole.
+Logits, gold targets and teacher logits in one (B, G, N) layout are the task's (`distill.tasks.TaskKind`)."""
 
 from __future__ import annotations
 
 import inspect
 import shutil
 from pathlib import Path
-from typing import Any
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -14,11 +13,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from core.tasks import Task
 from distill.models import ModelRef, check_same_vocabulary, load_model, load_tokenizer
 
-# Feature columns each task's model inputs and gold labels come from (distill.features schemas).
+# Feature columns every model input comes from (distill.features schemas); the task's labels and teacher logits
+# are its own (distill.tasks).
 INPUT_COLUMNS = ("input_ids", "token_type_ids")
-LABEL_COLUMNS = {"qa": ("start_position", "end_position"), "classification": ("label",)}
-TEACHER_COLUMNS = {"qa": ("teacher_start_logits", "teacher_end_logits"), "classification": ("teacher_logits",)}
-
 
 
 def takes_token_types(model: PreTrainedModel) -> bool:
@@ -32,32 +29,6 @@ def model_inputs(batch: dict[str, torch.Tensor], token_types: bool = True) -> di
     if token_types:
         inputs["token_type_ids"] = batch["token_type_ids"]
     return inputs
-
-
-def task_logits(outputs: Any, task: Task) -> torch.Tensor:
-    """(B, G, N) logits: QA start and end over the L positions (G=2, N=L); classification (G=1, N=C)."""
-    if task == "qa":
-        return torch.stack([outputs.start_logits, outputs.end_logits], 1)
-    return outputs.logits[:, None, :]
-
-
-def gold_targets(batch: dict[str, torch.Tensor], task: Task) -> torch.Tensor:
-    """(B, G) gold entries matching `task_logits`."""
-    if task == "qa":
-        return torch.stack([batch["start_positions"], batch["end_positions"]], 1)
-    return batch["labels"][:, None]
-
-
-def labelled_teacher_logits(batch: dict[str, torch.Tensor], task: Task) -> torch.Tensor:
-    """(B, G, N) teacher logits read from the features, matching `task_logits`."""
-    if task == "qa":
-        return torch.stack([batch["teacher_start_logits"], batch["teacher_end_logits"]], 1)
-    return batch["teacher_logits"][:, None, :]
-
-
-def distribution_mask(batch: dict[str, torch.Tensor], task: Task) -> torch.Tensor | None:
-    """(B, N) entries that take part in a distribution: QA real tokens; classification every class (None)."""
-    return batch["attention_mask"] if task == "qa" else None
 
 
 def load_teacher(ref: ModelRef, task: Task, num_labels: int | None, device: torch.device) -> PreTrainedModel:

@@ -14,9 +14,9 @@ from core.tasks import Task
 from distill.features import FlatFeatures
 from distill.losses import HardLabelCE
 from distill.models import ModelRef, load_tokenizer
-from distill.objectives.common import (INPUT_COLUMNS, LABEL_COLUMNS, distribution_mask, gold_targets, model_inputs,
-                                       save_model, takes_token_types, task_logits)
+from distill.objectives.common import INPUT_COLUMNS, model_inputs, save_model, takes_token_types
 from distill.student import load_for_training
+from distill.tasks import task_kind
 from distill.trainer import TrainPlan, require_filled
 
 
@@ -43,19 +43,19 @@ class FinetuneObjective(nn.Module):
         self.model = model
         self.tokenizer = tokenizer
         self.pad_token_id = tokenizer.pad_token_id
-        self.task = task
+        self.task, self.kind = task, task_kind(task)
         self.hard = HardLabelCE()
-        self.columns = (*INPUT_COLUMNS, *LABEL_COLUMNS[task])
+        self.columns = (*INPUT_COLUMNS, *self.kind.traits.label_columns)
         self.term_weights = {"hard": 1.0}
         self._spec = spec
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        logits = task_logits(self.model(**model_inputs(batch, takes_token_types(self.model))), self.task)  # (B, G, N)
-        return {"hard": self.hard(logits, gold_targets(batch, self.task), distribution_mask(batch, self.task))}
+        logits = self.kind.logits(self.model(**model_inputs(batch, takes_token_types(self.model))))  # (B, G, N)
+        return {"hard": self.hard(logits, self.kind.gold(batch), self.kind.distribution_mask(batch))}
 
     def check_features(self, data: FlatFeatures) -> None:
-        if self.task == "classification":
-            require_filled(data, "label", "fine-tuning needs the gold labels of every example")
+        for column in self.kind.traits.label_columns:
+            require_filled(data, column, "fine-tuning needs the gold labels of every example")
 
     def settings(self) -> dict[str, Any]:
         return {**self._spec, "losses": {"hard": {"weight": 1.0, "reduction": "mean over (example, distribution) "

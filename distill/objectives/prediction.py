@@ -15,11 +15,11 @@ from distill.ensemble import mix_teacher_logits
 from distill.features import FlatFeatures
 from distill.losses import HardLabelCE, SoftTargetKL
 from distill.models import ModelRef, load_tokenizer
-from distill.objectives.common import (INPUT_COLUMNS, LABEL_COLUMNS, TEACHER_COLUMNS, Frozen, check_vocabularies,
-                                       distribution_mask, gold_targets, labelled_teacher_logits, load_teacher,
-                                       model_inputs, save_model, takes_token_types, task_logits)
+from distill.objectives.common import (INPUT_COLUMNS, Frozen, check_vocabularies, load_teacher, model_inputs,
+                                       save_model, takes_token_types)
 from distill.spec import PredictionSpec, StudentSpec
 from distill.student import build_student, load_for_training, tokenizer_source
+from distill.tasks import task_kind
 from distill.trainer import TrainingError, TrainPlan, require_filled
 
 Ensemble = Literal["probs", "logits"]
@@ -81,7 +81,7 @@ class PredictionObjective(nn.Module):
         self.student = student
         self.tokenizer = tokenizer
         self.pad_token_id = tokenizer.pad_token_id
-        self.task = task
+        self.task, self.kind = task, task_kind(task)
         self.source = teacher_logits
         self._teachers = Frozen(*teachers)
         self.teacher_weights = teacher_weights
@@ -90,9 +90,9 @@ class PredictionObjective(nn.Module):
         self.soft = SoftTargetKL(temperature)
         self.hard = HardLabelCE()
         self.term_weights = {name: w for name, w in (("kl", distill_weight), ("hard", 1.0 - distill_weight)) if w > 0}
-        columns = [*INPUT_COLUMNS, *LABEL_COLUMNS[task]]
+        columns = [*INPUT_COLUMNS, *self.kind.traits.label_columns]
         if "kl" in self.term_weights and teacher_logits == "labelled":
-            columns += TEACHER_COLUMNS[task]
+            columns += self.kind.traits.teacher_columns
         self.columns = tuple(columns)
 
     @property
@@ -102,11 +102,11 @@ class PredictionObjective(nn.Module):
     def teacher_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, G, N) soft-target logits for `batch`, from the features or from the teachers."""
         if self.source == "labelled":
-            return labelled_teacher_logits(batch, self.task)
+            return self.kind.teacher_logits(batch)
         with torch.no_grad():
-            each = [task_logits(teacher(**model_inputs(batch, takes_token_types(teacher))), self.task)
+            each = [self.kind.logits(teacher(**model_inputs(batch, takes_token_types(teacher))))
                     for teacher in self.teachers]  # K x (B, G, N)
-        mask = distribution_mask(batch, self.task)
+        mask = self.kind.distribution_mask(batch)
         mask = None if mask is None else mask.bool()
         weights = torch.tensor(self.teacher_weights, device=each[0].device)
         weights = weights / weights.sum()
@@ -115,22 +115,22 @@ class PredictionObjective(nn.Module):
                             for g in range(each[0].shape[1])], 1)  # (B, G, N)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        logits = task_logits(self.student(**model_inputs(batch, takes_token_types(self.student))),
-                             self.task)  # (B, G, N)
-        mask = distribution_mask(batch, self.task)
+        logits = self.kind.logits(self.student(**model_inputs(batch, takes_token_types(self.student))))  # (B, G, N)
+        mask = self.kind.distribution_mask(batch)
         terms = {}
         if "kl" in self.term_weights:
             terms["kl"] = self.soft(logits, self.teacher_logits(batch), mask)
         if "hard" in self.term_weights:
-            terms["hard"] = self.hard(logits, gold_targets(batch, self.task), mask)
+            terms["hard"] = self.hard(logits, self.kind.gold(batch), mask)
         return terms
 
     def check_features(self, data: FlatFeatures) -> None:
-        if "hard" in self.term_weights and self.task == "classification":
-            require_filled(data, "label", "hard labels are needed while distill_weight < 1; label the data or "
-                                           "set distill_weight: 1")
+        if "hard" in self.term_weights:
+            for column in self.kind.traits.label_columns:
+                require_filled(data, column, "hard labels are needed while distill_weight < 1; label the data or "
+                                             "set distill_weight: 1")
         if "kl" in self.term_weights and self.source == "labelled":
-            for column in TEACHER_COLUMNS[self.task]:
+            for column in self.kind.traits.teacher_columns:
                 require_filled(data, column, "run the label stage on these features, set "
                                               "distill.prediction.teacher_logits: online, or distill_weight: 0")
 

@@ -1,0 +1,89 @@
+"""Text classification (SST-2, emotion, MASSIVE; single texts or pairs): one feature per example, class logits,
+scored by accuracy and macro precision, recall and F1."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+from transformers import AutoModelForSequenceClassification, PreTrainedTokenizerBase
+
+from core.shards import write_json
+from core.tasks import TRAITS
+from distill.classification_metrics import classification_report
+from distill.features import CLASSIFICATION_FEATURE_SCHEMA, classification_features
+from distill.spec import EvaluateSpec, FeaturesSpec
+from distill.tasks.base import TaskKind
+
+
+class Classification(TaskKind):
+    traits = TRAITS["classification"]
+    head = AutoModelForSequenceClassification
+    architecture_suffix = "ForSequenceClassification"
+    output_names = ("logits",)
+    null_odds = False
+    feature_schema = CLASSIFICATION_FEATURE_SCHEMA
+
+    def build_features(self, examples: Sequence[Mapping[str, Any]] | pa.Table, tokenizer: PreTrainedTokenizerBase,
+                       features: FeaturesSpec) -> pa.Table:
+        return classification_features(examples, tokenizer, features)
+
+    def logits(self, outputs: Any) -> torch.Tensor:
+        return outputs.logits[:, None, :]                                       # (B, 1, C)
+
+    def gold(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return batch["labels"][:, None]
+
+    def teacher_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return batch["teacher_logits"][:, None, :]
+
+    def distribution_mask(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        return None                                                             # every class takes part
+
+    def answers(self, config: EvaluateSpec, scoring: str, label_names: list[str] | None) -> ClassAnswers:
+        return ClassAnswers(label_names or [])
+
+    def degenerate(self, predictions: list[str]) -> str | None:
+        if len(predictions) > 1 and len(set(predictions)) == 1:
+            return f"predicts {predictions[0]!r} for all {len(predictions)} examples"
+        return None
+
+
+CLASSIFICATION = Classification()
+
+
+class ClassAnswers:
+    """Each classification example's id, gold label and argmax prediction, gathered chunk by chunk."""
+
+    def __init__(self, label_names: list[str]) -> None:
+        self.label_names = label_names
+        self.ids: list[str] = []
+        self.labels: list[np.ndarray] = []
+        self.predicted: list[np.ndarray] = []
+
+    def add(self, examples: pa.Table, table: pa.Table, logits: np.ndarray) -> None:
+        """One chunk: `logits` (N, C) of `examples`, one feature each (`table` is not needed)."""
+        self.ids.extend(examples.column("id").to_pylist())
+        self.labels.append(examples.column("label").to_numpy())  # no nulls: evaluation checks first
+        self.predicted.append(logits.argmax(axis=1))  # (N,)
+
+    def score(self, predictions_path: Path | None = None, null_odds_path: None = None) -> dict[str, Any]:
+        """Score accuracy, macro scores and the per-class report; write {id: label name} where a path is given
+        (there are no null odds)."""
+        names = self.label_names
+        predicted = np.concatenate(self.predicted)
+        predicted_names = [names[int(p)] for p in predicted]
+        if predictions_path is not None:
+            write_json(predictions_path, dict(zip(self.ids, predicted_names)))
+        report = classification_report(np.concatenate(self.labels).astype(np.int64), predicted, len(names), names)
+        return {
+            "accuracy": report.accuracy, "macro_f1": report.macro_f1, "macro_precision": report.macro_precision,
+            "macro_recall": report.macro_recall, "total": report.total,
+            "per_class": {c.name: {"precision": c.precision, "recall": c.recall, "f1": c.f1, "support": c.support}
+                          for c in report.per_class},
+            "degenerate": CLASSIFICATION.degenerate(predicted_names),
+        }
