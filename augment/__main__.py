@@ -15,6 +15,7 @@ from pathlib import Path
 from augment.export import ExportError
 from augment.inspect import InspectError
 from augment.readers import DataReadError
+from core.tasks import TRAITS
 
 
 def add_inspect(subparsers: argparse._SubParsersAction) -> None:
@@ -54,7 +55,7 @@ def add_run(subparsers: argparse._SubParsersAction) -> None:
                                    "Unset options take the job spec defaults (augment/spec.py, core/resources.py).")
     parser.add_argument("--input", type=Path, required=True, help="examples folder (shards/, meta.json)")
     parser.add_argument("--out", type=Path, required=True, help="output folder; rerun to resume it")
-    parser.add_argument("--task", choices=["qa", "classification"], help="default: the task in the input's meta.json")
+    parser.add_argument("--task", choices=list(TRAITS), help="default: the task in the input's meta.json")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="default %(default)s")
     augment, resources = AugmentSpec.model_fields, ResourcesSpec.model_fields
     options = [  # (flag, field, type); each help text is the field's description in the spec

@@ -28,6 +28,7 @@ from rich.text import Text
 import pyarrow.parquet as pq
 
 from core.shards import iter_shard_batches, shard_paths
+from core.tasks import task_traits
 
 # How many invalid answer spans a report lists (all of them are counted).
 MAX_INVALID_SPANS_LISTED = 20
@@ -65,7 +66,7 @@ class InspectReport:
 
     Attributes:
         folder: the examples folder.
-        task: "qa" or "classification" (from the shard schema).
+        task: the examples' task (meta.json's; else qa or classification, from the shard schema).
         totals: counts and rates; keys are listed in `inspect_examples`.
         invalid_span_count: answers whose text is not at their answer_start (0 for classification).
         invalid_spans: the first MAX_INVALID_SPANS_LISTED of them.
@@ -111,8 +112,8 @@ def inspect_examples(folder: Path, example_id: str | None = None, limit: int = 3
     warnings: list[str] = []
 
     columns = _example_columns(folder)
-    task = "qa" if "context" in columns else "classification"
-    fields = QA_FIELDS if task == "qa" else CLASSIFICATION_FIELDS
+    task = (meta or {}).get("task") or ("qa" if "context" in columns else "classification")
+    fields = QA_FIELDS if task_traits(task).windows else CLASSIFICATION_FIELDS
     rows_out = variants = spans_checked = misplaced = 0
     source_ids: set[str] = set()
     counted_by_source: Counter[str] = Counter()
@@ -128,7 +129,7 @@ def inspect_examples(folder: Path, example_id: str | None = None, limit: int = 3
                 counted_by_source[substitution["source"]] += 1
             misplaced += sum(_place(row.get(field) or "", row["substitutions"], field)[1] for field in fields)
             misplaced += sum(s["field"] not in fields for s in row["substitutions"])
-            if task == "qa":
+            if task_traits(task).windows:
                 spans_checked += len(row["answers"]["text"])
                 for span in answer_span_errors(row):
                     invalid_count += 1
@@ -280,7 +281,7 @@ def _rejects_by_reason(folder: Path, meta: dict[str, Any], warnings: list[str]) 
 
 
 def _fields(report: InspectReport) -> tuple[str, ...]:
-    return QA_FIELDS if report.task == "qa" else CLASSIFICATION_FIELDS
+    return QA_FIELDS if task_traits(report.task).windows else CLASSIFICATION_FIELDS
 
 
 def _summary_lines(report: InspectReport) -> list[str]:
@@ -298,7 +299,7 @@ def _summary_lines(report: InspectReport) -> list[str]:
     lines.append(f"{subs}  ({t['substitutions']:,} substitutions{': ' + share if share else ''})")
     reasons = ", ".join(f"{reason} {n:,}" for reason, n in t["rejects_by_reason"].items())
     lines.append(f"rejects: {t['rejected']:,}{' (' + reasons + ')' if reasons else ''}")
-    if report.task == "qa":
+    if task_traits(report.task).windows:
         lines.append(f"answer spans: {t['answer_spans_checked']:,} checked, {report.invalid_span_count:,} invalid")
         lines += [f"  invalid: {s.id} answer {s.answer}: {s.text!r} at {s.answer_start}, context has {s.found!r}"
                   for s in report.invalid_spans]
@@ -326,7 +327,7 @@ def render_plain(report: InspectReport) -> str:
             for field in _fields(report):
                 if row.get(field) is not None:
                     lines.append(f"    {field}: {mark_substitutions(row[field], row['substitutions'], field)}")
-            if report.task == "qa":
+            if task_traits(report.task).windows:
                 lines.append(f"    answers: {_answers_text(row)}")
             else:
                 lines.append(f"    label: {row['label']}")
@@ -340,7 +341,7 @@ def render_rich(report: InspectReport) -> Group:
     legend.append("replaced", style=ORIGINAL_STYLE).append(" ")
     for source, style in REPLACEMENT_STYLES.items():
         legend.append(source, style=style).append(" ")
-    if report.task == "qa":
+    if task_traits(report.task).windows:
         legend.append("answer", style=ANSWER_STYLE)
     parts.append(legend)
     fields = _fields(report)
@@ -350,7 +351,7 @@ def render_rich(report: InspectReport) -> Group:
         for field in fields:
             if any(row.get(field) is not None for row in rows):
                 table.add_column(field, ratio=6 if field == "context" else 3)
-        table.add_column("answers" if report.task == "qa" else "label", ratio=2)
+        table.add_column("answers" if task_traits(report.task).windows else "label", ratio=2)
         for row in rows:
             kind = "original" if row["variant"] == 0 else f"variant {row['variant']}"
             cells = [Text(f"{kind}\n{row['id']}\n{len(row['substitutions'])} substitutions")]
@@ -361,7 +362,7 @@ def render_rich(report: InspectReport) -> Group:
                         answers = row["answers"]
                         spans = [(s, s + len(t)) for t, s in zip(answers["text"], answers["answer_start"])]
                     cells.append(highlight_substitutions(row.get(field) or "", row["substitutions"], field, spans))
-            cells.append(Text(_answers_text(row) if report.task == "qa" else str(row["label"])))
+            cells.append(Text(_answers_text(row) if task_traits(report.task).windows else str(row["label"])))
             table.add_row(*cells)
         parts.append(table)
     return Group(*parts)

@@ -76,7 +76,7 @@ from core.ray_runtime import resolve_on_cluster
 from core.resources import ResourcesSpec
 from core.schema import schema_for
 from core.shards import SHARD_GLOB, atomic_output, iter_shard_batches, read_rows, shard_paths, write_json, write_shard
-from core.tasks import Task
+from core.tasks import Task, task_traits
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +221,7 @@ def augment_block(rows: list[dict[str, Any]], task: str, config: AugmentSpec, se
         return propose(texts, neighbours, mlm, config.mlm_mode, config.top_k, config.mlm_window)
 
     out, tally = [], Tally()
-    if task == "qa":
+    if task_traits(task).windows:
         contexts = options_for([r["context"] for r in rows])
         questions = options_for([r["question"] for r in rows]) if config.augment_questions else [None] * len(rows)
         for row, context_options, question_options in zip(rows, contexts, questions):
@@ -247,7 +247,7 @@ def plan_blocks(examples_dir: Path, task: str, block_rows: int) -> list[list[int
     A unit is one example, or for QA every row sharing a context (in the order the context first appears), so
     that a paragraph's candidates are computed once. Only the context column is read, a batch at a time.
     """
-    if task == "qa":
+    if task_traits(task).windows:
         units: dict[bytes, list[int]] = {}
         row = 0
         for batch in iter_shard_batches(examples_dir, columns=["context"]):
@@ -351,7 +351,7 @@ def _digest(text: str) -> bytes:
 
 def _fields(task: str, config: AugmentSpec) -> list[str]:
     """The text columns whose words are substituted."""
-    if task == "qa":
+    if task_traits(task).windows:
         return ["context", "question"] if config.augment_questions else ["context"]
     return ["text", "text_pair"]
 
@@ -422,7 +422,7 @@ def _neighbours_for(wanted: set[str], examples_dir: Path, corpus_dir: Path | Non
 def _corpus(examples_dir: Path, corpus_dir: Path | None, task: str) -> list[list[str]]:
     """Every distinct text of the input (all text columns), then of the corpus, lower-cased and split into words,
     in input order. Equal words are one (interned) string, so a word costs a pointer per occurrence."""
-    columns = ["context", "question"] if task == "qa" else ["text", "text_pair"]
+    columns = ["context", "question"] if task_traits(task).windows else ["text", "text_pair"]
     seen: set[bytes] = set()
     texts = _distinct_texts(examples_dir, columns, seen)
     if corpus_dir is not None:

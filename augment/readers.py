@@ -31,6 +31,7 @@ import csv
 import dataclasses
 import gzip
 import itertools
+import math
 import json
 import os
 import re
@@ -47,9 +48,9 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from augment.spec import DataSource
-from core.schema import CLASSIFICATION_SCHEMA, QA_SCHEMA, SUBSTITUTION
+from core.schema import SUBSTITUTION, schema_for
 from core.shards import DEFAULT_ROWS_PER_SHARD, SHARD_GLOB, ShardWriter, atomic_output, iter_shard_batches, write_json
-from core.tasks import Task
+from core.tasks import Task, task_traits
 
 # Texts up to 100k characters are ordinary (long articles); beyond this a record is far more likely a broken
 # file (a whole book in one cell, a missing closing quote in a CSV) than an example, so it is rejected.
@@ -75,6 +76,7 @@ REJECT_REASONS: dict[str, str] = {
     "answerable_without_answers": "QA: is_impossible is false but there are no answers",
     "duplicate_id": "the id was already used by an earlier record (the first one is kept)",
     "unknown_label": "classification: the label is neither one of label_names nor a valid label id",
+    "bad_score": "regression: the label is not a finite number",
     "too_long": f"a text is longer than {MAX_TEXT_CHARS:,} characters",
 }
 
@@ -143,17 +145,19 @@ def read_examples(source: DataSource, task: Task, label_names: list[str] | None,
                      unit=" records", total=source.limit, disable=not sys.stderr.isatty())
         with atomic_output(rejects_path) as temp, open(temp, "w", encoding="utf-8") as handle:
             log = _RejectLog(handle, source.path)
-            writer = ShardWriter(shards_dir, QA_SCHEMA if task == "qa" else CLASSIFICATION_SCHEMA, rows_per_shard)
-            if task == "qa":
+            writer = ShardWriter(shards_dir, schema_for(task), rows_per_shard)
+            if task_traits(task).windows:
                 written = _write_qa(items, writer, log)
-            else:
+            elif task_traits(task).classes:
                 written, label_names = _write_classification(items, writer, log, label_names, class_label_names)
+            else:
+                written = _write_scores(items, writer, log)
             shards = writer.close()
     except BaseException:
         _clear_outputs(out_dir)  # a failed read leaves nothing a later stage could mistake for its output
         raise
     result = ReadResult(
-        task=task, source=source.path, label_names=label_names if task == "classification" else None,
+        task=task, source=source.path, label_names=label_names if task_traits(task).classes else None,
         read=log.read, written=written, rejected=sum(log.by_reason.values()),
         rejected_by_reason=dict(sorted(log.by_reason.items())), out_dir=str(out_dir),
         shards=[str(p) for p in shards], rejects_path=str(rejects_path), meta_path=str(meta_path))
@@ -205,7 +209,7 @@ def mix_examples(sets: list[WeightedSet], task: Task, out_dir: Path, seed: int,
     try:
         with atomic_output(rejects_path) as temp, open(temp, "w", encoding="utf-8") as handle:
             log = _RejectLog(handle, "+".join(weighted.name for weighted in sets))
-            writer = ShardWriter(shards_dir, QA_SCHEMA if task == "qa" else CLASSIFICATION_SCHEMA, rows_per_shard)
+            writer = ShardWriter(shards_dir, schema_for(task), rows_per_shard)
             for index, (weighted, meta) in enumerate(zip(sets, metas)):
                 rng = np.random.default_rng([seed, index])
                 whole, fraction = divmod(weighted.weight, 1.0)
@@ -262,7 +266,8 @@ PEEK_BYTES = 1 << 20
 _SQUAD_FOUND = "SQuAD JSON (QA data: an object whose 'data' lists articles with paragraphs and questions)"
 _EXPECTED = {"qa": "SQuAD JSON, MRQA JSONL (format mrqa), JSONL records with fields context, question, answers, "
                     "or an HF dataset",
-             "classification": "TSV, CSV or JSONL records with a text and a label column, or an HF dataset"}
+             "classification": "TSV, CSV or JSONL records with a text and a label column, or an HF dataset",
+             "regression": "TSV, CSV or JSONL records with a text and a numeric label column, or an HF dataset"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -290,7 +295,7 @@ def peek_source(source: DataSource, task: Task) -> SourcePeek | None:
         What was found and any problem; None for a hub dataset, which is not fetched here.
     """
     columns = _Columns(source.text_column, source.text_pair_column, source.label_column)
-    needed = _MRQA_COLUMNS if source.format == "mrqa" else _QA_COLUMNS if task == "qa" else columns.needed
+    needed = _MRQA_COLUMNS if source.format == "mrqa" else _QA_COLUMNS if task_traits(task).windows else columns.needed
     path = Path(source.path)
     if source.format == "hf":
         return _peek_hf(source, task, columns) if path.exists() else None
@@ -303,7 +308,7 @@ def peek_source(source: DataSource, task: Task) -> SourcePeek | None:
         return SourcePeek(f"a first line longer than {PEEK_BYTES:,} bytes", None)
     found, fields = layout
     if found == _SQUAD_FOUND:
-        if task != "qa":
+        if not task_traits(task).windows:
             return SourcePeek(found, f"{path}: holds {found}, but the task is {task}; set task: qa, or give "
                                      f"{task} data ({_EXPECTED[task]})")
         if source.format != "squad":
@@ -311,14 +316,14 @@ def peek_source(source: DataSource, task: Task) -> SourcePeek | None:
         return SourcePeek(found, None)
     if source.format == "squad":
         fix = "; set format: jsonl" if fields is not None else f"; give {task} data ({_EXPECTED[task]})"
-        task_note = "" if task == "qa" else f", which is QA data, but the task is {task}"
+        task_note = "" if task_traits(task).windows else f", which is QA data, but the task is {task}"
         return SourcePeek(found, f"{path}: format squad (the default for .json files) reads SQuAD JSON{task_note}; "
                                  f"found {found}{fix}")
     if fields is None:
         return SourcePeek(found, f"{path}: format {source.format} cannot read it: found {found}; expected "
                                  f"{_EXPECTED[task]}")
     if source.format == "mrqa":
-        if task != "qa":
+        if not task_traits(task).windows:
             return SourcePeek(found, f"{path}: MRQA files hold QA data, but the task is {task}; set task: qa")
         if fields == ["header"]:  # only the header fits in the head: the reader checks the rest
             return SourcePeek(found, None)
@@ -349,7 +354,7 @@ def read_label_names(source: DataSource, label_names: list[str] | None = None) -
         return class_label_names
     with open(os.devnull, "w", encoding="utf-8") as nowhere:
         rows = _checked(itertools.islice(items, source.limit), _RejectLog(nowhere, source.path),
-                        _check_classification)
+                        _check_text_row)
         return _infer_label_names([row["label"] for _, row in rows])
 
 
@@ -409,7 +414,7 @@ def _peek_hf(source: DataSource, task: Task, columns: _Columns) -> SourcePeek:
     found = f"an HF dataset with columns {', '.join(dataset.column_names)}"
     try:
         _require_columns(f"{source.path} (split {source.split})", dataset.column_names,
-                         _QA_COLUMNS if task == "qa" else columns.needed)
+                         _QA_COLUMNS if task_traits(task).windows else columns.needed)
     except DataReadError as err:
         return SourcePeek(found, f"{err}{_other_task_hint(dataset.column_names, task, columns)}")
     return SourcePeek(found, None)
@@ -417,9 +422,9 @@ def _peek_hf(source: DataSource, task: Task, columns: _Columns) -> SourcePeek:
 
 def _other_task_hint(fields: list[str], task: Task, columns: _Columns) -> str:
     """A note when the fields found are those of the other task: the likelier mistake is the task."""
-    if task == "classification" and set(_QA_COLUMNS) <= set(fields):
+    if not task_traits(task).windows and set(_QA_COLUMNS) <= set(fields):
         return "; these are QA fields (context, question, answers): set task: qa"
-    if task == "qa" and set(columns.needed) <= set(fields):
+    if task_traits(task).windows and set(columns.needed) <= set(fields):
         return f"; these are classification fields ({', '.join(columns.needed)}): set task: classification"
     return ""
 
@@ -512,10 +517,35 @@ def _write_qa(items, writer: ShardWriter, log: _RejectLog) -> int:
     return written
 
 
+def _write_scores(items, writer: ShardWriter, log: _RejectLog) -> int:
+    """Regression rows, streamed: each label read as a finite number (TSV cells are strings)."""
+    written = 0
+    for item, row in _checked(items, log, _check_text_row):
+        try:
+            with _known_id(row["id"]):
+                row["label"] = _score(row["label"])
+        except _BadRecord as bad:
+            log.add(item, bad)
+            continue
+        writer.add(row)
+        written += 1
+    return written
+
+
+def _score(label: Any) -> float:
+    try:
+        value = float(label)
+    except ValueError:
+        raise _BadRecord("bad_score", f"label {_short(label)} is not a number") from None
+    if not math.isfinite(value):
+        raise _BadRecord("bad_score", f"label {_short(label)} is not a finite number")
+    return value
+
+
 def _write_classification(items, writer: ShardWriter, log: _RejectLog, label_names: list[str] | None,
                           class_label_names: list[str] | None) -> tuple[int, list[str]]:
     # Label ids can only be assigned once every label is known (names sorted), so rows wait in memory.
-    kept = list(_checked(items, log, _check_classification))
+    kept = list(_checked(items, log, _check_text_row))
     names = label_names or class_label_names or _infer_label_names([row["label"] for _, row in kept])
     index = {name: i for i, name in enumerate(names)}
     written = 0
@@ -583,7 +613,7 @@ def _check_qa(row: dict[str, Any]) -> None:
         raise _BadRecord("answerable_without_answers", "is_impossible is false but there are no answers")
 
 
-def _check_classification(row: dict[str, Any]) -> None:
+def _check_text_row(row: dict[str, Any]) -> None:
     if not _is_utf8(row["id"]):
         raise _BadRecord("invalid_utf8", "id is not valid UTF-8")
     _check_text(row["text"], "text", "empty_text")
@@ -767,15 +797,17 @@ def _flat_question(record: dict[str, Any], default_id: str) -> dict[str, Any]:
         return _qa_row(example_id, record, _str_field(record, "context"), answers)
 
 
-def _classification_row(record: dict[str, Any], default_id: str, columns: _Columns) -> dict[str, Any]:
+def _text_row(record: dict[str, Any], default_id: str, columns: _Columns, task: Task) -> dict[str, Any]:
+    """A labelled text (or pair) of a classification or regression source; the label as the source gives it."""
     example_id = _example_id(record, default_id)
     with _known_id(example_id):
         label = record.get(columns.label, _ABSENT)
         if label is _ABSENT or label is None or label == "":
             raise _BadRecord("missing_field", f"no label in {columns.label!r}")
-        if not isinstance(label, (str, int)) or isinstance(label, bool):
-            raise _BadRecord("wrong_type", f"label {_short(label)} is {type(label).__name__}, expected a name or "
-                                           "an integer id")
+        classes = task_traits(task).classes
+        if not isinstance(label, (str, int) if classes else (str, int, float)) or isinstance(label, bool):
+            expected = "a name or an integer id" if classes else "a number"
+            raise _BadRecord("wrong_type", f"label {_short(label)} is {type(label).__name__}, expected {expected}")
         return {"id": example_id, "source_id": example_id, "variant": 0,
                 "text": _str_field(record, columns.text),
                 "text_pair": None if columns.text_pair is None else _str_field(record, columns.text_pair),
@@ -816,11 +848,11 @@ def _items(source: DataSource, task: Task) -> tuple[Iterator[_Item], list[str] |
         return _hf_items(source, task, columns)
     path = Path(source.path)
     if source.format == "squad":
-        if task != "qa":
+        if not task_traits(task).windows:
             raise DataReadError(f"{path}: SQuAD JSON holds QA data, but the task is {task}")
         return _squad_items(path), None
     if source.format == "mrqa":
-        if task != "qa":
+        if not task_traits(task).windows:
             raise DataReadError(f"{path}: MRQA files hold QA data, but the task is {task}")
         return _mrqa_items(path), None
     if source.format == "jsonl":
@@ -886,7 +918,7 @@ def _json_lines(path: Path) -> Iterator[_Item | tuple[int, str, dict[str, Any]]]
 
 
 def _jsonl_items(path: Path, task: Task, columns: _Columns) -> Iterator[_Item]:
-    needed = _QA_COLUMNS if task == "qa" else columns.needed
+    needed = _QA_COLUMNS if task_traits(task).windows else columns.needed
     fields_seen: set[str] = set()
     objects = 0
     for line in _json_lines(path):
@@ -897,8 +929,8 @@ def _jsonl_items(path: Path, task: Task, columns: _Columns) -> Iterator[_Item]:
         objects += 1
         fields_seen.update(record)
         default_id = f"{path.stem}-{lineno}"
-        convert = (partial(_flat_question, record, default_id) if task == "qa"
-                   else partial(_classification_row, record, default_id, columns))
+        convert = (partial(_flat_question, record, default_id) if task_traits(task).windows
+                   else partial(_text_row, record, default_id, columns, task))
         yield _Item(f"line {lineno}", text, convert)
     # A field that no line has is a file in another layout, not a few bad records.
     if objects:
@@ -970,7 +1002,7 @@ def _mrqa_question(dataset: str, paragraph: dict[str, Any], qa: Any) -> dict[str
 
 
 def _delimited_items(path: Path, task: Task, columns: _Columns, delimiter: str) -> Iterator[_Item]:
-    if task == "qa":
+    if task_traits(task).windows:
         raise DataReadError(f"{path}: QA data is read from SQuAD JSON, JSONL or HF datasets, not TSV/CSV")
     lines = _text_lines(path)
     header = next(lines, None)
@@ -1014,7 +1046,7 @@ def _delimited_items(path: Path, task: Task, columns: _Columns, delimiter: str) 
             yield _Item(where, raw, partial(_fail, "malformed_line", f"{len(fields)} field(s), the header has "
                                                                       f"{len(found)}"))
         else:
-            yield _Item(where, raw, partial(_classification_row, dict(zip(found, fields)), default_id, columns))
+            yield _Item(where, raw, partial(_text_row, dict(zip(found, fields)), default_id, columns, task))
 
 
 def _hf_items(source: DataSource, task: Task, columns: _Columns) -> tuple[Iterator[_Item], list[str] | None]:
@@ -1023,7 +1055,7 @@ def _hf_items(source: DataSource, task: Task, columns: _Columns) -> tuple[Iterat
 
     dataset = _load_hf(source)
     _require_columns(f"{source.path} (split {source.split})", dataset.column_names,
-                     _QA_COLUMNS if task == "qa" else columns.needed)
+                     _QA_COLUMNS if task_traits(task).windows else columns.needed)
     label_feature = dataset.features.get(columns.label)
     # a ClassLabel column fixes the names and their id order
     class_label_names = list(label_feature.names) if isinstance(label_feature, datasets.ClassLabel) else None
@@ -1037,8 +1069,8 @@ def _hf_items(source: DataSource, task: Task, columns: _Columns) -> tuple[Iterat
             for values in zip(*batch.values()):
                 record = dict(zip(keys, values))
                 default_id = f"{prefix}-{position}"
-                convert = (partial(_flat_question, record, default_id) if task == "qa"
-                           else partial(_classification_row, record, default_id, columns))
+                convert = (partial(_flat_question, record, default_id) if task_traits(task).windows
+                           else partial(_text_row, record, default_id, columns, task))
                 yield _Item(f"row {position}", record, convert)
                 position += 1
 

@@ -44,10 +44,17 @@ CLASSIFICATION_SCHEMA = pa.schema([
     *_PROVENANCE,
     ("text", pa.string()),
     ("text_pair", pa.string()),    # null for single-text tasks
-    ("label", pa.int64()),
+    ("label", pa.int64()),         # the class id; null for unlabelled examples
     ("substitutions", pa.list_(SUBSTITUTION)),
 ])
 
+# classification's layout with a score for a label (STS-B's similarity, say)
+REGRESSION_SCHEMA = CLASSIFICATION_SCHEMA.set(CLASSIFICATION_SCHEMA.get_field_index("label"),
+                                              pa.field("label", pa.float64()))
+
+_SCHEMAS = {"qa": QA_SCHEMA, "classification": CLASSIFICATION_SCHEMA, "regression": REGRESSION_SCHEMA}
+
 
 def schema_for(task: Task) -> pa.Schema:
-    return QA_SCHEMA if task == "qa" else CLASSIFICATION_SCHEMA
+    """The example schema of a task's shards."""
+    return _SCHEMAS[task]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Task = Literal["qa", "classification"]
+Task = Literal["qa", "classification", "regression"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,11 @@ TRAITS: dict[str, TaskTraits] = {traits.name: traits for traits in (
                macro_metrics=("accuracy", "macro_f1"), percent_scores=False, description="text classification",
                example_columns=("id", "text", "text_pair", "label"),
                label_columns=("label",), teacher_columns=("teacher_logits",), per_teacher_columns=("teachers_logits",)),
+    TaskTraits(name="regression", classes=False, windows=False, headline_metric="pearson",
+               macro_metrics=("pearson", "spearman"), percent_scores=False,
+               description="text regression (a score for a text or a pair of texts, e.g. their similarity)",
+               example_columns=("id", "text", "text_pair", "label"), label_columns=("label",),
+               teacher_columns=("teacher_logits",), per_teacher_columns=("teachers_logits",)),
 )}
 
 

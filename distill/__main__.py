@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from core.tasks import task_traits
+from core.tasks import TRAITS, task_traits
 from distill.squad_metric import DEFAULT_NA_PROB_THRESH, SquadFormatError, squad_scores
 
 
@@ -88,7 +88,7 @@ def _add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="evaluation data: SQuAD JSON, TSV/CSV/JSONL file or HF dataset")
     parser.add_argument("--format", choices=["squad", "tsv", "csv", "jsonl", "hf"], help="default: from the suffix")
     parser.add_argument("--split", help="split of an HF dataset (e.g. validation)")
-    parser.add_argument("--task", choices=["qa", "classification"], help="default: from the model's head")
+    parser.add_argument("--task", choices=list(TRAITS), help="default: from the model's head")
     parser.add_argument("--text-column", help="classification: column holding the text (default: sentence)")
     parser.add_argument("--text-pair-column", help="classification: column holding the second text")
     parser.add_argument("--label-column", help="classification: column holding the label (default: label)")
@@ -191,9 +191,12 @@ def _summary(task: str, metrics: dict[str, Any], evaluation: Any) -> str:
                 rows += [(f"exact / F1, {label} ({metrics[f'{group}_total']})",
                           f"{metrics[f'{group}_exact']:.2f} / {metrics[f'{group}_f1']:.2f}")]
         rows += [("best F1 (threshold)", f"{metrics['best_f1']:.2f} ({metrics['best_f1_thresh']:.3g})")]
-    else:
+    elif task_traits(task).classes:
         rows = [("accuracy", metrics["accuracy"]), ("macro F1", metrics["macro_f1"])]
         rows += [(f"F1 {name} ({entry['support']})", entry["f1"]) for name, entry in metrics["per_class"].items()]
+    else:
+        rows = [(name, metrics[name]) for name in task_traits(task).macro_metrics]
+        rows += [("mean squared error", metrics["mse"])]
     for device, report in (metrics.get("speed") or {}).items():
         rows += [(f"latency b1, {device} (ms)", report["latency_ms"]),
                  (f"throughput b32, {device} (ex/s)", report["throughput"])]

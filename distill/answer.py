@@ -26,6 +26,7 @@ from typing import Any
 import pyarrow as pa
 
 from core.devices import device_precision, pick_device
+from core.tasks import task_traits
 from distill.evaluate import EXAMPLES_PER_CHUNK, predict_qa
 from distill.export import saved_settings
 from distill.models import (ModelCheckError, ModelRef, load_config, load_model, load_tokenizer, task_of,
@@ -84,7 +85,7 @@ class QuestionAnswerer:
             task = task_of(config, ref.name_or_path)
         except ModelCheckError as err:
             raise AnswerError(str(err)) from err
-        if task != "qa":
+        if not task_traits(task).windows:
             raise AnswerError(f"{model} is a {task} model; `distill answer` needs a question-answering head "
                               "(classify text with pipeline('text-classification', model=...))")
         self.settings = (DEFAULT_SETTINGS | saved_settings(config, "qa")

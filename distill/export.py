@@ -33,7 +33,9 @@ from core.tasks import Task, task_traits
 from distill.qa_windows import DEFAULT_SETTINGS
 
 
-PIPELINE_TASK = {"qa": "question-answering", "classification": "text-classification"}
+# a regression head is served by text-classification with function_to_apply="none": the raw score
+PIPELINE_TASK = {"qa": "question-answering", "classification": "text-classification",
+                 "regression": "text-classification"}
 QA_PIPELINE_FILE = "distillery_qa.py"
 QA_PIPELINE_CLASS = "ExtractiveQuestionAnsweringPipeline"
 # The standalone QA pipeline of an export: file in the folder -> package module it is copied from.
@@ -44,6 +46,7 @@ QA_PIPELINE_SOURCES = {QA_PIPELINE_FILE: "qa_pipeline.py", "qa_windows.py": "qa_
 CARD_METRICS = {
     "qa": ["exact", "f1", "HasAns_exact", "HasAns_f1", "NoAns_exact", "NoAns_f1", "best_exact", "best_f1"],
     "classification": ["accuracy", "macro_f1", "macro_precision", "macro_recall"],
+    "regression": ["pearson", "spearman", "mse"],
 }
 # Of those, the ones in the card's model-index, with their display names.
 _INDEXED_METRICS = {
@@ -51,6 +54,7 @@ _INDEXED_METRICS = {
            "HasAns_f1": "F1 (answerable)", "NoAns_exact": "Exact match (unanswerable)",
            "NoAns_f1": "F1 (unanswerable)"},
     "classification": {"accuracy": "Accuracy", "macro_f1": "Macro F1"},
+    "regression": {"pearson": "Pearson correlation", "spearman": "Spearman correlation"},
 }
 # A hub repository id, "name" or "owner/name".
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
@@ -141,15 +145,16 @@ def export_student(student_dir: Path, out_dir: Path, card: ModelCardInfo, onnx_g
     tokenizer = models.load_tokenizer(ref)
     positions = models.usable_positions(model.config)
 
-    if task_traits(card.task).classes:
-        names = card.label_names or [model.config.id2label[i] for i in range(model.config.num_labels)]
-        model.config.id2label = dict(enumerate(names))
-        model.config.label2id = {name: index for index, name in enumerate(names)}
+    if not task_traits(card.task).windows:
+        if task_traits(card.task).classes:
+            names = card.label_names or [model.config.id2label[i] for i in range(model.config.num_labels)]
+            model.config.id2label = dict(enumerate(names))
+            model.config.label2id = {name: index for index, name in enumerate(names)}
         max_seq_len = card.inference.get("max_seq_len", positions)
         if max_seq_len is not None:
             # the text-classification pipeline truncates to this when called with truncation=True
             tokenizer.model_max_length = max_seq_len
-            model.config.task_specific_params = {PIPELINE_TASK["classification"]: {"max_seq_len": max_seq_len}}
+            model.config.task_specific_params = {PIPELINE_TASK[card.task]: {"max_seq_len": max_seq_len}}
     else:
         unknown = sorted(set(card.inference) - set(DEFAULT_SETTINGS))
         if unknown:
@@ -280,6 +285,12 @@ def _usage(card: ModelCardInfo) -> str:
             "`\"\"` where the model judges the question unanswerable (`null_odds` above `null_threshold`, as in "
             "the evaluation). Haystack's extractive reader and onnxruntime (`python -m distill export-onnx "
             "path/to/this/folder`) serve it too.")
+    if not task_traits(card.task).classes:
+        return ("```python\nfrom transformers import pipeline\n\n"
+                "score = pipeline(\"text-classification\", model=\"path/to/this/folder\", function_to_apply=\"none\")\n"
+                "score({\"text\": \"A man plays a guitar.\", \"text_pair\": \"A man is playing music.\"})  "
+                "# [{'label': 'LABEL_0', 'score': ...}]: the score\n```\n\n"
+                "onnxruntime serves it too: `python -m distill export-onnx path/to/this/folder`.")
     return ("```python\nfrom transformers import pipeline\n\n"
             "classify = pipeline(\"text-classification\", model=\"path/to/this/folder\")\n"
             "classify(\"a charming and often affecting journey\", truncation=True)\n```\n\n"

@@ -79,6 +79,10 @@ CLASSIFICATION_FEATURE_SCHEMA = pa.schema([
     pa.field("teachers_logits", pa.list_(_HALF_LIST)),      # (n_teachers, num_labels); keep_teacher_logits only
 ])
 
+# classification's layout with a score for a label; the teacher columns hold one value, the teachers' score
+REGRESSION_FEATURE_SCHEMA = CLASSIFICATION_FEATURE_SCHEMA.set(CLASSIFICATION_FEATURE_SCHEMA.get_field_index("label"),
+                                                              pa.field("label", pa.float32()))
+
 class FeaturesError(ValueError):
     """Examples that cannot be turned into features: missing columns, an empty context, a mixed text_pair column."""
 
@@ -208,8 +212,9 @@ def qa_features(examples: Sequence[Mapping[str, Any]] | pa.Table, tokenizer: Pre
 
 
 def classification_features(examples: Sequence[Mapping[str, Any]] | pa.Table, tokenizer: PreTrainedTokenizerBase,
-                            features: FeaturesSpec) -> pa.Table:
-    """Classification examples (id, text, optional text_pair, label) as one feature each, CLASSIFICATION_FEATURE_SCHEMA.
+                            features: FeaturesSpec, schema: pa.Schema = CLASSIFICATION_FEATURE_SCHEMA) -> pa.Table:
+    """Classification examples (id, text, optional text_pair, label) as one feature each, in `schema`
+    (CLASSIFICATION_FEATURE_SCHEMA; REGRESSION_FEATURE_SCHEMA for examples scored rather than classed).
 
     A pair is truncated longest-first to `features.max_seq_len` tokens. Within one call either every example
     has a text_pair or none has: a model is fine-tuned on one layout.
@@ -217,7 +222,7 @@ def classification_features(examples: Sequence[Mapping[str, Any]] | pa.Table, to
     cols = _columns(examples, ["id", "text"], optional=["text_pair", "label"])
     n = len(cols["id"])
     if n == 0:
-        return CLASSIFICATION_FEATURE_SCHEMA.empty_table()
+        return schema.empty_table()
     with_pair = sum(p is not None for p in cols["text_pair"])
     if 0 < with_pair < n:
         raise FeaturesError(f"{with_pair} of {n} examples have a text_pair and the others none; a task is either "
@@ -232,10 +237,10 @@ def classification_features(examples: Sequence[Mapping[str, Any]] | pa.Table, to
         pa.array(np.zeros(n, dtype=np.int32), pa.int32()),
         _list_array(_flat(encoded["input_ids"], np.int32), lengths, pa.int32()),
         _list_array(_flat(encoded["token_type_ids"], np.int8), lengths, pa.int8()),
-        pa.array(cols["label"], pa.int64()),
+        pa.array(cols["label"], schema.field("label").type),
         pa.nulls(n, _HALF_LIST),
         pa.nulls(n, pa.list_(_HALF_LIST)),
-    ], schema=CLASSIFICATION_FEATURE_SCHEMA)
+    ], schema=schema)
 
 
 # Columns with one value per token, laid end to end like input_ids (they share its offsets).

@@ -60,7 +60,6 @@ from core.ray_runtime import resolve_on_cluster
 from core.resources import ResourcesSpec
 from core.shards import SHARD_GLOB, atomic_output, read_rows, shard_paths, write_json
 from core.tasks import TRAITS, Task, task_traits
-from distill.ensemble import labels_depend_on_temperature, mix_teacher_logits
 from distill.tasks import task_kind
 from distill.models import (ModelCheckError, ModelRef, check_label_order, check_max_seq_len, check_same_vocabulary,
                             load_config, load_model, load_tokenizer)
@@ -74,9 +73,9 @@ DEFAULT_EXAMPLES_PER_SHARD = 1024
 _PARQUET_OPTIONS: dict[str, Any] = {
     "compression": "zstd", "compression_level": 3, "use_dictionary": ["feature_id", "example_id"],
     "write_statistics": False,
-    "use_byte_stream_split": [f"{name}.list.element" + (".list.element" if name.startswith("teachers_") else "")
-                              for traits in TRAITS.values()
-                              for name in (*traits.teacher_columns, *traits.per_teacher_columns)],
+    "use_byte_stream_split": list(dict.fromkeys(  # tasks share column names; each once
+        f"{name}.list.element" + (".list.element" if name.startswith("teachers_") else "")
+        for traits in TRAITS.values() for name in (*traits.teacher_columns, *traits.per_teacher_columns))),
 }
 
 
@@ -226,8 +225,8 @@ class TeacherEnsemble:
                 for h in heads:
                     outputs[h].append(getattr(output, h).float())                     # (B, T) or (B, C)
             for h in heads:
-                batch_mixed = mix_teacher_logits(outputs[h], weights, self.config.ensemble,
-                                                 mask_t if per_token else None, self.temperature).cpu().numpy()
+                batch_mixed = self.kind.mix_teachers(outputs[h], weights, self.config.ensemble,
+                                                     mask_t if per_token else None, self.temperature).cpu().numpy()
                 if per_token:
                     mixed[h][gather] = batch_mixed[mask]
                 else:
@@ -386,7 +385,7 @@ def _settings(task: Task, teachers: list[ModelRef], tokenizer: ModelRef, feature
                 "examples_per_shard": examples_per_shard, "device": device, "precision": precision,
                 "inputs": inputs}
     # only where the shards depend on it: other label folders stay valid whatever the temperature
-    if labels_depend_on_temperature(config.ensemble, len(teachers)):
+    if task_kind(task).labels_depend_on_temperature(config.ensemble, len(teachers)):
         settings["temperature"] = temperature
     return settings
 

@@ -73,9 +73,7 @@ def load_model(ref: ModelRef, task: Task, num_labels: int | None = None) -> PreT
     if ref.init == "pretrained":
         check_task_head(load_config(ref), task, num_labels, ref.name_or_path)
     kind = task_kind(task)
-    kwargs = {}
-    if kind.traits.classes and num_labels is not None:
-        kwargs["num_labels"] = num_labels
+    kwargs = kind.head_config(num_labels)
     if ref.init == "random":
         config = AutoConfig.from_pretrained(ref.name_or_path, trust_remote_code=ref.trust_remote_code, **kwargs)
         model = from_config(ref, kind.head, config)
@@ -92,7 +90,7 @@ def task_of(config, name: str) -> Task:
     """
     heads = config.architectures or []
     for kind in TASKS.values():
-        if any(head.endswith(kind.architecture_suffix) for head in heads):
+        if kind.recognizes(config):
             return kind.name
     raise ModelCheckError(f"{name}: cannot tell the task from its architectures {heads or '(none)'}; "
                           f"name the task ({' or '.join(TASKS)})")
@@ -105,10 +103,11 @@ def check_task_head(config: PretrainedConfig, task: Task, num_labels: int | None
     if not head_names:
         return
     kind = task_kind(task)
-    expected = kind.architecture_suffix
-    if not any(a.endswith(expected) for a in head_names):
+    if not kind.recognizes(config):
+        problem = f" (problem_type {config.problem_type})" if getattr(config, "problem_type", None) else ""
         raise ModelCheckError(
-            f"{name}: has a {', '.join(head_names)} head, not a *{expected} head for task '{task}'; "
+            f"{name}: has a {', '.join(head_names)} head{problem}, not a *{kind.architecture_suffix} head for task "
+            f"'{task}'; "
             "give a model fine-tuned for the task, or fine-tune it first (teachers[].finetune)")
     if kind.traits.classes and num_labels is not None and config.num_labels != num_labels:
         raise ModelCheckError(f"{name}: classifies into {config.num_labels} labels, the data has {num_labels}")

@@ -29,13 +29,13 @@ import torch
 
 from core.tasks import Task
 from distill.models import ModelRef, check_task_head, load_config, load_model, load_tokenizer, task_of
+from distill.tasks import task_kind
 
 ONNX_DIR = "onnx"
 FP32_FILE = "model.onnx"
 INT8_FILE = "model_int8.onnx"
 #: Largest |ONNX - PyTorch| logit difference accepted for the fp32 graph.
 PARITY_TOLERANCE = 1e-3
-_OUTPUTS = {"qa": ["start_logits", "end_logits"], "classification": ["logits"]}
 
 
 class OnnxExportError(RuntimeError):
@@ -108,7 +108,7 @@ def export_onnx(model_dir: Path, quantize: bool = True, out_dir: Path | None = N
 
     traced = _sample_inputs(model, config.vocab_size, batch=2, length=16)
     batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
-    outputs = _OUTPUTS[task]
+    outputs = list(task_kind(task).output_names)
     fp32 = out_dir / FP32_FILE
     try:
         # the exporter's internals (deprecations, "torchvision is not installed"): nothing for a user to act on

@@ -16,7 +16,7 @@ import re
 import torch
 from transformers import PreTrainedModel
 
-from core.tasks import Task, task_traits
+from core.tasks import Task
 from distill.models import ModelCheckError, ModelRef, from_config, load_config
 from distill.spec import StudentSpec
 from distill.tasks import task_kind
@@ -30,7 +30,7 @@ def load_for_training(ref: ModelRef, task: Task, num_labels: int | None = None) 
     accepts base models such as bert-base-uncased or a general TinyBERT: that is what fine-tuning starts from.
     """
     kind = task_kind(task)
-    kwargs = {"num_labels": num_labels} if kind.traits.classes and num_labels is not None else {}
+    kwargs = kind.head_config(num_labels)
     head = kind.head
     if ref.init == "random":
         config = load_config(ref)
@@ -63,8 +63,8 @@ def build_student(spec: StudentSpec, teacher: ModelRef | None, task: Task, num_l
         raise ModelCheckError("student.architecture and student.init_from_teacher_layers are built from a teacher; "
                               "give one (teachers) or name a student model (student.model)")
     config = load_config(teacher)
-    if task_traits(task).classes and num_labels is not None:
-        config.num_labels = num_labels
+    for key, value in task_kind(task).head_config(num_labels).items():
+        setattr(config, key, value)
     if spec.architecture is not None:
         for key, value in spec.architecture.model_dump().items():
             setattr(config, key, value)

@@ -34,7 +34,7 @@ import yaml
 from matplotlib.figure import Figure
 
 from augment.spec import EvalSource, TrainSource
-from core.tasks import task_traits
+from core.tasks import TRAITS, task_traits
 from distill.export import CARD_METRICS, ModelCardInfo, export_student
 from jobs.layout import eval_sets
 from jobs.spec import JobSpec, SpecError, parse_spec
@@ -725,10 +725,11 @@ def _plot_scores(task: str, metrics: dict[str, dict[str, Any]], path: Path) -> b
 
 
 def _task(run: _Run, metrics: dict[str, dict[str, Any]]) -> str:
-    """The spec's task; without a readable spec, guessed from the metric names (SQuAD scores have "f1")."""
+    """The spec's task; without a readable spec, the first whose headline metric the scores hold."""
     if run.spec is not None:
         return run.spec.task
-    return "qa" if any("f1" in entry for entry in metrics.values()) else "classification"
+    return next((name for name, traits in TRAITS.items()
+                 if any(traits.headline_metric in entry for entry in metrics.values())), "classification")
 
 
 def _evaluation_metrics(run: _Run) -> dict[str, dict[str, Any]] | None:

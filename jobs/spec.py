@@ -88,8 +88,11 @@ class JobSpec(StrictModel):
                          for field, source in self.data_sources()
                          if source.format not in QA_FORMATS and field != "augment.corpus"]
         else:
-            problems += [f"data.eval.{i}.scoring: {source.scoring} scores QA; classification is scored by accuracy"
+            problems += [f"data.eval.{i}.scoring: {source.scoring} scores QA; {self.task} is scored by "
+                         f"{task_traits(self.task).headline_metric}"
                          for i, source in enumerate(self.data.eval) if source.scoring is not None]
+        if self.data.label_names and not task_traits(self.task).classes:
+            problems.append(f"data.label_names: names classes, and {self.task} has none; remove it")
         if self.student is None:
             if not self.teachers or not self.evaluate.evaluate_teachers:
                 problems.append("student: with no student the job fine-tunes and evaluates its teachers; give "

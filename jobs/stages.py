@@ -276,13 +276,13 @@ def _report(ctx: StageContext) -> dict[str, Any]:
 
 
 def _label_config(spec: JobSpec) -> dict[str, Any]:
-    from distill.ensemble import labels_depend_on_temperature  # torch: only when a job keys its label stage
+    from distill.tasks import task_kind  # torch: only when a job keys its label stage
 
     config = {"task": spec.task, "teachers": spec.teachers, "student": spec.student and spec.student.model,
               "features": spec.features,
               "label": spec.label, "precision": spec.resources.precision}
     # keyed only where the labels depend on it, so that a change of temperature relabels nothing else
-    if labels_depend_on_temperature(spec.label.ensemble, len(spec.teachers)):
+    if task_kind(spec.task).labels_depend_on_temperature(spec.label.ensemble, len(spec.teachers)):
         config["temperature"] = spec.distill.prediction.temperature
     return config
 

@@ -79,7 +79,7 @@ def tiny_model_factory(tmp_path_factory, bert_tokenizer_dir):
                               DistilBertTokenizer, ElectraConfig, RobertaConfig, SqueezeBertConfig)
 
     heads = {"qa": AutoModelForQuestionAnswering, "classification": AutoModelForSequenceClassification,
-             "mlm": AutoModelForMaskedLM}
+             "regression": AutoModelForSequenceClassification, "mlm": AutoModelForMaskedLM}
     built: dict[tuple, Path] = {}
 
     def make(task: str = "qa", layers: int = 2, hidden: int = 32, heads_count: int = 2, num_labels: int = 2,
@@ -113,6 +113,8 @@ def tiny_model_factory(tmp_path_factory, bert_tokenizer_dir):
                 else:
                     raise ValueError(f"no tiny {family} model: families are bert, distilbert, electra, "
                                      "squeezebert, roberta")
+            if task == "regression":   # one output scored by MSE, as a fine-tuned STS-B model
+                config.num_labels, config.problem_type = 1, "regression"
             torch.manual_seed(seed)
             model = heads[task].from_config(config)
             folder = tmp_path_factory.mktemp(f"tiny-{family}-{task}-{layers}l-{hidden}h")

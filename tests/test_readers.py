@@ -10,7 +10,7 @@ import pytest
 
 from augment.readers import MAX_TEXT_CHARS, REJECT_REASONS, DataReadError, read_examples
 from augment.spec import DataSource
-from core.schema import CLASSIFICATION_SCHEMA, QA_SCHEMA
+from core.schema import CLASSIFICATION_SCHEMA, QA_SCHEMA, REGRESSION_SCHEMA
 from core.shards import read_shards
 
 
@@ -308,3 +308,30 @@ def test_hf_save_to_disk_folders(tmp_path):
     assert result.label_names == ["negative", "positive"]  # from the ClassLabel column, not "0", "1"
     rows = read_shards(tmp_path / "o3").to_pylist()
     assert [(r["id"], r["label"]) for r in rows] == [("sst-0", 0), ("sst-1", 1)]
+
+
+def test_regression_scores_read_from_sts_b_tsv_and_json_numbers(tmp_path):
+    """STS-B's layout (GLUE TSV, unquoted) and JSON numbers: each label a finite float; the rest rejected with a
+    reason, never dropped."""
+    path = tmp_path / "sts-b.tsv"
+    path.write_text("index\tgenre\tsentence1\tsentence2\tscore\n"
+                    '0\tmain-news\tA man plays a "guitar".\tA man is playing music.\t3.800\n'
+                    "1\tmain-news\tA cat sleeps.\tThe market fell.\t0\n"
+                    "2\tmain-news\tA dog runs.\tA dog is running.\thigh\n"
+                    "3\tmain-news\tA bird sings.\tA bird is singing.\tnan\n", encoding="utf-8")
+    source = DataSource(path=str(path), text_column="sentence1", text_pair_column="sentence2", label_column="score")
+    result = read_examples(source, "regression", None, tmp_path / "out")
+    assert result.label_names is None
+    table = read_shards(tmp_path / "out")
+    assert table.schema.field("label").type == REGRESSION_SCHEMA.field("label").type
+    assert [(r["text"], r["text_pair"], r["label"]) for r in table.to_pylist()] == [
+        ('A man plays a "guitar".', "A man is playing music.", 3.8), ("A cat sleeps.", "The market fell.", 0.0)]
+    assert {r["location"]: r["reason"] for r in _rejects(result)} == {"line 4": "bad_score", "line 5": "bad_score"}
+    assert "bad_score" in REJECT_REASONS
+
+    jsonl = tmp_path / "scores.jsonl"
+    jsonl.write_text('{"sentence": "a", "label": 4.25}\n{"sentence": "b", "label": 2}\n'
+                     '{"sentence": "c", "label": true}\n', encoding="utf-8")
+    result = read_examples(DataSource(path=str(jsonl)), "regression", None, tmp_path / "json")
+    assert [r["label"] for r in read_shards(tmp_path / "json").to_pylist()] == [4.25, 2.0]
+    assert [r["reason"] for r in _rejects(result)] == ["wrong_type"]

@@ -28,6 +28,8 @@ import yaml
 
 from augment.spec import DataSource
 from core.shards import read_shards
+from core.tasks import task_traits
+from distill.tasks import task_kind
 from jobs.api import effective_state
 from jobs.layout import eval_sets
 from jobs.spec import JobSpec, load_spec
@@ -84,8 +86,12 @@ SWAPPABLE = [re.compile(pattern) for pattern in (
     r"distill\.(intermediate|prediction)\.(epochs|log_every)",
     r"evaluate\.measure_speed",
 )]
-TASK_HEAD = {"qa": "ForQuestionAnswering", "classification": "ForSequenceClassification"}
-STUDENT_METRICS = {"qa": {"exact": 100, "f1": 100}, "classification": {"accuracy": 1, "macro_f1": 1}}
+TASK_HEAD = {"qa": "ForQuestionAnswering", "classification": "ForSequenceClassification",
+             "regression": "ForSequenceClassification"}
+# the range of each headline score
+STUDENT_METRICS = {"qa": {"exact": (0, 100), "f1": (0, 100)},
+                   "classification": {"accuracy": (0, 1), "macro_f1": (0, 1)},
+                   "regression": {"pearson": (-1, 1), "spearman": (-1, 1)}}
 
 
 def family(model: str) -> str:
@@ -138,6 +144,9 @@ def tiny_data(source: DataSource, split: str, spec: JobSpec, sst2_dir: Path, fol
                               name.split(".")[0])
             return {"path": str(path), "format": None, "split": None, "limit": MRQA_QUESTIONS[split]}
         return {"path": str(sample), "format": None, "split": None, "limit": QA_QUESTIONS[split]}
+    if spec.task == "regression":
+        return {"path": str(stsb_file(folder, split, source, sst2_dir)), "format": "tsv", "split": None,
+                "limit": None}
     count = CLASSIFICATION_EXAMPLES[split]
     shared = SHARED_DATA.get(source.path, {}).get(source.split or ("train" if split == "train" else "validation"))
     if shared is not None:
@@ -153,6 +162,24 @@ def tiny_data(source: DataSource, split: str, spec: JobSpec, sst2_dir: Path, fol
                 record[source.text_pair_column] = texts[i + 1]
             handle.write(json.dumps(record) + "\n")
     return {"path": str(path), "format": None, "split": None, "limit": None}
+
+
+def stsb_file(folder: Path, split: str, source: DataSource, sst2_dir: Path) -> Path:
+    """A small file in GLUE STS-B's layout (tab-separated, unquoted: index, genre, filename, year, old_index,
+    source1, source2, the two sentences, the score; the last three under the recipe's column names): pairs of
+    SST-2 sentences with scores spread over 0-5."""
+    count = CLASSIFICATION_EXAMPLES[split]
+    texts = sst2_sentences(sst2_dir, split, count + 1)
+    header = ["index", "genre", "filename", "year", "old_index", "source1", "source2", source.text_column,
+              source.text_pair_column, source.label_column]
+    lines = ["\t".join(header)]
+    for i in range(count):
+        score = f"{5 * ((7 * i) % count) / count:.3f}"
+        lines.append("\t".join([str(i), "main-captions", "MSRvid", "2012test", f"{i:04d}", "none", "none", texts[i],
+                                texts[i + 1], score]))
+    path = folder / f"{split}-stsb.tsv"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
 
 
 @dataclass
@@ -398,8 +425,7 @@ def test_recipe_fine_tunes_and_labels_with_every_teacher_by_weight(tiny_recipes,
     assert (stats["ensemble"], stats["keep_teacher_logits"]) == (spec.label.ensemble, spec.label.keep_teacher_logits)
 
     features = read_shards(outputs["label"])
-    mixed = "teacher_start_logits" if spec.task == "qa" else "teacher_logits"
-    each = "teachers_start_logits" if spec.task == "qa" else "teachers_logits"
+    mixed, each = task_traits(spec.task).teacher_columns[0], task_traits(spec.task).per_teacher_columns[0]
     assert features.num_rows == stats["features"] > 0
     assert features[mixed].null_count == 0
     if spec.label.keep_teacher_logits:
@@ -459,11 +485,12 @@ def test_recipe_prediction_phase_uses_its_temperature_and_weight(tiny_recipes, r
         return
     config, records = training_record(outputs["distill_prediction"])
     losses = config["objective"]["losses"]
-    assert losses["kl"]["weight"] == pytest.approx(phase.distill_weight)
+    soft = task_kind(spec.task).soft_term   # kl; regression's mse
+    assert losses[soft]["weight"] == pytest.approx(phase.distill_weight)
     assert losses["hard"]["weight"] == pytest.approx(1 - phase.distill_weight)
-    assert losses["kl"]["temperature"] == pytest.approx(phase.temperature)
-    assert losses["kl"]["teacher_logits"] == phase.teacher_logits
-    terms = {term for term, used in (("kl", phase.distill_weight > 0), ("hard", phase.distill_weight < 1)) if used}
+    assert losses[soft]["temperature"] == pytest.approx(phase.temperature)
+    assert losses[soft]["teacher_logits"] == phase.teacher_logits
+    terms = {term for term, used in ((soft, phase.distill_weight > 0), ("hard", phase.distill_weight < 1)) if used}
     assert_logged_terms(records, terms, outputs["distill_prediction"])
     if spec.distill.intermediate.enabled:  # phase 2 continues from phase 1's student
         assert config["objective"]["student"] == str(outputs["distill_intermediate"] / "student")
@@ -488,8 +515,8 @@ def test_recipe_evaluates_the_student_and_its_teachers(tiny_recipes, recipe_jobs
         assert counts[source.name] == parquet_rows(folder) > 0
     keys = STUDENT_METRICS[spec.task]
     for model, entry in metrics.items():
-        for key, top in keys.items():
-            assert 0 <= entry[key] <= top, (model, key, entry[key])
+        for key, (low, high) in keys.items():
+            assert low <= entry[key] <= high, (model, key, entry[key])
         assert entry["total"] == sum(counts.values()), model
         if len(sets) == 1:
             continue

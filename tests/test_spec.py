@@ -76,7 +76,7 @@ BAD_SPECS = [
     ({"augmnt": {"factor": 3}}, "augmnt: unknown key; did you mean 'augment'"),
     ({"augment": {"factr": 3}}, "augment.factr: unknown key; did you mean 'factor'"),
     ({"teachers": [{"modle": "x"}]}, "teachers.0.modle: unknown key; did you mean 'model'"),
-    ({"task": "regression"}, "task: input should be 'qa' or 'classification'"),
+    ({"task": "regresion"}, "task: input should be 'qa', 'classification' or 'regression'"),
     ({"augment": {"mlm_mode": "quick"}}, "augment.mlm_mode: input should be 'fast' or 'exact'"),
     ({"augment": {"replace_prob": 1.5}}, "augment.replace_prob: must be <= 1"),
     ({"augment": {"factor": 0}}, "augment.factor: must be >= 1"),
@@ -115,6 +115,8 @@ BAD_SPECS = [
     ({"task": "classification", "data": {"eval": {"path": "a/b", "scoring": "mrqa"}}},
      "data.eval.0.scoring: mrqa scores QA"),
     ({"student": None, "teachers": []}, "student: with no student the job fine-tunes and evaluates its teachers"),
+    ({"task": "regression", "data": {"train": {"path": "a/b"}, "eval": {"path": "c/d"}, "label_names": ["x", "y"]}},
+     "data.label_names: names classes, and regression has none"),
 ]
 
 
@@ -155,13 +157,14 @@ def test_trust_remote_code_is_off_unless_asked():
 
 def test_set_overrides_fields_by_dotted_path():
     spec = load_spec(QUICKSTART_SPEC, overrides=["seed=7", "teachers.0.weight=2.5", "augment.enabled=false",
-                                                 "data.label_names=[neg, pos]", "distill.prediction.epochs=0.5"])
+                                                 "distill.intermediate.losses=[embeddings, hidden]",
+                                                 "distill.prediction.epochs=0.5"])
     assert (spec.seed, spec.teachers[0].weight, spec.augment.enabled) == (7, 2.5, False)
-    assert spec.data.label_names == ["neg", "pos"] and spec.distill.prediction.epochs == 0.5
+    assert spec.distill.intermediate.losses == ["embeddings", "hidden"] and spec.distill.prediction.epochs == 0.5
     # everything else is the file's
     plain = load_spec(QUICKSTART_SPEC)
     assert spec.model_copy(update={"seed": plain.seed, "teachers": plain.teachers, "augment": plain.augment,
-                                   "data": plain.data, "distill": plain.distill}) == plain
+                                   "distill": plain.distill}) == plain
 
 
 @pytest.mark.parametrize("override,expected", [

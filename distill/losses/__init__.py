@@ -10,11 +10,13 @@ worker over the whole batch (the trainer weights each slice by its share of the 
 | `AttentionMSE` | 1 | attention probabilities, head by head |
 | `SoftTargetKL` | 2 | temperature-softened output distributions, KL(teacher \\|\\| student) x T^2 |
 | `HardLabelCE` | finetune, 2 | output logits against gold positions or classes |
+| `ScoreMSE` | finetune, 2 | regression: the student's score against the teachers' or the gold score |
 """
 
 from distill.losses.attention_mse import AttentionMSE, HeadCountMismatch
 from distill.losses.hard_label import HardLabelCE
 from distill.losses.hidden_mse import HiddenStateMSE
+from distill.losses.score_mse import ScoreMSE
 from distill.losses.soft_target_kl import SoftTargetKL
 
-__all__ = ["AttentionMSE", "HardLabelCE", "HeadCountMismatch", "HiddenStateMSE", "SoftTargetKL"]
+__all__ = ["AttentionMSE", "HardLabelCE", "HeadCountMismatch", "HiddenStateMSE", "ScoreMSE", "SoftTargetKL"]

@@ -12,7 +12,6 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from core.tasks import Task
 from distill.features import FlatFeatures
-from distill.losses import HardLabelCE
 from distill.models import ModelRef, load_tokenizer
 from distill.objectives.common import INPUT_COLUMNS, model_inputs, save_model, takes_token_types
 from distill.student import load_for_training
@@ -33,8 +32,8 @@ class FinetuneOptions:
 
 
 class FinetuneObjective(nn.Module):
-    """forward returns `hard`: HardLabelCE of the model's start/end (QA, over real tokens) or class logits against
-    the gold positions or classes."""
+    """forward returns `hard`: the task's hard loss (HardLabelCE of the start/end logits over real tokens or of the
+    class logits; regression's ScoreMSE of the score) against the gold positions, classes or scores."""
 
     find_unused_parameters = False
 
@@ -44,7 +43,7 @@ class FinetuneObjective(nn.Module):
         self.tokenizer = tokenizer
         self.pad_token_id = tokenizer.pad_token_id
         self.task, self.kind = task, task_kind(task)
-        self.hard = HardLabelCE()
+        self.hard = self.kind.hard_loss()
         self.columns = (*INPUT_COLUMNS, *self.kind.traits.label_columns)
         self.term_weights = {"hard": 1.0}
         self._spec = spec

@@ -11,9 +11,8 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from core.tasks import Task
-from distill.ensemble import mix_teacher_logits
 from distill.features import FlatFeatures
-from distill.losses import HardLabelCE, SoftTargetKL
+from distill.losses import SoftTargetKL
 from distill.models import ModelRef, load_tokenizer
 from distill.objectives.common import (INPUT_COLUMNS, Frozen, check_vocabularies, load_teacher, model_inputs,
                                        save_model, takes_token_types)
@@ -61,12 +60,14 @@ class PredictionOptions:
 
 
 class PredictionObjective(nn.Module):
-    """Phase 2: forward returns `kl` (when w > 0) and `hard` (when w < 1).
+    """Phase 2: forward returns the task's teacher term (when w > 0) and `hard` (when w < 1).
 
-    kl: SoftTargetKL at the configured temperature between the student's and the teachers' output
-    distributions (QA: start and end over real tokens, averaged; classification: over classes); teacher logits
-    from the batch ("labelled") or from running the teachers ("online", combined by `ensemble`).
-    hard: HardLabelCE against the gold positions or classes. Loss = w * kl + (1 - w) * hard.
+    The teacher term (the task's `soft_term`): `kl`, SoftTargetKL at the configured temperature between the
+    student's and the teachers' output distributions (QA: start and end over real tokens, averaged;
+    classification: over classes); regression's `mse`, ScoreMSE between the student's and the teachers' score.
+    Teacher logits come from the batch ("labelled") or from running the teachers ("online", combined by
+    `ensemble`). hard: the task's hard loss against the gold positions, classes or scores.
+    Loss = w * teacher term + (1 - w) * hard.
     """
 
     find_unused_parameters = False
@@ -87,11 +88,14 @@ class PredictionObjective(nn.Module):
         self.teacher_weights = teacher_weights
         self.ensemble = ensemble
         self._spec = spec
-        self.soft = SoftTargetKL(temperature)
-        self.hard = HardLabelCE()
-        self.term_weights = {name: w for name, w in (("kl", distill_weight), ("hard", 1.0 - distill_weight)) if w > 0}
+        self.temperature = temperature
+        self.soft_term = self.kind.soft_term
+        self.soft = self.kind.soft_loss(temperature)
+        self.hard = self.kind.hard_loss()
+        self.term_weights = {name: w for name, w in ((self.soft_term, distill_weight), ("hard", 1.0 - distill_weight))
+                             if w > 0}
         columns = [*INPUT_COLUMNS, *self.kind.traits.label_columns]
-        if "kl" in self.term_weights and teacher_logits == "labelled":
+        if self.soft_term in self.term_weights and teacher_logits == "labelled":
             columns += self.kind.traits.teacher_columns
         self.columns = tuple(columns)
 
@@ -110,16 +114,16 @@ class PredictionObjective(nn.Module):
         mask = None if mask is None else mask.bool()
         weights = torch.tensor(self.teacher_weights, device=each[0].device)
         weights = weights / weights.sum()
-        return torch.stack([mix_teacher_logits([t[:, g].float() for t in each], weights, self.ensemble, mask,
-                                               self.soft.temperature)
+        return torch.stack([self.kind.mix_teachers([t[:, g].float() for t in each], weights, self.ensemble, mask,
+                                                   self.temperature)
                             for g in range(each[0].shape[1])], 1)  # (B, G, N)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         logits = self.kind.logits(self.student(**model_inputs(batch, takes_token_types(self.student))))  # (B, G, N)
         mask = self.kind.distribution_mask(batch)
         terms = {}
-        if "kl" in self.term_weights:
-            terms["kl"] = self.soft(logits, self.teacher_logits(batch), mask)
+        if self.soft_term in self.term_weights:
+            terms[self.soft_term] = self.soft(logits, self.teacher_logits(batch), mask)
         if "hard" in self.term_weights:
             terms["hard"] = self.hard(logits, self.kind.gold(batch), mask)
         return terms
@@ -129,15 +133,17 @@ class PredictionObjective(nn.Module):
             for column in self.kind.traits.label_columns:
                 require_filled(data, column, "hard labels are needed while distill_weight < 1; label the data or "
                                              "set distill_weight: 1")
-        if "kl" in self.term_weights and self.source == "labelled":
+        if self.soft_term in self.term_weights and self.source == "labelled":
             for column in self.kind.traits.teacher_columns:
                 require_filled(data, column, "run the label stage on these features, set "
                                               "distill.prediction.teacher_logits: online, or distill_weight: 0")
 
     def settings(self) -> dict[str, Any]:
         return {**self._spec,
-                "losses": {"kl": {"weight": self.term_weights.get("kl", 0.0), "temperature": self.soft.temperature,
-                                  "scaled_by_t_squared": True, "teacher_logits": self.source,
+                "losses": {self.soft_term: {"weight": self.term_weights.get(self.soft_term, 0.0),
+                                  "loss": type(self.soft).__name__, "temperature": self.temperature,
+                                  "scaled_by_t_squared": isinstance(self.soft, SoftTargetKL),
+                                  "teacher_logits": self.source,
                                   "ensemble": self.ensemble if self.source == "online" else "as labelled",
                                   "reduction": "mean over (example, distribution) rows, padding masked"},
                            "hard": {"weight": self.term_weights.get("hard", 0.0),

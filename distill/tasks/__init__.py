@@ -12,8 +12,9 @@ from core.tasks import Task, task_traits
 from distill.tasks.base import Answers, EvaluationError, TaskKind
 from distill.tasks.classification import CLASSIFICATION
 from distill.tasks.qa import QA
+from distill.tasks.regression import REGRESSION
 
-TASKS: dict[str, TaskKind] = {kind.name: kind for kind in (QA, CLASSIFICATION)}
+TASKS: dict[str, TaskKind] = {kind.name: kind for kind in (QA, CLASSIFICATION, REGRESSION)}
 
 
 def task_kind(task: Task) -> TaskKind:

@@ -18,6 +18,8 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from core.tasks import Task, TaskTraits
+from distill.ensemble import labels_depend_on_temperature, mix_teacher_logits
+from distill.losses import HardLabelCE, SoftTargetKL
 from distill.spec import EvaluateSpec, FeaturesSpec
 
 
@@ -86,10 +88,45 @@ class TaskKind(ABC):
         """What is wrong with a model that gives one answer to everything (its scores then measure the data), or
         None."""
 
+    #: the name of phase 2's teacher term in the logs
+    soft_term: ClassVar[str] = "kl"
+
+    def recognizes(self, config: Any) -> bool:
+        """Whether a model config has this task's head (its `architectures`)."""
+        return any(head.endswith(self.architecture_suffix) for head in config.architectures or [])
+
+    def head_config(self, num_labels: int | None) -> dict[str, Any]:
+        """Config settings a model of this task's head needs (classification: the number of classes)."""
+        return {}
+
+    def soft_loss(self, temperature: float) -> torch.nn.Module:
+        """Phase 2's teacher term: KL between output distributions softened at `temperature`."""
+        return SoftTargetKL(temperature)
+
+    def hard_loss(self) -> torch.nn.Module:
+        """The gold-label term of fine-tuning and phase 2: cross-entropy against the gold entries."""
+        return HardLabelCE()
+
+    def mix_teachers(self, logits: list[torch.Tensor], weights: torch.Tensor, ensemble: str,
+                     mask: torch.Tensor | None, temperature: float) -> torch.Tensor:
+        """Several teachers' (B, N) logits as one target (`distill.ensemble`)."""
+        return mix_teacher_logits(logits, weights, ensemble, mask, temperature)
+
+    def labels_depend_on_temperature(self, ensemble: str, teachers: int) -> bool:
+        """Whether labelled teacher logits change with the distillation temperature (`distill.ensemble`)."""
+        return labels_depend_on_temperature(ensemble, teachers)
+
     def teacher_bytes_per_feature(self, max_seq_len: int, num_labels: int | None) -> int:
         """What float32 teacher logits at full length would take per feature (the label stage's size record)."""
-        per_output = max_seq_len if self.traits.windows else (num_labels or 0)
+        per_output = max_seq_len if self.traits.windows else self.head_config(num_labels).get("num_labels", 0)
         return 4 * per_output * len(self.output_names)
+
+
+def regression_head(config: Any) -> bool:
+    """Whether a sequence classification config is a regression head: said so, or one output and no problem type
+    (how hub STS-B models are saved)."""
+    problem = getattr(config, "problem_type", None)
+    return problem == "regression" or (problem is None and getattr(config, "num_labels", None) == 1)
 
 
 def stack_outputs(outputs: Any, names: Sequence[str]) -> torch.Tensor:

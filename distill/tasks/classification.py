@@ -17,7 +17,7 @@ from core.tasks import TRAITS
 from distill.classification_metrics import classification_report
 from distill.features import CLASSIFICATION_FEATURE_SCHEMA, classification_features
 from distill.spec import EvaluateSpec, FeaturesSpec
-from distill.tasks.base import TaskKind
+from distill.tasks.base import TaskKind, regression_head
 
 
 class Classification(TaskKind):
@@ -27,6 +27,12 @@ class Classification(TaskKind):
     output_names = ("logits",)
     null_odds = False
     feature_schema = CLASSIFICATION_FEATURE_SCHEMA
+
+    def recognizes(self, config: Any) -> bool:
+        return super().recognizes(config) and not regression_head(config)
+
+    def head_config(self, num_labels: int | None) -> dict[str, Any]:
+        return {} if num_labels is None else {"num_labels": num_labels}
 
     def build_features(self, examples: Sequence[Mapping[str, Any]] | pa.Table, tokenizer: PreTrainedTokenizerBase,
                        features: FeaturesSpec) -> pa.Table:

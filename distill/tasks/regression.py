@@ -1,0 +1,121 @@
+"""Text regression (GLUE's STS-B and the like): one feature per text or pair, a single score from a sequence
+classification head with one output (`problem_type: regression`), learnt by mean squared error and scored by
+Pearson and Spearman correlation."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+from transformers import AutoModelForSequenceClassification, PreTrainedTokenizerBase
+
+from core.shards import write_json
+from core.tasks import TRAITS
+from distill.ensemble import mix_teacher_logits
+from distill.features import REGRESSION_FEATURE_SCHEMA, classification_features
+from distill.losses import ScoreMSE
+from distill.spec import EvaluateSpec, FeaturesSpec
+from distill.tasks.base import TaskKind, regression_head
+
+
+class Regression(TaskKind):
+    traits = TRAITS["regression"]
+    head = AutoModelForSequenceClassification
+    architecture_suffix = "ForSequenceClassification"
+    output_names = ("logits",)
+    null_odds = False
+    feature_schema = REGRESSION_FEATURE_SCHEMA
+    soft_term = "mse"
+
+    def recognizes(self, config: Any) -> bool:
+        return super().recognizes(config) and regression_head(config)
+
+    def head_config(self, num_labels: int | None) -> dict[str, Any]:
+        return {"num_labels": 1, "problem_type": "regression"}
+
+    def build_features(self, examples: Sequence[Mapping[str, Any]] | pa.Table, tokenizer: PreTrainedTokenizerBase,
+                       features: FeaturesSpec) -> pa.Table:
+        return classification_features(examples, tokenizer, features, REGRESSION_FEATURE_SCHEMA)
+
+    def logits(self, outputs: Any) -> torch.Tensor:
+        return outputs.logits[:, None, :]                                       # (B, 1, 1): the score
+
+    def gold(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return batch["labels"][:, None]                                         # (B, 1) float
+
+    def teacher_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return batch["teacher_logits"][:, None, :]
+
+    def distribution_mask(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        return None
+
+    def soft_loss(self, temperature: float) -> torch.nn.Module:
+        return ScoreMSE()   # a score has no distribution to soften: the temperature does not apply
+
+    def hard_loss(self) -> torch.nn.Module:
+        return ScoreMSE()
+
+    def mix_teachers(self, logits: list[torch.Tensor], weights: torch.Tensor, ensemble: str,
+                     mask: torch.Tensor | None, temperature: float) -> torch.Tensor:
+        # the weighted mean score whatever the ensemble mode: softmax over a single output would erase it
+        return mix_teacher_logits(logits, weights, "logits", None, 1.0)
+
+    def labels_depend_on_temperature(self, ensemble: str, teachers: int) -> bool:
+        return False
+
+    def answers(self, config: EvaluateSpec, scoring: str, label_names: list[str] | None) -> ScoreAnswers:
+        return ScoreAnswers()
+
+    def degenerate(self, predictions: list[float]) -> str | None:
+        if len(predictions) > 1 and len(set(predictions)) == 1:
+            return f"predicts {predictions[0]:.4g} for all {len(predictions)} examples"
+        return None
+
+
+REGRESSION = Regression()
+
+
+def ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks of `values`, ties sharing the mean of their ranks (as Spearman's correlation takes them)."""
+    order = np.argsort(values, kind="stable")
+    ranked = np.empty(len(values), dtype=np.float64)
+    ranked[order] = np.arange(1, len(values) + 1)
+    distinct, inverse = np.unique(values, return_inverse=True)
+    sums = np.bincount(inverse, weights=ranked, minlength=len(distinct))
+    return (sums / np.bincount(inverse, minlength=len(distinct)))[inverse]
+
+
+def pearson(x: np.ndarray, y: np.ndarray) -> float:
+    """Pearson's correlation; NaN when either side is constant (no correlation is defined)."""
+    x, y = x - x.mean(), y - y.mean()
+    denominator = np.sqrt((x * x).sum() * (y * y).sum())
+    return float((x * y).sum() / denominator) if denominator > 0 else float("nan")
+
+
+class ScoreAnswers:
+    """Each regression example's id, gold score and predicted score, gathered chunk by chunk."""
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+        self.gold: list[np.ndarray] = []
+        self.predicted: list[np.ndarray] = []
+
+    def add(self, examples: pa.Table, table: pa.Table, logits: np.ndarray) -> None:
+        """One chunk: `logits` (N, 1) of `examples`, one feature each."""
+        self.ids.extend(examples.column("id").to_pylist())
+        self.gold.append(examples.column("label").to_numpy().astype(np.float64))  # no nulls: evaluation checks
+        self.predicted.append(logits[:, 0].astype(np.float64))
+
+    def score(self, predictions_path: Path | None = None, null_odds_path: None = None) -> dict[str, Any]:
+        """Pearson and Spearman correlation and the mean squared error; {id: score} written where a path is given
+        (there are no null odds)."""
+        gold, predicted = np.concatenate(self.gold), np.concatenate(self.predicted)
+        if predictions_path is not None:
+            write_json(predictions_path, dict(zip(self.ids, predicted.tolist())))
+        return {"pearson": pearson(predicted, gold), "spearman": pearson(ranks(predicted), ranks(gold)),
+                "mse": float(np.mean((predicted - gold) ** 2)), "total": len(gold),
+                "degenerate": REGRESSION.degenerate(predicted.tolist())}
