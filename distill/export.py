@@ -32,30 +32,12 @@ from typing import Any
 from core.tasks import Task, task_traits
 from distill.qa_windows import DEFAULT_SETTINGS
 
-
-# a regression head is served by text-classification with function_to_apply="none": the raw score
-PIPELINE_TASK = {"qa": "question-answering", "classification": "text-classification",
-                 "regression": "text-classification"}
 QA_PIPELINE_FILE = "distillery_qa.py"
 QA_PIPELINE_CLASS = "ExtractiveQuestionAnsweringPipeline"
 # The standalone QA pipeline of an export: file in the folder -> package module it is copied from.
 QA_PIPELINE_SOURCES = {QA_PIPELINE_FILE: "qa_pipeline.py", "qa_windows.py": "qa_windows.py",
                        "postprocess.py": "postprocess.py"}
 
-# Metrics shown in the card, per task, in this order (keys of metrics.json; percentages for QA, 0-1 otherwise).
-CARD_METRICS = {
-    "qa": ["exact", "f1", "HasAns_exact", "HasAns_f1", "NoAns_exact", "NoAns_f1", "best_exact", "best_f1"],
-    "classification": ["accuracy", "macro_f1", "macro_precision", "macro_recall"],
-    "regression": ["pearson", "spearman", "mse"],
-}
-# Of those, the ones in the card's model-index, with their display names.
-_INDEXED_METRICS = {
-    "qa": {"exact": "Exact match", "f1": "F1", "HasAns_exact": "Exact match (answerable)",
-           "HasAns_f1": "F1 (answerable)", "NoAns_exact": "Exact match (unanswerable)",
-           "NoAns_f1": "F1 (unanswerable)"},
-    "classification": {"accuracy": "Accuracy", "macro_f1": "Macro F1"},
-    "regression": {"pearson": "Pearson correlation", "spearman": "Spearman correlation"},
-}
 # A hub repository id, "name" or "owner/name".
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 _DATA_FILE_SUFFIXES = (".json", ".jsonl", ".tsv", ".csv", ".txt", ".gz", ".parquet", ".arrow")
@@ -110,7 +92,7 @@ class ModelCardInfo:
 def saved_settings(config: Any, task: Task) -> dict[str, Any]:
     """The settings an exported folder's `config` stores for `task` (QA: windows, answer length, null threshold;
     classification: max_seq_len); {} for a folder that was not exported by Distillery."""
-    return dict((getattr(config, "task_specific_params", None) or {}).get(PIPELINE_TASK[task]) or {})
+    return dict((getattr(config, "task_specific_params", None) or {}).get(task_traits(task).pipeline_task) or {})
 
 
 def export_student(student_dir: Path, out_dir: Path, card: ModelCardInfo, onnx_graphs: Path | None = None) -> Path:
@@ -127,7 +109,7 @@ def export_student(student_dir: Path, out_dir: Path, card: ModelCardInfo, onnx_g
         ExportError: `student_dir` holds no model or no tokenizer, the model's head does not fit `card.task`,
             or the label names do not match the classifier's outputs.
     """
-    # imported here so that reading CARD_METRICS or building a ModelCardInfo (the report does) needs no torch
+    # imported here so that building a ModelCardInfo (the report does) needs no torch
     from distill import models
 
     student_dir, out_dir = Path(student_dir), Path(out_dir)
@@ -154,7 +136,7 @@ def export_student(student_dir: Path, out_dir: Path, card: ModelCardInfo, onnx_g
         if max_seq_len is not None:
             # the text-classification pipeline truncates to this when called with truncation=True
             tokenizer.model_max_length = max_seq_len
-            model.config.task_specific_params = {PIPELINE_TASK[card.task]: {"max_seq_len": max_seq_len}}
+            model.config.task_specific_params = {task_traits(card.task).pipeline_task: {"max_seq_len": max_seq_len}}
     else:
         unknown = sorted(set(card.inference) - set(DEFAULT_SETTINGS))
         if unknown:
@@ -162,8 +144,8 @@ def export_student(student_dir: Path, out_dir: Path, card: ModelCardInfo, onnx_g
         settings = DEFAULT_SETTINGS | card.inference
         if positions is not None:
             settings["max_seq_len"] = min(settings["max_seq_len"], positions)
-        model.config.task_specific_params = {PIPELINE_TASK["qa"]: settings}
-        model.config.custom_pipelines = {PIPELINE_TASK["qa"]: {
+        model.config.task_specific_params = {task_traits(card.task).pipeline_task: settings}
+        model.config.custom_pipelines = {task_traits(card.task).pipeline_task: {
             "impl": f"{QA_PIPELINE_FILE.removesuffix('.py')}.{QA_PIPELINE_CLASS}",
             "pt": ["AutoModelForQuestionAnswering"],
             "type": "text",
@@ -235,7 +217,7 @@ def _metrics_section(card: ModelCardInfo) -> str:
         return "Not evaluated (the evaluation stage was disabled)."
     names = ["student", *sorted(name for name in card.metrics if name != "student")]
     names = [name for name in names if name in card.metrics]
-    keys = [key for key in CARD_METRICS[card.task] if any(key in card.metrics[name] for name in names)]
+    keys = [key for key in task_traits(card.task).card_metrics if any(key in card.metrics[name] for name in names)]
     rows = [[key, *(_number(card.metrics[name].get(key)) for name in names)] for key in keys]
     unit = "percent (official SQuAD 2.0 metric)" if task_traits(card.task).percent_scores else "fractions, 0-1"
     return f"Scores on the evaluation data, in {unit}.\n\n" + _table(["metric", *names], rows)
@@ -330,10 +312,10 @@ def _eval_results(card: ModelCardInfo) -> list[Any]:
     scores = card.metrics.get("student") or {}
     evaluated = card.data.get("eval") or ("squad_v2" if task_traits(card.task).windows else "evaluation data")
     dataset = ", ".join(evaluated) if isinstance(evaluated, list) else str(evaluated)  # several: macro averages
-    return [EvalResult(task_type=PIPELINE_TASK[card.task], dataset_type=_hub_id(dataset) or dataset,
+    return [EvalResult(task_type=task_traits(card.task).pipeline_task, dataset_type=_hub_id(dataset) or dataset,
                        dataset_name=dataset, metric_type=key, metric_name=name,
                        metric_value=round(float(scores[key]), 4))
-            for key, name in _INDEXED_METRICS[card.task].items() if isinstance(scores.get(key), (int, float))]
+            for key, name in task_traits(card.task).indexed_metrics if isinstance(scores.get(key), (int, float))]
 
 
 def model_card(card: ModelCardInfo, parameters: int) -> str:
@@ -346,7 +328,7 @@ def model_card(card: ModelCardInfo, parameters: int) -> str:
     eval_results = _eval_results(card)
     datasets = sorted({name for name in map(_hub_id, (card.data.get("train"), card.data.get("eval"))) if name})
     metadata = ModelCardData(
-        license=card.license, library_name="transformers", pipeline_tag=PIPELINE_TASK[card.task],
+        license=card.license, library_name="transformers", pipeline_tag=task_traits(card.task).pipeline_task,
         tags=["distillation", "knowledge-distillation", "distillery"], base_model=_hub_id(card.student_source),
         datasets=datasets or None, model_name=card.name, eval_results=eval_results or None,
         teachers=card.teachers or None)

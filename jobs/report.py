@@ -35,7 +35,7 @@ from matplotlib.figure import Figure
 
 from augment.spec import EvalSource, TrainSource
 from core.tasks import TRAITS, task_traits
-from distill.export import CARD_METRICS, ModelCardInfo, export_student
+from distill.export import ModelCardInfo, export_student
 from jobs.layout import eval_sets
 from jobs.spec import JobSpec, SpecError, parse_spec
 from jobs.store import RunState, StageState
@@ -520,7 +520,7 @@ def _training_section(run: _Run, logs: dict[str, list[dict[str, Any]]], validati
 
 
 def _metric_names(task: str, metrics: dict[str, dict[str, Any]]) -> list[str]:
-    return [key for key in CARD_METRICS.get(task, []) if any(key in entry for entry in metrics.values())]
+    return [key for key in task_traits(task).card_metrics if any(key in entry for entry in metrics.values())]
 
 
 def _results_section(run: _Run, metrics: dict[str, dict[str, Any]] | None, plots: dict[str, str]) -> str:
