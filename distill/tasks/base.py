@@ -3,7 +3,8 @@
 Labelling, training, evaluation and export ask the job's `TaskKind` (`distill.tasks.task_kind(name)`) instead of
 branching on the task's name: which head a model has, how examples become features, which feature columns hold
 the gold labels and the teachers' logits, how a model's outputs and a batch's targets line up for the losses, and
-how predictions are scored. A new task is a new module with a `TaskKind` and one line in `distill.tasks.TASKS`.
+how predictions are scored. A new task is an entry in `core.tasks.TRAITS` (its name, flags and columns), a new
+module here with its `TaskKind`, and one line in `distill.tasks.TASKS`.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ class TaskKind(ABC):
     #: predictions come with null odds (the SQuAD 2.0 na_prob file), and scoring may be squad_v2 or mrqa
     null_odds: ClassVar[bool]
     feature_schema: ClassVar[pa.Schema]
+    #: the name of phase 2's teacher term in the logs
+    soft_term: ClassVar[str] = "kl"
 
     @property
     def name(self) -> Task:
@@ -84,12 +87,9 @@ class TaskKind(ABC):
         """An empty gatherer of predictions for evaluation or validation."""
 
     @abstractmethod
-    def degenerate(self, predictions: list[str]) -> str | None:
+    def degenerate(self, predictions: list[Any]) -> str | None:
         """What is wrong with a model that gives one answer to everything (its scores then measure the data), or
         None."""
-
-    #: the name of phase 2's teacher term in the logs
-    soft_term: ClassVar[str] = "kl"
 
     def recognizes(self, config: Any) -> bool:
         """Whether a model config has this task's head (its `architectures`)."""

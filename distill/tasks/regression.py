@@ -70,7 +70,7 @@ class Regression(TaskKind):
     def answers(self, config: EvaluateSpec, scoring: str, label_names: list[str] | None) -> ScoreAnswers:
         return ScoreAnswers()
 
-    def degenerate(self, predictions: list[float]) -> str | None:
+    def degenerate(self, predictions: list[Any]) -> str | None:
         if len(predictions) > 1 and len(set(predictions)) == 1:
             return f"predicts {predictions[0]:.4g} for all {len(predictions)} examples"
         return None
