@@ -3,29 +3,23 @@ scored by accuracy and macro precision, recall and F1."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import torch
-from transformers import AutoModelForSequenceClassification, PreTrainedTokenizerBase
 
 from core.shards import write_json
 from core.tasks import TRAITS
 from distill.classification_metrics import classification_report
-from distill.features import CLASSIFICATION_FEATURE_SCHEMA, classification_features
-from distill.spec import EvaluateSpec, FeaturesSpec
-from distill.tasks.base import TaskKind, regression_head
+from distill.features import CLASSIFICATION_FEATURE_SCHEMA
+from distill.spec import EvaluateSpec
+from distill.tasks.base import regression_head
+from distill.tasks.text import LabelledText
 
 
-class Classification(TaskKind):
+class Classification(LabelledText):
     traits = TRAITS["classification"]
-    head = AutoModelForSequenceClassification
-    architecture_suffix = "ForSequenceClassification"
-    output_names = ("logits",)
-    null_odds = False
     feature_schema = CLASSIFICATION_FEATURE_SCHEMA
 
     def recognizes(self, config: Any) -> bool:
@@ -33,22 +27,6 @@ class Classification(TaskKind):
 
     def head_config(self, num_labels: int | None) -> dict[str, Any]:
         return {} if num_labels is None else {"num_labels": num_labels}
-
-    def build_features(self, examples: Sequence[Mapping[str, Any]] | pa.Table, tokenizer: PreTrainedTokenizerBase,
-                       features: FeaturesSpec) -> pa.Table:
-        return classification_features(examples, tokenizer, features)
-
-    def logits(self, outputs: Any) -> torch.Tensor:
-        return outputs.logits[:, None, :]                                       # (B, 1, C)
-
-    def gold(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return batch["labels"][:, None]
-
-    def teacher_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return batch["teacher_logits"][:, None, :]
-
-    def distribution_mask(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
-        return None                                                             # every class takes part
 
     def answers(self, config: EvaluateSpec, scoring: str, label_names: list[str] | None) -> ClassAnswers:
         return ClassAnswers(label_names or [])

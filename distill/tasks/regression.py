@@ -4,30 +4,26 @@ Pearson and Spearman correlation."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import torch
-from transformers import AutoModelForSequenceClassification, PreTrainedTokenizerBase
 
 from core.shards import write_json
 from core.tasks import TRAITS
 from distill.ensemble import mix_teacher_logits
-from distill.features import REGRESSION_FEATURE_SCHEMA, classification_features
+from distill.features import REGRESSION_FEATURE_SCHEMA
 from distill.losses import ScoreMSE
-from distill.spec import EvaluateSpec, FeaturesSpec
-from distill.tasks.base import TaskKind, regression_head
+from distill.spec import EvaluateSpec
+from distill.tasks.base import regression_head
+from distill.tasks.text import LabelledText
 
 
-class Regression(TaskKind):
+class Regression(LabelledText):
     traits = TRAITS["regression"]
-    head = AutoModelForSequenceClassification
-    architecture_suffix = "ForSequenceClassification"
-    output_names = ("logits",)
-    null_odds = False
     feature_schema = REGRESSION_FEATURE_SCHEMA
     soft_term = "mse"
 
@@ -36,22 +32,6 @@ class Regression(TaskKind):
 
     def head_config(self, num_labels: int | None) -> dict[str, Any]:
         return {"num_labels": 1, "problem_type": "regression"}
-
-    def build_features(self, examples: Sequence[Mapping[str, Any]] | pa.Table, tokenizer: PreTrainedTokenizerBase,
-                       features: FeaturesSpec) -> pa.Table:
-        return classification_features(examples, tokenizer, features, REGRESSION_FEATURE_SCHEMA)
-
-    def logits(self, outputs: Any) -> torch.Tensor:
-        return outputs.logits[:, None, :]                                       # (B, 1, 1): the score
-
-    def gold(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return batch["labels"][:, None]                                         # (B, 1) float
-
-    def teacher_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return batch["teacher_logits"][:, None, :]
-
-    def distribution_mask(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
-        return None
 
     def soft_loss(self, temperature: float) -> torch.nn.Module:
         return ScoreMSE()   # a score has no distribution to soften: the temperature does not apply
@@ -79,23 +59,6 @@ class Regression(TaskKind):
 REGRESSION = Regression()
 
 
-def ranks(values: np.ndarray) -> np.ndarray:
-    """1-based ranks of `values`, ties sharing the mean of their ranks (as Spearman's correlation takes them)."""
-    order = np.argsort(values, kind="stable")
-    ranked = np.empty(len(values), dtype=np.float64)
-    ranked[order] = np.arange(1, len(values) + 1)
-    distinct, inverse = np.unique(values, return_inverse=True)
-    sums = np.bincount(inverse, weights=ranked, minlength=len(distinct))
-    return (sums / np.bincount(inverse, minlength=len(distinct)))[inverse]
-
-
-def pearson(x: np.ndarray, y: np.ndarray) -> float:
-    """Pearson's correlation; NaN when either side is constant (no correlation is defined)."""
-    x, y = x - x.mean(), y - y.mean()
-    denominator = np.sqrt((x * x).sum() * (y * y).sum())
-    return float((x * y).sum() / denominator) if denominator > 0 else float("nan")
-
-
 class ScoreAnswers:
     """Each regression example's id, gold score and predicted score, gathered chunk by chunk."""
 
@@ -113,9 +76,15 @@ class ScoreAnswers:
     def score(self, predictions_path: Path | None = None, null_odds_path: None = None) -> dict[str, Any]:
         """Pearson and Spearman correlation and the mean squared error; {id: score} written where a path is given
         (there are no null odds)."""
+        from scipy import stats   # evaluation alone needs it
+
         gold, predicted = np.concatenate(self.gold), np.concatenate(self.predicted)
         if predictions_path is not None:
             write_json(predictions_path, dict(zip(self.ids, predicted.tolist())))
-        return {"pearson": pearson(predicted, gold), "spearman": pearson(ranks(predicted), ranks(gold)),
-                "mse": float(np.mean((predicted - gold) ** 2)), "total": len(gold),
-                "degenerate": REGRESSION.degenerate(predicted.tolist())}
+        with warnings.catch_warnings():
+            # constant predictions have no correlation (NaN); `degenerate` says so in the scores
+            warnings.simplefilter("ignore", stats.ConstantInputWarning)
+            pearson = float(stats.pearsonr(predicted, gold).statistic)
+            spearman = float(stats.spearmanr(predicted, gold).statistic)   # ties take their mean rank
+        return {"pearson": pearson, "spearman": spearman, "mse": float(np.mean((predicted - gold) ** 2)),
+                "total": len(gold), "degenerate": REGRESSION.degenerate(predicted.tolist())}
