@@ -112,7 +112,7 @@ def inspect_examples(folder: Path, example_id: str | None = None, limit: int = 3
     warnings: list[str] = []
 
     columns = _example_columns(folder)
-    task = (meta or {}).get("task") or ("qa" if "context" in columns else "classification")
+    task = meta.get("task") or ("qa" if "context" in columns else "classification")
     fields = QA_FIELDS if task_traits(task).windows else CLASSIFICATION_FIELDS
     rows_out = variants = spans_checked = misplaced = 0
     source_ids: set[str] = set()

@@ -31,8 +31,8 @@ import csv
 import dataclasses
 import gzip
 import itertools
-import math
 import json
+import math
 import os
 import re
 import sys
@@ -519,17 +519,7 @@ def _write_qa(items, writer: ShardWriter, log: _RejectLog) -> int:
 
 def _write_scores(items, writer: ShardWriter, log: _RejectLog) -> int:
     """Regression rows, streamed: each label read as a finite number (TSV cells are strings)."""
-    written = 0
-    for item, row in _checked(items, log, _check_text_row):
-        try:
-            with _known_id(row["id"]):
-                row["label"] = _score(row["label"])
-        except _BadRecord as bad:
-            log.add(item, bad)
-            continue
-        writer.add(row)
-        written += 1
-    return written
+    return _write_labelled(_checked(items, log, _check_text_row), writer, log, _score)
 
 
 def _score(label: Any) -> float:
@@ -548,17 +538,22 @@ def _write_classification(items, writer: ShardWriter, log: _RejectLog, label_nam
     kept = list(_checked(items, log, _check_text_row))
     names = label_names or class_label_names or _infer_label_names([row["label"] for _, row in kept])
     index = {name: i for i, name in enumerate(names)}
+    return _write_labelled(kept, writer, log, lambda label: _label_id(label, names, index)), list(names)
+
+
+def _write_labelled(rows, writer: ShardWriter, log: _RejectLog, convert: Callable[[Any], Any]) -> int:
+    """Write checked (item, row) pairs with each label converted; a label that does not convert is a reject."""
     written = 0
-    for item, row in kept:
+    for item, row in rows:
         try:
             with _known_id(row["id"]):
-                row["label"] = _label_id(row["label"], names, index)
+                row["label"] = convert(row["label"])
         except _BadRecord as bad:
             log.add(item, bad)
             continue
         writer.add(row)
         written += 1
-    return written, list(names)
+    return written
 
 
 def _clear_outputs(out_dir: Path) -> None:

@@ -119,7 +119,8 @@ def export_student(student_dir: Path, out_dir: Path, card: ModelCardInfo, onnx_g
     if not any((student_dir / name).is_file() for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json")):
         raise ExportError(f"{student_dir} holds no tokenizer files; save the tokenizer beside the student")
     ref = models.ModelRef(str(student_dir))
-    num_labels = len(card.label_names) if task_traits(card.task).classes and card.label_names else None
+    traits = task_traits(card.task)
+    num_labels = len(card.label_names) if traits.classes and card.label_names else None
     try:
         model = models.load_model(ref, card.task, num_labels=num_labels)
     except models.ModelCheckError as err:
@@ -127,8 +128,8 @@ def export_student(student_dir: Path, out_dir: Path, card: ModelCardInfo, onnx_g
     tokenizer = models.load_tokenizer(ref)
     positions = models.usable_positions(model.config)
 
-    if not task_traits(card.task).windows:
-        if task_traits(card.task).classes:
+    if not traits.windows:
+        if traits.classes:
             names = card.label_names or [model.config.id2label[i] for i in range(model.config.num_labels)]
             model.config.id2label = dict(enumerate(names))
             model.config.label2id = {name: index for index, name in enumerate(names)}
@@ -136,7 +137,7 @@ def export_student(student_dir: Path, out_dir: Path, card: ModelCardInfo, onnx_g
         if max_seq_len is not None:
             # the text-classification pipeline truncates to this when called with truncation=True
             tokenizer.model_max_length = max_seq_len
-            model.config.task_specific_params = {task_traits(card.task).pipeline_task: {"max_seq_len": max_seq_len}}
+            model.config.task_specific_params = {traits.pipeline_task: {"max_seq_len": max_seq_len}}
     else:
         unknown = sorted(set(card.inference) - set(DEFAULT_SETTINGS))
         if unknown:
@@ -144,8 +145,8 @@ def export_student(student_dir: Path, out_dir: Path, card: ModelCardInfo, onnx_g
         settings = DEFAULT_SETTINGS | card.inference
         if positions is not None:
             settings["max_seq_len"] = min(settings["max_seq_len"], positions)
-        model.config.task_specific_params = {task_traits(card.task).pipeline_task: settings}
-        model.config.custom_pipelines = {task_traits(card.task).pipeline_task: {
+        model.config.task_specific_params = {traits.pipeline_task: settings}
+        model.config.custom_pipelines = {traits.pipeline_task: {
             "impl": f"{QA_PIPELINE_FILE.removesuffix('.py')}.{QA_PIPELINE_CLASS}",
             "pt": ["AutoModelForQuestionAnswering"],
             "type": "text",
@@ -157,7 +158,7 @@ def export_student(student_dir: Path, out_dir: Path, card: ModelCardInfo, onnx_g
     staging.mkdir(parents=True)
     model.save_pretrained(staging)  # safetensors: the only format transformers 5 writes
     tokenizer.save_pretrained(staging)
-    if task_traits(card.task).windows:
+    if traits.windows:
         package = Path(__file__).parent
         for name, module in QA_PIPELINE_SOURCES.items():
             shutil.copyfile(package / module, staging / name)
@@ -310,12 +311,13 @@ def _eval_results(card: ModelCardInfo) -> list[Any]:
     from huggingface_hub import EvalResult
 
     scores = card.metrics.get("student") or {}
-    evaluated = card.data.get("eval") or ("squad_v2" if task_traits(card.task).windows else "evaluation data")
+    traits = task_traits(card.task)
+    evaluated = card.data.get("eval") or ("squad_v2" if traits.windows else "evaluation data")
     dataset = ", ".join(evaluated) if isinstance(evaluated, list) else str(evaluated)  # several: macro averages
-    return [EvalResult(task_type=task_traits(card.task).pipeline_task, dataset_type=_hub_id(dataset) or dataset,
+    return [EvalResult(task_type=traits.pipeline_task, dataset_type=_hub_id(dataset) or dataset,
                        dataset_name=dataset, metric_type=key, metric_name=name,
                        metric_value=round(float(scores[key]), 4))
-            for key, name in task_traits(card.task).indexed_metrics if isinstance(scores.get(key), (int, float))]
+            for key, name in traits.indexed_metrics if isinstance(scores.get(key), (int, float))]
 
 
 def model_card(card: ModelCardInfo, parameters: int) -> str:

@@ -83,6 +83,7 @@ CLASSIFICATION_FEATURE_SCHEMA = pa.schema([
 REGRESSION_FEATURE_SCHEMA = CLASSIFICATION_FEATURE_SCHEMA.set(CLASSIFICATION_FEATURE_SCHEMA.get_field_index("label"),
                                                               pa.field("label", pa.float32()))
 
+
 class FeaturesError(ValueError):
     """Examples that cannot be turned into features: missing columns, an empty context, a mixed text_pair column."""
 

@@ -107,8 +107,7 @@ def check_task_head(config: PretrainedConfig, task: Task, num_labels: int | None
         problem = f" (problem_type {config.problem_type})" if getattr(config, "problem_type", None) else ""
         raise ModelCheckError(
             f"{name}: has a {', '.join(head_names)} head{problem}, not a *{kind.architecture_suffix} head for task "
-            f"'{task}'; "
-            "give a model fine-tuned for the task, or fine-tune it first (teachers[].finetune)")
+            f"'{task}'; give a model fine-tuned for the task, or fine-tune it first (teachers[].finetune)")
     if kind.traits.classes and num_labels is not None and config.num_labels != num_labels:
         raise ModelCheckError(f"{name}: classifies into {config.num_labels} labels, the data has {num_labels}")
 

@@ -83,7 +83,6 @@ class JobSpec(StrictModel):
                             f"{student_layers} layers")
         if task_traits(self.task).windows:
             problems += self._window_problems()
-        if task_traits(self.task).windows:
             problems += [f"{field}.format: qa reads squad, mrqa, hf or jsonl data, got {source.format}"
                          for field, source in self.data_sources()
                          if source.format not in QA_FORMATS and field != "augment.corpus"]

@@ -141,11 +141,11 @@ class PredictionObjective(nn.Module):
     def settings(self) -> dict[str, Any]:
         return {**self._spec,
                 "losses": {self.soft_term: {"weight": self.term_weights.get(self.soft_term, 0.0),
-                                  "loss": type(self.soft).__name__, "temperature": self.temperature,
-                                  "scaled_by_t_squared": isinstance(self.soft, SoftTargetKL),
-                                  "teacher_logits": self.source,
-                                  "ensemble": self.ensemble if self.source == "online" else "as labelled",
-                                  "reduction": "mean over (example, distribution) rows, padding masked"},
+                                            "loss": type(self.soft).__name__, "temperature": self.temperature,
+                                            "scaled_by_t_squared": isinstance(self.soft, SoftTargetKL),
+                                            "teacher_logits": self.source,
+                                            "ensemble": self.ensemble if self.source == "online" else "as labelled",
+                                            "reduction": "mean over (example, distribution) rows, padding masked"},
                            "hard": {"weight": self.term_weights.get("hard", 0.0),
                                     "reduction": "mean over (example, distribution) rows, padding masked"}}}
 
