@@ -43,7 +43,8 @@ class ResourcesSpec(StrictModel):
     compile: bool = Field(
         False, description="torch.compile each training phase's model (the student, its projections and the "
                            "teachers it runs), in every worker: the first steps pay for the compilation (minutes), "
-                           "the rest run faster on a GPU. Results match an uncompiled run to rounding")
+                           "the rest run faster on a GPU. Results match an uncompiled run to rounding, except that "
+                           "compiled dropout draws its own random masks")
     worker_restarts: int = Field(
         3, ge=0, description="times a multi-worker training phase restarts its workers from the last complete "
                              "checkpoint when a worker process or node dies (logged); 0: the phase fails at once")

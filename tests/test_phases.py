@@ -23,7 +23,7 @@ from augment.readers import read_examples
 from augment.spec import DataSource, MaskedLMTrainingSpec
 from core.resources import ResourcesSpec
 from core.shards import read_shards
-from distill.attention_maps import recorded_attention, use_pre_dropout_attention
+from distill.attention_maps import attention_maps, keep_attention_maps
 from distill.evaluate import ValidationSet, Validator
 from distill.features import classification_features, pad_batch, qa_features
 from distill.label import TeacherEnsemble
@@ -191,23 +191,56 @@ def test_phase1_student_identical_to_its_teacher_has_no_attention_loss_despite_d
 
 
 @pytest.mark.parametrize("family", ["bert", "distilbert"])
-def test_recorded_attention_keeps_only_the_asked_layers_and_masks_padding(tiny_model_factory, family):
+def test_kept_attention_maps_are_the_asked_layers_only_and_mask_padding(tiny_model_factory, family):
     folder = tiny_model_factory("qa", layers=3, family=family)
     eager = AutoModelForQuestionAnswering.from_pretrained(folder, attn_implementation="eager").eval()
     model = AutoModelForQuestionAnswering.from_pretrained(folder).eval()
     batch = AutoTokenizer.from_pretrained(folder)(["Where is the Eiffel Tower?", "In Paris."], padding=True,
                                                   return_tensors="pt")
-    with pytest.raises(ModelCheckError, match="use_pre_dropout_attention"), recorded_attention(model, [0]):
-        model(**batch)  # still on its default kernel
+    with pytest.raises(ModelCheckError, match="keep_attention_maps"):
+        attention_maps(model, model(**batch, output_attentions=True), [0])  # still on its default kernel
 
-    use_pre_dropout_attention(model)
-    with torch.no_grad(), recorded_attention(model, [0, 2]) as maps:
-        model(**batch)
+    keep_attention_maps(model, [2, 0])
+    with torch.no_grad():
+        outputs = model(**batch, output_attentions=True)
+    maps = attention_maps(model, outputs, [2, 0])
     expected = eager(**batch, output_attentions=True).attentions
-    assert sorted(maps) == [0, 2]
+    assert len(outputs.attentions) == 2 and sorted(maps) == [0, 2]  # layer 1's map is never handed out
     for layer in (0, 2):
         torch.testing.assert_close(maps[layer], expected[layer])
     assert maps[0][1, :, :, -1].max() == 0  # the shorter text's padding gets no attention
+    with pytest.raises(ModelCheckError, match="handed out 2 attention maps"):
+        attention_maps(model, outputs, [0, 1, 2])
+
+
+def test_phase1_compiles_to_one_graph_for_every_length(teachers, tiny_model_factory, tmp_path):
+    """resources.compile: phase 1's forward (student, teacher, the maps of the mapped layers, all three terms) is one
+    graph that batches of other lengths reuse, and it computes the plain forward's terms."""
+    student = StudentSpec(model=str(tiny_model_factory("qa", layers=2, hidden=32, heads_count=2, seed=3)))
+    plan = TrainPlan("intermediate", IntermediateOptions(student, teachers[0], None), "qa", tmp_path,
+                     IntermediateSpec(), ONE_WORKER, 0, tmp_path, progress=False)
+    plain, compiled = plan.options.build(plan, CPU), plan.options.build(plan, CPU)
+    graphs = []
+
+    def counting_backend(graph, example_inputs):  # runs the captured graph as it is, counting captures
+        graphs.append(graph)
+        return graph.forward
+
+    compiled.compile(backend=counting_backend, dynamic=True, fullgraph=True)  # fullgraph: a graph break raises
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(student.model)
+        for words in (3, 7, 12):
+            batch = dict(tokenizer(["where is it?", " ".join(["paris"] * words)], padding=True, return_tensors="pt"))
+            terms = {}
+            for name, objective in (("plain", plain), ("compiled", compiled)):
+                torch.manual_seed(0)  # the same dropout draws
+                terms[name] = objective.train()(batch)
+            assert terms["compiled"].keys() == {"embeddings", "hidden", "attention"}
+            for name, value in terms["plain"].items():
+                torch.testing.assert_close(terms["compiled"][name], value, msg=name)
+        assert len(graphs) == 1
+    finally:
+        torch._dynamo.reset()
 
 # -- phase 2 ------------------------------------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from distill.attention_maps import recorded_attention, use_pre_dropout_attention
+from distill.attention_maps import attention_maps, keep_attention_maps
 from distill.features import FlatFeatures
 from distill.layer_map import LayerMap, resolve_layer_map
 from distill.losses import AttentionMSE, HiddenStateMSE
@@ -45,6 +45,18 @@ class IntermediateOptions:
         return objective.to(device)
 
 
+def _install_output_collection(model: PreTrainedModel) -> None:
+    """One tiny forward asking for hidden states and attention maps, in eval mode (no dropout, no random draws).
+
+    transformers installs the hooks that collect them on the first forward that asks, in code torch.compile cannot
+    trace (a lock, hook handles); installed before, a compiled phase-1 forward is one graph for every length."""
+    was_training = model.training
+    tokens = torch.zeros(1, 2, dtype=torch.long, device=model.device)
+    with torch.no_grad():
+        model.eval()(input_ids=tokens, output_hidden_states=True, output_attentions=True)
+    model.train(was_training)
+
+
 class IntermediateObjective(nn.Module):
     """Phase 1: the student and its projections; forward returns the MSE terms named in `losses`.
 
@@ -73,14 +85,17 @@ class IntermediateObjective(nn.Module):
         self.hidden_loss = HiddenStateMSE(s_config.hidden_size, t_config.hidden_size) if "hidden" in losses else None
         self.attention_loss = (AttentionMSE(s_config.num_attention_heads, t_config.num_attention_heads)
                                if "attention" in losses else None)
+        # what forward reads is fixed here, so that under torch.compile (resources.compile) it builds no Python
+        # structures and inspects no signatures
+        self.token_types = (takes_token_types(student), takes_token_types(teacher))
+        self.hidden_pairs = tuple(layer_map.hidden_pairs)
+        self.attention_pairs = tuple(layer_map.attention_pairs) if self.attention_loss is not None else ()
+        self.kept_maps = (tuple(s for s, _ in self.attention_pairs), tuple(t for _, t in self.attention_pairs))
         if self.attention_loss is not None:
-            use_pre_dropout_attention(student)
-            use_pre_dropout_attention(teacher)
-        # fixed here rather than listed in forward: torch.compile (resources.compile) on Python 3.12 fails on a
-        # list comprehension in a frame it breaks
-        pairs = layer_map.attention_pairs if self.attention_loss is not None else []
-        self.attention_pairs = tuple(pairs)
-        self.recorded_layers = (tuple(s for s, _ in pairs), tuple(t for _, t in pairs))
+            keep_attention_maps(student, self.kept_maps[0])
+            keep_attention_maps(teacher, self.kept_maps[1])
+        for model in (student, teacher):
+            _install_output_collection(model)
 
     @property
     def teacher(self) -> PreTrainedModel:
@@ -89,18 +104,21 @@ class IntermediateObjective(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         mask = batch["attention_mask"]  # (B, L)
         # attention maps before dropout, of the mapped layers only (distill.attention_maps); none without the term
-        student_layers, teacher_layers = self.recorded_layers
-        with recorded_attention(self.student, student_layers) as student_maps:
-            student = self.student(**model_inputs(batch, takes_token_types(self.student)), output_hidden_states=True)
-        with torch.no_grad(), recorded_attention(self.teacher, teacher_layers) as teacher_maps:
-            teacher = self.teacher(**model_inputs(batch, takes_token_types(self.teacher)), output_hidden_states=True)
+        maps = self.attention_loss is not None
+        student = self.student(**model_inputs(batch, self.token_types[0]), output_hidden_states=True,
+                               output_attentions=maps)
+        with torch.no_grad():
+            teacher = self.teacher(**model_inputs(batch, self.token_types[1]), output_hidden_states=True,
+                                   output_attentions=maps)
         terms = {}
         if self.embeddings_loss is not None:
             terms["embeddings"] = self.embeddings_loss(student.hidden_states[0], teacher.hidden_states[0], mask)
         if self.hidden_loss is not None:
             terms["hidden"] = sum(self.hidden_loss(student.hidden_states[s], teacher.hidden_states[t], mask)
-                                  for s, t in self.layer_map.hidden_pairs)
+                                  for s, t in self.hidden_pairs)
         if self.attention_loss is not None:
+            student_maps = attention_maps(self.student, student, self.kept_maps[0])
+            teacher_maps = attention_maps(self.teacher, teacher, self.kept_maps[1])
             terms["attention"] = sum(self.attention_loss(student_maps[s], teacher_maps[t], mask)
                                      for s, t in self.attention_pairs)
         return terms
