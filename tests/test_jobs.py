@@ -141,9 +141,15 @@ def test_cancel_stops_a_detached_job(tmp_path):
     assert jobs_cli("list", "--root", str(root)).stdout.count("cancelled") == 1
 
 
-def test_two_jobs_at_once_share_cached_stages_safely(tmp_path):
+def test_two_jobs_at_once_share_cached_stages_safely_and_each_stage_runs_with_its_own_workers(tmp_path):
+    """Two identical jobs at once: one computes each stage, the other reuses it. Their resources: shared ones (2
+    workers of half a CPU) for augmentation and labelling, training's own (1 worker); each stage records the workers
+    it ran with."""
     root = tmp_path / "runs"
-    spec = write_spec(tmp_path, tiny_qa_spec(**{"evaluate.enabled": False, "distill.intermediate.enabled": False}))
+    spec = write_spec(tmp_path, tiny_qa_spec(**{
+        "resources.workers": 2, "resources.cpus_per_worker": 0.5,
+        "resources.train": {"workers": 1, "cpus_per_worker": 1.0},
+        "evaluate.enabled": False, "distill.intermediate.enabled": False}))
     first = _last_line(jobs_cli("submit", str(spec), "--detach", "--root", str(root)).stdout)
     second = _last_line(jobs_cli("submit", str(spec), "--detach", "--root", str(root)).stdout)
     for job_id in (first, second):
@@ -155,6 +161,13 @@ def test_two_jobs_at_once_share_cached_stages_safely(tmp_path):
         # one job computed each stage, the other waited for it and reused it
         assert {s["stages"][name]["status"] for s in states} == {"completed", "cached"}, name
         assert states[0]["stages"][name]["output"] == states[1]["stages"][name]["output"]
+
+    outputs = {name: Path(s["output"]) for name, s in states[0]["stages"].items() if s["output"] is not None}
+    assert json.loads((outputs["augment"] / "stats.json").read_text())["workers"] == 2
+    assert json.loads((outputs["label"] / "stats.json").read_text())["workers"] == 2
+    for trained in (outputs["finetune_teachers"] / "teacher_0", outputs["distill_prediction"]):
+        resources = json.loads((trained / "train_config.json").read_text())["resources"]
+        assert (resources["workers"], resources["cpus_per_worker"]) == (1, 1.0), trained
 
 
 def test_masked_lm_trained_on_a_corpus_is_shared_by_jobs_of_other_seeds(tmp_path):
@@ -196,20 +209,3 @@ def test_masked_lm_trained_on_a_corpus_is_shared_by_jobs_of_other_seeds(tmp_path
 
 def test_unknown_job_exits_3(tmp_path):
     assert jobs_cli("status", "nope", "--root", str(tmp_path), check=False).returncode == 3
-
-
-def test_each_parallel_stage_runs_with_its_own_workers(tmp_path):
-    """Shared resources (2 workers of half a CPU) for augmentation and labelling, training's own (1 worker): each
-    stage records the workers it ran with."""
-    spec = tiny_qa_spec(**{"resources.workers": 2, "resources.cpus_per_worker": 0.5,
-                           "resources.train": {"workers": 1, "cpus_per_worker": 1.0},
-                           "distill.intermediate.enabled": False, "evaluate.enabled": False})
-    result = jobs_cli("submit", str(write_spec(tmp_path, spec)), "--root", str(tmp_path / "runs"))
-    state = job_state(tmp_path / "runs", _last_line(result.stdout).split()[1].rstrip(":"))
-    assert state["status"] == "succeeded", state.get("error")
-    outputs = {name: Path(s["output"]) for name, s in state["stages"].items() if s["output"] is not None}
-    assert json.loads((outputs["augment"] / "stats.json").read_text())["workers"] == 2
-    assert json.loads((outputs["label"] / "stats.json").read_text())["workers"] == 2
-    for trained in (outputs["finetune_teachers"] / "teacher_0", outputs["distill_prediction"]):
-        resources = json.loads((trained / "train_config.json").read_text())["resources"]
-        assert (resources["workers"], resources["cpus_per_worker"]) == (1, 1.0), trained
