@@ -2,6 +2,7 @@
 
     python benchmarks/gpu_bench.py --out gpu_bench.json            # on a GPU machine, a few minutes
     python benchmarks/gpu_bench.py --out /tmp/smoke.json --smoke   # tiny shapes on CPU (tests/test_gpu_bench.py)
+    python benchmarks/gpu_bench.py --out compiled.json --compile reduce-overhead   # torch.compile with CUDA graphs
 
 Shapes: a 12-layer 768-wide BERT teacher with a QA head, a 6-layer 768-wide student (TinyBERT General 6L-768D's
 shape), batch 26, synthetic features in the label stage's format with SQuAD-like lengths (mean 180 tokens, at most
@@ -60,7 +61,9 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="JSON file for the results")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes, for a CPU run of the same code")
-    parser.add_argument("--compile", action="store_true", help="train with resources.compile (torch.compile)")
+    parser.add_argument("--compile", nargs="?", const=True, default=False, metavar="MODE",
+                        help="train with resources.compile: torch.compile's default mode, or the MODE named "
+                             "(reduce-overhead: CUDA graphs)")
     return parser.parse_args()
 
 
@@ -136,7 +139,7 @@ def measure_labelling(teacher: Path, features_dir: Path, device, memory: dict) -
 
 
 def measure_phase(phase: str, teacher: Path, student: Path, features_dir: Path, shape: dict, device,
-                  out_dir: Path, memory: dict, compile: bool) -> dict:
+                  out_dir: Path, memory: dict, compile: bool | str) -> dict:
     import torch
 
     from core.resources import ResourcesSpec
@@ -160,8 +163,9 @@ def measure_phase(phase: str, teacher: Path, student: Path, features_dir: Path, 
     windows = [line["examples_per_s"] for line in lines[1:]] or [lines[-1]["examples_per_s"]]
     features_per_s = statistics.median(windows)
     precision = json.loads(Path(result.train_config).read_text())["precision"]
+    # the first window holds the warm-up: kernel choices and, with --compile, the compilation
     return {"steps": result.steps, "features_per_s": features_per_s, "steps_per_s": features_per_s / BATCH,
-            "precision": precision.split()[0]}
+            "first_window_s": lines[0]["elapsed"], "precision": precision.split()[0]}
 
 
 def main() -> int:
@@ -212,16 +216,19 @@ def main() -> int:
     }
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(f"{'':14}{'features/s':>12}{'steps/s':>10}{'TFLOP/s':>10}{'MFU':>8}{'peak GiB':>10}{'precision':>11}"
-          f"{'hours*':>9}")
+          f"{'hours*':>9}{'warm-up s**':>13}")
     for name, row in rows.items():
         mfu = "-" if row["mfu"] is None else f"{row['mfu']:.1%}"
         gib = "-" if row["peak_memory_gib"] is None else f"{row['peak_memory_gib']:.1f}"
         steps = f"{row['steps_per_s']:.2f}" if "steps_per_s" in row else "-"
+        warmup = f"{row['first_window_s']:.1f}" if "first_window_s" in row else "-"
         print(f"{name:14}{row['features_per_s']:>12.1f}{steps:>10}{row['model_tflops']:>10.2f}{mfu:>8}{gib:>10}"
-              f"{row['precision']:>11}{hours[name]:>9.2f}")
+              f"{row['precision']:>11}{hours[name]:>9.2f}{warmup:>13}")
     shapes = "at the smoke shapes, not the reference's" if args.smoke else "at the reference shapes"
     print(f"* the reference recipe's features and steps on this device, {shapes}: "
           f"{report['projected_hours']['total']:.2f} h in all ({report['device']}); results in {args.out}")
+    print(f"** the phase's first {shape['log_every']} steps, left out of its rate: kernel choices and, with --compile, "
+          "the compilation")
     return 0
 
 

@@ -23,6 +23,8 @@ class StageResources(StrictModel):
 
 
 ParallelStage = Literal["augment", "label", "train"]
+#: torch.compile's modes, which `resources.compile` may name
+CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 
 
 class ResourcesSpec(StrictModel):
@@ -40,11 +42,14 @@ class ResourcesSpec(StrictModel):
         "auto", description="what every stage computes in on a GPU. auto: bf16 on compute capability 8.0+ (A100, "
                             "H100), fp16 with a loss scaler on older GPUs (V100), fp32 on CPU; bf16 on an older GPU "
                             "or half precision on CPU is refused")
-    compile: bool = Field(
+    compile: bool | CompileMode = Field(
         False, description="torch.compile each training phase's model (the student, its projections and the "
-                           "teachers it runs), in every worker: the first steps pay for the compilation (minutes), "
-                           "the rest run faster on a GPU. Results match an uncompiled run to rounding, except that "
-                           "compiled dropout draws its own random masks")
+                           "teachers it runs), in every worker: true is torch's default mode; reduce-overhead also "
+                           "replays each step's kernels as CUDA graphs (one recording per batch shape; a GPU's "
+                           "batches come in a few padded lengths); the max-autotune modes also tune kernels (longer "
+                           "compilation). The first steps pay for the compilation (minutes), the rest run faster on "
+                           "a GPU. Results match an uncompiled run to rounding, except that compiled dropout draws "
+                           "its own random masks")
     worker_restarts: int = Field(
         3, ge=0, description="times a multi-worker training phase restarts its workers from the last complete "
                              "checkpoint when a worker process or node dies (logged); 0: the phase fails at once")
@@ -62,6 +67,13 @@ class ResourcesSpec(StrictModel):
     def for_stage(self, stage: ParallelStage) -> ResourcesSpec:
         """These resources with `stage`'s own settings in place of the shared ones."""
         return self.model_copy(update=getattr(self, stage).model_dump(exclude_none=True))
+
+    @property
+    def compile_mode(self) -> CompileMode | None:
+        """The torch.compile mode `compile` asks for; None when it is off."""
+        if self.compile is False:
+            return None
+        return "default" if self.compile is True else self.compile
 
     @property
     def worker_count(self) -> int:

@@ -390,10 +390,10 @@ class Recipe:
             log.warning("%s: continuing from the checkpoint at step %d", plan.phase, self.resumed_from)
         self.best = self._best_so_far()
 
-        if plan.resources.compile:
+        if plan.resources.compile_mode is not None:
             # in place, so parameter names (checkpoints, the saved model) stay those of the plain module; dynamic,
             # as every batch is padded to its own longest feature
-            module.compile(dynamic=True)
+            module.compile(dynamic=True, mode=plan.resources.compile_mode)
         self.model = self._wrap(module)
         if where.rank == 0:
             self._write_train_config()
@@ -532,10 +532,12 @@ class Recipe:
                 with autocast(where.device, self.precision):
                     terms = self.model(batch)
                     loss = sum(weight * terms[name] for name, weight in weights.items())
+                # read at once: under compile's CUDA graphs (reduce-overhead) a forward's outputs live in the
+                # graphs' memory pool, valid only until the graphs run again
+                self._window[0] += loss.detach().double() * share
+                self._window[1:] += torch.stack([terms[name].detach().double() for name in self.term_names]) * share
                 # DDP averages over workers, hence the * world
                 self.scaler.scale(loss * (share * where.world)).backward()
-            self._window[0] += loss.detach().double() * share
-            self._window[1:] += torch.stack([terms[name].detach().double() for name in self.term_names]) * share
         self._window_features += step_features
         self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(self.trained_parameters, self.config.max_grad_norm)

@@ -117,6 +117,7 @@ BAD_SPECS = [
     ({"student": None, "teachers": []}, "student: with no student the job fine-tunes and evaluates its teachers"),
     ({"task": "regression", "data": {"train": {"path": "a/b"}, "eval": {"path": "c/d"}, "label_names": ["x", "y"]}},
      "data.label_names: names classes, and regression has none"),
+    ({"resources": {"compile": "fast"}}, "resources.compile: input should be 'default', 'reduce-overhead'"),
 ]
 
 
@@ -204,6 +205,12 @@ def test_a_spec_without_student_only_fine_tunes_and_evaluates():
     spec = parse_spec({"student": None, "teachers": [{"model": "a/b", "finetune": {"epochs": 1}}]}, Path("."))
     assert [stage.name for stage in STAGES if stage.enabled(spec)] == ["prepare", "finetune_teachers", "evaluate",
                                                                       "report"]
+
+
+def test_compile_true_is_torchs_default_mode_and_a_named_mode_is_kept():
+    modes = [parse_spec({"resources": {"compile": value}}, Path(".")).resources.compile_mode
+             for value in (False, True, "reduce-overhead")]
+    assert modes == [None, "default", "reduce-overhead"]
 
 
 def test_each_parallel_stage_takes_its_own_resources_or_the_shared_ones():
