@@ -24,8 +24,8 @@ from core.resources import ResourcesSpec
 from core.shards import read_shards
 from distill.features import qa_features
 from distill.models import ModelRef
-from distill.phases import distill_prediction
-from distill.spec import FeaturesSpec, PredictionSpec, StudentSpec
+from distill.phases import distill_intermediate, distill_prediction
+from distill.spec import FeaturesSpec, IntermediateSpec, PredictionSpec, StudentSpec
 from distill.trainer import (COMPLETE_MARKER, LENGTH_GROUP_BATCHES, TrainingError, epoch_order, epoch_steps,
                              thin_worker_batch, worker_slice)
 from tests.jobutil import wait_for
@@ -209,17 +209,25 @@ def test_a_killed_ray_train_worker_is_replaced_and_the_phase_ends_as_if_uninterr
 
 # -- torch.compile ------------------------------------------------------------------------------------------------
 
-def test_a_compiled_phase_trains_as_the_plain_one_and_saves_the_same_parameter_names(features_dir, tiny_model_factory,
-                                                                                     tmp_path):
+@pytest.mark.parametrize("phase", ["prediction", "intermediate"])
+def test_a_compiled_phase_trains_as_the_plain_one_and_saves_the_same_parameter_names(phase, features_dir,
+                                                                                     tiny_model_factory, tmp_path):
     student = StudentSpec(model=str(_without_dropout(tiny_model_factory("qa", layers=2, hidden=32),
                                                      tmp_path / "student")))
-    config = PredictionSpec(distill_weight=0.0, batch_size=16, epochs=1, log_every=1, learning_rate=1e-3)
+    teacher = ModelRef(str(_without_dropout(tiny_model_factory("qa", layers=4, hidden=32), tmp_path / "teacher")))
+    loop = dict(batch_size=16, epochs=1, log_every=1, learning_rate=1e-3)
     runs = {}
     # a named mode; on CPU reduce-overhead compiles as the default mode does (its CUDA graphs are for CUDA devices)
     for compiled in (False, "reduce-overhead"):
         resources = ONE_WORKER.model_copy(update={"compile": compiled})
-        runs[compiled] = distill_prediction(student, [], "qa", features_dir, config, "probs", resources, 0,
-                                            tmp_path / f"compile-{compiled}", progress=False)
+        out = tmp_path / f"compile-{compiled}"
+        if phase == "prediction":
+            runs[compiled] = distill_prediction(student, [], "qa", features_dir,
+                                                PredictionSpec(distill_weight=0.0, **loop), "probs", resources, 0,
+                                                out, progress=False)
+        else:  # the teacher, hidden states and attention maps inside the compiled forward
+            runs[compiled] = distill_intermediate(student, teacher, "qa", features_dir, IntermediateSpec(**loop),
+                                                  resources, 0, out, progress=False)
     assert runs["reduce-overhead"].steps == runs[False].steps == 4
     assert (_losses(tmp_path / "compile-reduce-overhead")
             == pytest.approx(_losses(tmp_path / "compile-False"), rel=1e-4))
