@@ -292,7 +292,7 @@ def _spec_section(run: _Run) -> str:
         ["augmentation", (f"x{augment.factor}, replace_prob {augment.replace_prob}, top_k {augment.top_k}, "
                           f"mlm {augment.mlm_model or 'none'} ({augment.mlm_mode}), keep original "
                           f"{_fmt(augment.keep_original)}") if augment.enabled else "disabled"],
-        ["features", _settings(spec.features.model_dump())],
+        ["features", _settings(_feature_settings(spec))],
         ["label", _settings(spec.label.model_dump())],
     ]
     phases = _phase_settings(spec)
@@ -308,6 +308,13 @@ def _spec_section(run: _Run) -> str:
 
 
 _DISTILLATION_ROWS = ("augmentation", "label", "phase intermediate", "phase prediction")
+
+
+def _feature_settings(spec: JobSpec) -> dict[str, Any]:
+    """The features settings the task uses: QA's window settings (doc_stride, max_query_len) do nothing for
+    labelled text."""
+    settings = spec.features.model_dump()
+    return settings if task_traits(spec.task).windows else {"max_seq_len": settings["max_seq_len"]}
 
 
 def _stages_section(run: _Run) -> str:

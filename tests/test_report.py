@@ -192,6 +192,7 @@ def test_classification_report_shows_per_class_scores(tmp_path: Path):
                                 "pid": None, "stages": stages})
     text = write_report(run).read_text(encoding="utf-8")
     assert "0.85" in text and "0.92" in text and "| negative | 0.80 | 0.90 | 0.85 | 428 |" in text
+    assert "| features | max_seq_len 384 |" in text  # not QA's window settings
     assert (run / "report" / "scores.png").read_bytes().startswith(PNG_MAGIC)
 
 
