@@ -45,15 +45,16 @@ class IntermediateOptions:
         return objective.to(device)
 
 
-def _install_output_collection(model: PreTrainedModel) -> None:
-    """One tiny forward asking for hidden states and attention maps, in eval mode (no dropout, no random draws).
+def _install_output_collection(model: PreTrainedModel, attentions: bool) -> None:
+    """One tiny forward asking for what phase 1 reads, hidden states and (`attentions`) attention maps, in eval mode
+    (no dropout, no random draws).
 
     transformers installs the hooks that collect them on the first forward that asks, in code torch.compile cannot
     trace (a lock, hook handles); installed before, a compiled phase-1 forward is one graph for every length."""
     was_training = model.training
     tokens = torch.zeros(1, 2, dtype=torch.long, device=model.device)
     with torch.no_grad():
-        model.eval()(input_ids=tokens, output_hidden_states=True, output_attentions=True)
+        model.eval()(input_ids=tokens, output_hidden_states=True, output_attentions=attentions)
     model.train(was_training)
 
 
@@ -95,7 +96,7 @@ class IntermediateObjective(nn.Module):
             keep_attention_maps(student, self.kept_maps[0])
             keep_attention_maps(teacher, self.kept_maps[1])
         for model in (student, teacher):
-            _install_output_collection(model)
+            _install_output_collection(model, attentions=self.attention_loss is not None)
 
     @property
     def teacher(self) -> PreTrainedModel:
