@@ -52,7 +52,7 @@ class ModelCardInfo:
     """What the model card says about how the student was made and how well it does.
 
     Attributes:
-        task: "qa" or "classification".
+        task: the task (`core.tasks.Task`).
         teachers: hub names or folders of the teachers (empty: trained without a teacher).
         student_source: where the student started (a hub name, a folder, "architecture ..." or "teacher layers ...").
         data: where the data came from and how much of it, e.g. {"train": path, "eval": path, "train_examples": n}.
