@@ -155,3 +155,12 @@ class AugmentSpec(StrictModel):
             raise ValueError("mlm_training: trains mlm_model, which is null; name a masked LM (its config and "
                              "tokenizer are enough with mlm_init: random)")
         return self
+
+    @model_validator(mode="after")
+    def _corpus_needs_a_reader(self) -> AugmentSpec:
+        # read by the prepare stage for the masked LM's training and the word vectors' training only
+        if self.corpus is not None and self.mlm_training is None and self.vectors.path is not None:
+            raise ValueError("corpus: nothing would read it: the masked LM is not trained (mlm_training is unset) and "
+                             "the word vectors come from vectors.path; drop corpus, or set mlm_training to train "
+                             "the masked LM on it")
+        return self

@@ -118,6 +118,8 @@ BAD_SPECS = [
     ({"task": "regression", "data": {"train": {"path": "a/b"}, "eval": {"path": "c/d"}, "label_names": ["x", "y"]}},
      "data.label_names: names classes, and regression has none"),
     ({"resources": {"compile": "fast"}}, "resources.compile: input should be 'default', 'reduce-overhead'"),
+    ({"augment": {"corpus": {"path": "a/b"}, "vectors": {"path": "fse/glove-wiki-gigaword-100"}}},
+     "augment: corpus: nothing would read it"),
 ]
 
 
