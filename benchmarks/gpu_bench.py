@@ -11,7 +11,7 @@ downloaded and no Ray is imported: besides torch and transformers it needs pyarr
 (wheels small enough to carry to a bare GPU machine).
 
 Every measurement goes through the code a job runs: `distill.label.TeacherEnsemble.label` for labelling (after one
-untimed warm-up block), and `distill.phases.distill_intermediate` / `distill_prediction` with one worker for the two
+untimed warm-up block; at the default label.batch_size, which the projection uses, and at four times it), and `distill.phases.distill_intermediate` / `distill_prediction` with one worker for the two
 phases, whose throughput is read from their own metrics.jsonl (features/s per log window, the first window, with
 its warm-up, left out). Precision is `resources.precision: auto` (bf16 on compute capability 8.0+, fp16 below).
 
@@ -113,7 +113,7 @@ def peak_flops(device, precision: str) -> float | None:
     return next((peaks.get(precision) for key, peaks in PEAK_FLOPS.items() if key in name), None)
 
 
-def measure_labelling(teacher: Path, features_dir: Path, device, memory: dict) -> dict:
+def measure_labelling(teacher: Path, features_dir: Path, device, batch_size: int, memory: dict, key: str) -> dict:
     import pyarrow.parquet as pq
     import torch
 
@@ -122,7 +122,8 @@ def measure_labelling(teacher: Path, features_dir: Path, device, memory: dict) -
     from distill.spec import LabelSpec
 
     table = pq.read_table(sorted((features_dir / "shards").glob("*.parquet"))[0])
-    ensemble = TeacherEnsemble([ModelRef(str(teacher))], "qa", None, LabelSpec(), device, pad_token_id=0)
+    ensemble = TeacherEnsemble([ModelRef(str(teacher))], "qa", None, LabelSpec(batch_size=batch_size), device,
+                               pad_token_id=0)
     ensemble.label(table.slice(0, min(256, table.num_rows)))   # kernels chosen, memory pooled
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -131,11 +132,12 @@ def measure_labelling(teacher: Path, features_dir: Path, device, memory: dict) -
     ensemble.label(table)
     if device.type == "cuda":
         torch.cuda.synchronize()
-        memory["label"] = torch.cuda.max_memory_allocated() / 2**30
+        memory[key] = torch.cuda.max_memory_allocated() / 2**30
     seconds = time.perf_counter() - began
     tokens = len(table.column("input_ids").combine_chunks().values)
-    return {"features": table.num_rows, "seconds": seconds, "features_per_s": table.num_rows / seconds,
-            "tokens_per_s": tokens / seconds, "precision": ensemble.precision}
+    return {"features": table.num_rows, "batch_size": batch_size, "seconds": seconds,
+            "features_per_s": table.num_rows / seconds, "tokens_per_s": tokens / seconds,
+            "precision": ensemble.precision}
 
 
 def measure_phase(phase: str, teacher: Path, student: Path, features_dir: Path, shape: dict, device,
@@ -174,6 +176,8 @@ def main() -> int:
     import transformers
     from transformers import AutoModelForQuestionAnswering
 
+    from distill.spec import LabelSpec
+
     transformers.utils.logging.disable_progress_bar()
 
     shape = SHAPES["smoke" if args.smoke else "reference"]
@@ -183,7 +187,10 @@ def main() -> int:
         tmp = Path(tmp)
         teacher, student = build_models(tmp, shape)
         features = write_features(tmp / "features", max(shape["label_features"], BATCH * shape["steps"]), shape)
-        label = measure_labelling(teacher, features, device, memory)
+        label = measure_labelling(teacher, features, device, LabelSpec().batch_size, memory, "label")
+        # the default label.batch_size, and four times it: how much a launch-bound forward gains from more rows
+        wide_batch = 4 * LabelSpec().batch_size
+        label_wide = measure_labelling(teacher, features, device, wide_batch, memory, "label_wide")
         phases = {phase: measure_phase(phase, teacher, student, features, shape, device, tmp / phase, memory,
                                        args.compile)
                   for phase in ("intermediate", "prediction")}
@@ -193,9 +200,9 @@ def main() -> int:
         teacher_flops = forward_flops_per_token(teacher_model, mean_length)
         student_flops = forward_flops_per_token(student_model, mean_length)
 
-    flops_per_token = {"label": teacher_flops, "intermediate": 3 * student_flops + teacher_flops,
-                       "prediction": 3 * student_flops}
-    rows = {"label": label, **phases}
+    flops_per_token = {"label": teacher_flops, "label_wide": teacher_flops,
+                       "intermediate": 3 * student_flops + teacher_flops, "prediction": 3 * student_flops}
+    rows = {"label": label, "label_wide": label_wide, **phases}
     for name, row in rows.items():
         achieved = row["features_per_s"] * mean_length * flops_per_token[name]
         peak = peak_flops(device, row["precision"])
@@ -205,11 +212,13 @@ def main() -> int:
     hours = {"label": REFERENCE_FEATURES / label["features_per_s"] / 3600,
              "intermediate": REFERENCE_STEPS / phases["intermediate"]["steps_per_s"] / 3600,
              "prediction": REFERENCE_STEPS / phases["prediction"]["steps_per_s"] / 3600}
+    wide_hours = REFERENCE_FEATURES / label_wide["features_per_s"] / 3600   # not in the total: not the default
     report = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "smoke": args.smoke, "compile": args.compile, "shapes": shape, "batch": BATCH,
         "mean_tokens_per_feature": mean_length,
-        "label": label, "intermediate": phases["intermediate"], "prediction": phases["prediction"],
+        "label": label, "label_wide": label_wide, "intermediate": phases["intermediate"],
+        "prediction": phases["prediction"],
         "projected_hours": {**hours, "total": sum(hours.values())},
         "targets": {"prediction_mfu": 0.40, "intermediate_mfu": 0.30, "total_hours_h100": 2.0,
                     "total_hours_v100": 12.0},
@@ -222,8 +231,9 @@ def main() -> int:
         gib = "-" if row["peak_memory_gib"] is None else f"{row['peak_memory_gib']:.1f}"
         steps = f"{row['steps_per_s']:.2f}" if "steps_per_s" in row else "-"
         warmup = f"{row['first_window_s']:.1f}" if "first_window_s" in row else "-"
-        print(f"{name:14}{row['features_per_s']:>12.1f}{steps:>10}{row['model_tflops']:>10.2f}{mfu:>8}{gib:>10}"
-              f"{row['precision']:>11}{hours[name]:>9.2f}{warmup:>13}")
+        title = f"label b{row['batch_size']}" if name.startswith("label") else name
+        print(f"{title:14}{row['features_per_s']:>12.1f}{steps:>10}{row['model_tflops']:>10.2f}{mfu:>8}{gib:>10}"
+              f"{row['precision']:>11}{hours.get(name, wide_hours):>9.2f}{warmup:>13}")
     shapes = "at the smoke shapes, not the reference's" if args.smoke else "at the reference shapes"
     print(f"* the reference recipe's features and steps on this device, {shapes}: "
           f"{report['projected_hours']['total']:.2f} h in all ({report['device']}); results in {args.out}")

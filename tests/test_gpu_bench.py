@@ -28,11 +28,12 @@ def test_smoke_run_reports_every_stage_and_imports_no_ray(tmp_path):
     assert result.stdout.strip().endswith("NO RAY")
     report = json.loads(out.read_text())
     assert report["smoke"] and report["device"] == "cpu"
-    for name in ("label", "intermediate", "prediction"):
+    for name in ("label", "label_wide", "intermediate", "prediction"):
         row = report[name]
         assert row["features_per_s"] > 0 and row["model_tflops"] > 0 and row["precision"] == "fp32", name
         assert row["mfu"] is None   # no peak for a CPU
     assert report["intermediate"]["steps"] == report["prediction"]["steps"] == 12
+    assert report["label_wide"]["batch_size"] == 4 * report["label"]["batch_size"]
     hours = report["projected_hours"]
     assert hours["total"] == sum(hours[name] for name in ("label", "intermediate", "prediction")) > 0
     # phase 1 runs the teacher beside the student: more model FLOPs per feature than phase 2
