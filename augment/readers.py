@@ -295,7 +295,7 @@ def peek_source(source: DataSource, task: Task) -> SourcePeek | None:
         What was found and any problem; None for a hub dataset, which is not fetched here.
     """
     columns = _Columns(source.text_column, source.text_pair_column, source.label_column)
-    needed = _MRQA_COLUMNS if source.format == "mrqa" else _QA_COLUMNS if task_traits(task).windows else columns.needed
+    needed = _MRQA_COLUMNS if source.format == "mrqa" else columns.needed_for(task)
     path = Path(source.path)
     if source.format == "hf":
         return _peek_hf(source, task, columns) if path.exists() else None
@@ -413,8 +413,7 @@ def _peek_hf(source: DataSource, task: Task, columns: _Columns) -> SourcePeek:
         return SourcePeek("an unreadable dataset", str(err))
     found = f"an HF dataset with columns {', '.join(dataset.column_names)}"
     try:
-        _require_columns(f"{source.path} (split {source.split})", dataset.column_names,
-                         _QA_COLUMNS if task_traits(task).windows else columns.needed)
+        _require_columns(f"{source.path} (split {source.split})", dataset.column_names, columns.needed_for(task))
     except DataReadError as err:
         return SourcePeek(found, f"{err}{_other_task_hint(dataset.column_names, task, columns)}")
     return SourcePeek(found, None)
@@ -830,6 +829,10 @@ class _Columns:
     def needed(self) -> list[str]:
         return [c for c in (self.text, self.text_pair, self.label) if c is not None]
 
+    def needed_for(self, task: Task) -> list[str]:
+        """The fields each record of `task` must have: QA's own, or these text and label columns."""
+        return _QA_COLUMNS if task_traits(task).windows else self.needed
+
 
 _QA_COLUMNS = ["context", "question", "answers"]
 # What an MRQA line holds: one context and the questions about it (the first line is a {"header": ...}).
@@ -913,7 +916,8 @@ def _json_lines(path: Path) -> Iterator[_Item | tuple[int, str, dict[str, Any]]]
 
 
 def _jsonl_items(path: Path, task: Task, columns: _Columns) -> Iterator[_Item]:
-    needed = _QA_COLUMNS if task_traits(task).windows else columns.needed
+    windows = task_traits(task).windows
+    needed = columns.needed_for(task)
     fields_seen: set[str] = set()
     objects = 0
     for line in _json_lines(path):
@@ -924,7 +928,7 @@ def _jsonl_items(path: Path, task: Task, columns: _Columns) -> Iterator[_Item]:
         objects += 1
         fields_seen.update(record)
         default_id = f"{path.stem}-{lineno}"
-        convert = (partial(_flat_question, record, default_id) if task_traits(task).windows
+        convert = (partial(_flat_question, record, default_id) if windows
                    else partial(_text_row, record, default_id, columns, task))
         yield _Item(f"line {lineno}", text, convert)
     # A field that no line has is a file in another layout, not a few bad records.
@@ -1049,8 +1053,8 @@ def _hf_items(source: DataSource, task: Task, columns: _Columns) -> tuple[Iterat
     import datasets  # heavy; only this reader needs it
 
     dataset = _load_hf(source)
-    _require_columns(f"{source.path} (split {source.split})", dataset.column_names,
-                     _QA_COLUMNS if task_traits(task).windows else columns.needed)
+    windows = task_traits(task).windows
+    _require_columns(f"{source.path} (split {source.split})", dataset.column_names, columns.needed_for(task))
     label_feature = dataset.features.get(columns.label)
     # a ClassLabel column fixes the names and their id order
     class_label_names = list(label_feature.names) if isinstance(label_feature, datasets.ClassLabel) else None
@@ -1064,7 +1068,7 @@ def _hf_items(source: DataSource, task: Task, columns: _Columns) -> tuple[Iterat
             for values in zip(*batch.values()):
                 record = dict(zip(keys, values))
                 default_id = f"{prefix}-{position}"
-                convert = (partial(_flat_question, record, default_id) if task_traits(task).windows
+                convert = (partial(_flat_question, record, default_id) if windows
                            else partial(_text_row, record, default_id, columns, task))
                 yield _Item(f"row {position}", record, convert)
                 position += 1

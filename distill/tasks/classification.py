@@ -31,11 +31,6 @@ class Classification(LabelledText):
     def answers(self, config: EvaluateSpec, scoring: str, label_names: list[str] | None) -> ClassAnswers:
         return ClassAnswers(label_names or [])
 
-    def degenerate(self, predictions: list[str]) -> str | None:
-        if len(predictions) > 1 and len(set(predictions)) == 1:
-            return f"predicts {predictions[0]!r} for all {len(predictions)} examples"
-        return None
-
 
 CLASSIFICATION = Classification()
 

@@ -26,6 +26,7 @@ class Regression(LabelledText):
     traits = TRAITS["regression"]
     feature_schema = REGRESSION_FEATURE_SCHEMA
     soft_term = "mse"
+    prediction_format = "{:.4g}"
 
     def recognizes(self, config: Any) -> bool:
         return super().recognizes(config) and regression_head(config)
@@ -49,11 +50,6 @@ class Regression(LabelledText):
 
     def answers(self, config: EvaluateSpec, scoring: str, label_names: list[str] | None) -> ScoreAnswers:
         return ScoreAnswers()
-
-    def degenerate(self, predictions: list[Any]) -> str | None:
-        if len(predictions) > 1 and len(set(predictions)) == 1:
-            return f"predicts {predictions[0]:.4g} for all {len(predictions)} examples"
-        return None
 
 
 REGRESSION = Regression()

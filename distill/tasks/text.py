@@ -20,6 +20,8 @@ class LabelledText(TaskKind):
     architecture_suffix = "ForSequenceClassification"
     output_names = ("logits",)
     null_odds = False
+    prediction_format = "{!r}"   # how `degenerate` shows the one prediction
+
 
     def build_features(self, examples: Sequence[Mapping[str, Any]] | pa.Table, tokenizer: PreTrainedTokenizerBase,
                        features: FeaturesSpec) -> pa.Table:
@@ -36,3 +38,8 @@ class LabelledText(TaskKind):
 
     def distribution_mask(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
         return None                                                             # every output takes part
+
+    def degenerate(self, predictions: list[Any]) -> str | None:
+        if len(predictions) > 1 and len(set(predictions)) == 1:
+            return f"predicts {self.prediction_format.format(predictions[0])} for all {len(predictions)} examples"
+        return None
