@@ -137,7 +137,7 @@ class AugmentSpec(StrictModel):
                           "training texts, in windows of features.max_seq_len: no hub needed")
     corpus: DataSource | None = Field(
         None, description="texts (labels unused) that a trained masked LM learns from instead of the training "
-                          "data, and trained word vectors learn from besides it")
+                          "data, and trained word vectors learn from besides it; refused when neither is trained")
     mlm_mode: Literal["fast", "exact"] = Field(
         "fast", description="fast: several separated words masked per pass in a bounded window; "
                             "exact: TinyBERT semantics, one masked word per pass over the full context")

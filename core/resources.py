@@ -44,10 +44,10 @@ class ResourcesSpec(StrictModel):
                             "or half precision on CPU is refused")
     compile: bool | CompileMode = Field(
         False, description="torch.compile each training phase's model (the student, its projections and the "
-                           "teachers it runs), in every worker: true is torch's default mode; reduce-overhead also "
-                           "replays each step's kernels as CUDA graphs (one recording per batch shape; a GPU's "
-                           "batches come in a few padded lengths); the max-autotune modes also tune kernels (longer "
-                           "compilation). The first steps pay for the compilation (minutes), the rest run faster on "
+                           "teachers it runs), in every worker: true or default is torch's default mode; "
+                           "reduce-overhead also replays each step's kernels as CUDA graphs (one recording per batch "
+                           "shape; a GPU's batches come in a few padded lengths); max-autotune and "
+                           "max-autotune-no-cudagraphs also tune kernels (longer compilation). The first steps pay for the compilation (minutes), the rest run faster on "
                            "a GPU. Results match an uncompiled run to rounding, except that compiled dropout draws "
                            "its own random masks")
     worker_restarts: int = Field(
