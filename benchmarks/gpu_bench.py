@@ -2,7 +2,7 @@
 
     python benchmarks/gpu_bench.py --out gpu_bench.json            # on a GPU machine, a few minutes
     python benchmarks/gpu_bench.py --out /tmp/smoke.json --smoke   # tiny shapes on CPU (tests/test_gpu_bench.py)
-    python benchmarks/gpu_bench.py --out compiled.json --compile reduce-overhead   # torch.compile with CUDA graphs
+    python benchmarks/gpu_bench.py --out modes.json --train plain default reduce-overhead   # each way of training
 
 Shapes: a 12-layer 768-wide BERT teacher with a QA head, a 6-layer 768-wide student (TinyBERT General 6L-768D's
 shape), batch 26, synthetic features in the label stage's format with SQuAD-like lengths (mean 180 tokens, at most
@@ -14,7 +14,11 @@ Every measurement goes through the code a job runs: `distill.label.TeacherEnsemb
 untimed warm-up block; at the default label.batch_size, which the projection uses, and at four times it), and
 `distill.phases.distill_intermediate` / `distill_prediction` with one worker for the two phases, whose throughput is
 read from their own metrics.jsonl (features/s per log window, the first window, with its warm-up, left out).
-Precision is `resources.precision: auto` (bf16 on compute capability 8.0+, fp16 below).
+Precision is `resources.precision: auto` (bf16 on compute capability 8.0+, fp16 below). `--train` names the ways the
+phases run, each measured in turn in this process: `plain`, or a `resources.compile` mode. A compiled run starts
+from an empty compile cache and reports dynamo's graphs and graph breaks and inductor's CUDA-graph skips (their
+reasons are logged as they happen). The JSON file is rewritten after every measurement, so a run cut short keeps
+what it measured.
 
 Model FLOP utilisation: model FLOPs per token (forward 2 x non-embedding parameters + 4 x layers x length x
 width for attention; training 3x a forward; phase 1 adds the teacher's forward) x tokens/s over the device's dense
@@ -32,15 +36,20 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import get_args
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
+from core.resources import CompileMode  # noqa: E402  (after the path is set)
+
 REFERENCE_FEATURES = 2_802_380   # SQuAD 2.0 train x20 + original at max_seq_len 384 (jobs plan)
 REFERENCE_STEPS = 538_920        # per phase: 5 epochs at batch 26
 BATCH = 26
+TRAIN_MODES = ("plain", *get_args(CompileMode))   # plain: not compiled
+PHASE_TITLES = {"intermediate": "phase 1", "prediction": "phase 2"}
 VOCAB = 30_522
 # dense tensor-core peak FLOP/s by device name and precision (vendor data sheets, SXM parts)
 PEAK_FLOPS = {"H200": {"bf16": 989e12, "fp16": 989e12}, "H100": {"bf16": 989e12, "fp16": 989e12},
@@ -62,9 +71,9 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="JSON file for the results")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes, for a CPU run of the same code")
-    parser.add_argument("--compile", nargs="?", const=True, default=False, metavar="MODE",
-                        help="train with resources.compile: torch.compile's default mode, or the MODE named "
-                             "(reduce-overhead: CUDA graphs)")
+    parser.add_argument("--train", nargs="+", choices=TRAIN_MODES, default=["plain"], metavar="MODE",
+                        help=f"how the phases run, each measured in turn: {', '.join(TRAIN_MODES)} (plain: not "
+                             "compiled; the others: resources.compile's modes; reduce-overhead adds CUDA graphs)")
     return parser.parse_args()
 
 
@@ -114,7 +123,14 @@ def peak_flops(device, precision: str) -> float | None:
     return next((peaks.get(precision) for key, peaks in PEAK_FLOPS.items() if key in name), None)
 
 
-def measure_labelling(teacher: Path, features_dir: Path, device, batch_size: int, memory: dict, key: str) -> dict:
+def mean_tokens_per_feature(features_dir: Path) -> float:
+    import pyarrow.parquet as pq
+
+    tables = [pq.read_table(path, columns=["input_ids"]) for path in sorted((features_dir / "shards").glob("*.parquet"))]
+    return sum(len(t.column("input_ids").combine_chunks().values) for t in tables) / sum(t.num_rows for t in tables)
+
+
+def measure_labelling(teacher: Path, features_dir: Path, device, batch_size: int) -> dict:
     import pyarrow.parquet as pq
     import torch
 
@@ -133,25 +149,30 @@ def measure_labelling(teacher: Path, features_dir: Path, device, batch_size: int
     ensemble.label(table)
     if device.type == "cuda":
         torch.cuda.synchronize()
-        memory[key] = torch.cuda.max_memory_allocated() / 2**30
     seconds = time.perf_counter() - began
-    tokens = len(table.column("input_ids").combine_chunks().values)
     return {"features": table.num_rows, "batch_size": batch_size, "seconds": seconds,
-            "features_per_s": table.num_rows / seconds, "tokens_per_s": tokens / seconds,
-            "precision": ensemble.precision}
+            "features_per_s": table.num_rows / seconds, "precision": ensemble.precision,
+            "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None}
 
 
 def measure_phase(phase: str, teacher: Path, student: Path, features_dir: Path, shape: dict, device,
-                  out_dir: Path, memory: dict, compile: bool | str) -> dict:
+                  out_dir: Path, mode: str) -> dict:
     import torch
+    import torch._dynamo
+    from torch._dynamo.utils import counters
 
     from core.resources import ResourcesSpec
     from distill.models import ModelRef
     from distill.phases import distill_intermediate, distill_prediction
     from distill.spec import IntermediateSpec, PredictionSpec, StudentSpec
 
-    resources = ResourcesSpec(workers=1, gpus_per_worker=1 if device.type == "cuda" else 0, compile=compile)
+    compiled = mode != "plain"
+    resources = ResourcesSpec(workers=1, gpus_per_worker=1 if device.type == "cuda" else 0,
+                              compile=mode if compiled else False)
     loop = dict(epochs=1, batch_size=BATCH, log_every=shape["log_every"], checkpoint_minutes=None)
+    if compiled:  # this run's own compilation, in its warm-up, and its own counts
+        torch._dynamo.reset()
+        counters.clear()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     if phase == "intermediate":
@@ -160,15 +181,17 @@ def measure_phase(phase: str, teacher: Path, student: Path, features_dir: Path, 
     else:
         result = distill_prediction(StudentSpec(model=str(student)), [ModelRef(str(teacher))], "qa", features_dir,
                                     PredictionSpec(**loop), "probs", resources, 0, out_dir, progress=False)
-    if device.type == "cuda":
-        memory[phase] = torch.cuda.max_memory_allocated() / 2**30
     lines = [json.loads(line) for line in Path(result.metrics).read_text().splitlines()]
     windows = [line["examples_per_s"] for line in lines[1:]] or [lines[-1]["examples_per_s"]]
     features_per_s = statistics.median(windows)
     precision = json.loads(Path(result.train_config).read_text())["precision"]
-    # the first window holds the warm-up: kernel choices and, with --compile, the compilation
+    # the first window holds the warm-up: kernel choices and, when compiled, the compilation
     return {"steps": result.steps, "features_per_s": features_per_s, "steps_per_s": features_per_s / BATCH,
-            "first_window_s": lines[0]["elapsed"], "precision": precision.split()[0]}
+            "first_window_s": lines[0]["elapsed"], "precision": precision.split()[0],
+            "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
+            "compiled": {"graphs": counters["stats"]["unique_graphs"],
+                         "graph_breaks": sum(counters["graph_break"].values()),
+                         "cudagraph_skips": counters["inductor"]["cudagraph_skips"]} if compiled else None}
 
 
 def main() -> int:
@@ -183,65 +206,76 @@ def main() -> int:
 
     shape = SHAPES["smoke" if args.smoke else "reference"]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    memory: dict[str, float] = {}
+    report = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "smoke": args.smoke, "train": args.train, "shapes": shape, "batch": BATCH,
+        "targets": {"prediction_mfu": 0.40, "intermediate_mfu": 0.30, "total_hours_h100": 2.0,
+                    "total_hours_v100": 12.0},
+        "training": {}, "projected_hours": {},
+    }
     with tempfile.TemporaryDirectory(prefix="gpu-bench-") as tmp:
         tmp = Path(tmp)
         teacher, student = build_models(tmp, shape)
         features = write_features(tmp / "features", max(shape["label_features"], BATCH * shape["steps"]), shape)
-        label = measure_labelling(teacher, features, device, LabelSpec().batch_size, memory, "label")
-        # the default label.batch_size, and four times it: how much a launch-bound forward gains from more rows
-        wide_batch = 4 * LabelSpec().batch_size
-        label_wide = measure_labelling(teacher, features, device, wide_batch, memory, "label_wide")
-        phases = {phase: measure_phase(phase, teacher, student, features, shape, device, tmp / phase, memory,
-                                       args.compile)
-                  for phase in ("intermediate", "prediction")}
-        mean_length = label["tokens_per_s"] / label["features_per_s"]
-        teacher_model = AutoModelForQuestionAnswering.from_pretrained(teacher)
-        student_model = AutoModelForQuestionAnswering.from_pretrained(student)
-        teacher_flops = forward_flops_per_token(teacher_model, mean_length)
-        student_flops = forward_flops_per_token(student_model, mean_length)
+        mean_length = report["mean_tokens_per_feature"] = mean_tokens_per_feature(features)
+        teacher_flops = forward_flops_per_token(AutoModelForQuestionAnswering.from_pretrained(teacher), mean_length)
+        student_flops = forward_flops_per_token(AutoModelForQuestionAnswering.from_pretrained(student), mean_length)
 
-    flops_per_token = {"label": teacher_flops, "label_wide": teacher_flops,
-                       "intermediate": 3 * student_flops + teacher_flops, "prediction": 3 * student_flops}
-    rows = {"label": label, "label_wide": label_wide, **phases}
-    for name, row in rows.items():
-        achieved = row["features_per_s"] * mean_length * flops_per_token[name]
-        peak = peak_flops(device, row["precision"])
-        row["model_tflops"] = achieved / 1e12
-        row["mfu"] = achieved / peak if peak else None
-        row["peak_memory_gib"] = memory.get(name)
-    hours = {"label": REFERENCE_FEATURES / label["features_per_s"] / 3600,
-             "intermediate": REFERENCE_STEPS / phases["intermediate"]["steps_per_s"] / 3600,
-             "prediction": REFERENCE_STEPS / phases["prediction"]["steps_per_s"] / 3600}
-    report = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "smoke": args.smoke, "compile": args.compile, "shapes": shape, "batch": BATCH,
-        "mean_tokens_per_feature": mean_length,
-        "label": label, "label_wide": label_wide, "intermediate": phases["intermediate"],
-        "prediction": phases["prediction"],
-        "projected_hours": {**hours, "total": sum(hours.values())},
-        "targets": {"prediction_mfu": 0.40, "intermediate_mfu": 0.30, "total_hours_h100": 2.0,
-                    "total_hours_v100": 12.0},
-    }
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-    # the wider labelling batch is shown beside the default, not counted in the total
-    row_hours = {**hours, "label_wide": REFERENCE_FEATURES / label_wide["features_per_s"] / 3600}
-    print(f"{'':14}{'features/s':>12}{'steps/s':>10}{'TFLOP/s':>10}{'MFU':>8}{'peak GiB':>10}{'precision':>11}"
+        def rate(row: dict, flops_per_token: float, hours: float) -> dict:
+            achieved = row["features_per_s"] * mean_length * flops_per_token
+            peak = peak_flops(device, row["precision"])
+            return {**row, "model_tflops": achieved / 1e12, "mfu": achieved / peak if peak else None,
+                    "hours": hours}
+
+        def save() -> None:  # after every measurement: a run cut short keeps what it measured
+            Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+
+        # the default label.batch_size, and four times it: how much a launch-bound forward gains from more rows
+        for key, batch_size in (("label", LabelSpec().batch_size), ("label_wide", 4 * LabelSpec().batch_size)):
+            row = measure_labelling(teacher, features, device, batch_size)
+            report[key] = rate(row, teacher_flops, REFERENCE_FEATURES / row["features_per_s"] / 3600)
+            save()
+        flops_per_token = {"intermediate": 3 * student_flops + teacher_flops, "prediction": 3 * student_flops}
+        for mode in args.train:
+            phases = report["training"][mode] = {}
+            for phase in ("intermediate", "prediction"):
+                row = measure_phase(phase, teacher, student, features, shape, device, tmp / mode / phase, mode)
+                phases[phase] = rate(row, flops_per_token[phase], REFERENCE_STEPS / row["steps_per_s"] / 3600)
+                save()
+            # the wider labelling batch is shown beside the default, not counted in a total
+            hours = {"label": report["label"]["hours"], **{phase: row["hours"] for phase, row in phases.items()}}
+            report["projected_hours"][mode] = {**hours, "total": sum(hours.values())}
+            save()
+
+    print_table(report, args.out, shape["log_every"])
+    return 0
+
+
+def print_table(report: dict, out: str, log_every: int) -> None:
+    rows = {f"label b{report[key]['batch_size']}": report[key] for key in ("label", "label_wide")}
+    for mode, phases in report["training"].items():
+        rows.update({f"{PHASE_TITLES[phase]} {mode}": row for phase, row in phases.items()})
+    print(f"{'':28}{'features/s':>12}{'steps/s':>10}{'TFLOP/s':>10}{'MFU':>8}{'peak GiB':>10}{'precision':>11}"
           f"{'hours*':>9}{'warm-up s**':>13}")
-    for name, row in rows.items():
+    for title, row in rows.items():
         mfu = "-" if row["mfu"] is None else f"{row['mfu']:.1%}"
         gib = "-" if row["peak_memory_gib"] is None else f"{row['peak_memory_gib']:.1f}"
         steps = f"{row['steps_per_s']:.2f}" if "steps_per_s" in row else "-"
         warmup = f"{row['first_window_s']:.1f}" if "first_window_s" in row else "-"
-        title = f"label b{row['batch_size']}" if name.startswith("label") else name
-        print(f"{title:14}{row['features_per_s']:>12.1f}{steps:>10}{row['model_tflops']:>10.2f}{mfu:>8}{gib:>10}"
-              f"{row['precision']:>11}{row_hours[name]:>9.2f}{warmup:>13}")
-    shapes = "at the smoke shapes, not the reference's" if args.smoke else "at the reference shapes"
-    print(f"* the reference recipe's features and steps on this device, {shapes}: "
-          f"{report['projected_hours']['total']:.2f} h in all ({report['device']}); results in {args.out}")
-    print(f"** the phase's first {shape['log_every']} steps, left out of its rate: kernel choices and, with --compile, "
-          "the compilation")
-    return 0
+        print(f"{title:28}{row['features_per_s']:>12.1f}{steps:>10}{row['model_tflops']:>10.2f}{mfu:>8}{gib:>10}"
+              f"{row['precision']:>11}{row['hours']:>9.2f}{warmup:>13}")
+    shapes = "at the smoke shapes, not the reference's" if report["smoke"] else "at the reference shapes"
+    totals = ", ".join(f"{mode} {hours['total']:.2f} h" for mode, hours in report["projected_hours"].items())
+    print(f"* the reference recipe's features or steps on this device, {shapes}. The whole recipe (labelling at "
+          f"b{report['label']['batch_size']}, both phases): {totals} ({report['device']}); results in {out}")
+    print(f"** the phase's first {log_every} steps, left out of its rate: kernel choices and, when compiled, the "
+          "compilation")
+    for mode, phases in report["training"].items():
+        for phase, row in phases.items():
+            if row["compiled"] is not None:
+                counts = row["compiled"]
+                print(f"{PHASE_TITLES[phase]} {mode}: {counts['graphs']} graphs, {counts['graph_breaks']} graph "
+                      f"breaks, {counts['cudagraph_skips']} CUDA-graph skips")
 
 
 if __name__ == "__main__":
