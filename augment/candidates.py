@@ -33,6 +33,7 @@ from typing import Literal
 import numpy as np
 
 from augment.words import MIN_WORD_LENGTH, Word, eligible_words
+from core.positions import usable_positions
 
 log = logging.getLogger(__name__)
 
@@ -256,15 +257,6 @@ def encode_words(tokenizer, text: str, words: Sequence[Word]) -> Encoded:
     return Encoded(list(encoding["input_ids"]), maskable)
 
 
-def _usable_positions(model) -> int:
-    """Token positions a masked LM's rows may use: RoBERTa-family models number positions from padding_idx + 1
-    (their position table has a padding row), so 2 of RoBERTa's 514 are never a token's."""
-    positions = getattr(model.config, "max_position_embeddings", 512)
-    table = getattr(getattr(model.base_model, "embeddings", None), "position_embeddings", None)
-    padding_idx = getattr(table, "padding_idx", None)
-    return positions if padding_idx is None else positions - (padding_idx + 1)
-
-
 @contextmanager
 def lm_head_only_at(model, rows, cols):
     """Within the block, a HF masked LM's head sees only the hidden states at (rows, cols).
@@ -323,7 +315,7 @@ class MaskedLMProposer:
         inner = self.tokenizer("word", add_special_tokens=False)["input_ids"]
         at = probe.index(inner[0])
         self._prefix, self._suffix = probe[:at], probe[at + len(inner):]  # e.g. [CLS] and [SEP]
-        positions = _usable_positions(self.model)
+        positions = usable_positions(self.model.config) or 512
         limit = self.tokenizer.model_max_length if self.tokenizer.model_max_length < 100_000 else positions
         self.max_length = min(limit, positions, 512)
         self.max_content = self.max_length - len(self._prefix) - len(self._suffix)  # wordpieces of text per row

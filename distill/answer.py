@@ -26,11 +26,11 @@ from typing import Any
 import pyarrow as pa
 
 from core.devices import device_precision, pick_device
+from core.positions import usable_positions
 from core.tasks import task_traits
 from distill.evaluate import EXAMPLES_PER_CHUNK, predict_qa
 from distill.export import saved_settings
-from distill.models import (ModelCheckError, ModelRef, load_config, load_model, load_tokenizer, task_of,
-                            usable_positions)
+from distill.models import ModelCheckError, ModelRef, load_config, load_model, load_tokenizer, task_of
 from distill.postprocess import answer_probabilities
 from distill.qa_windows import DEFAULT_SETTINGS
 from distill.spec import EvaluateSpec, FeaturesSpec

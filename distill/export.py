@@ -29,6 +29,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from core.positions import usable_positions
 from core.tasks import Task, task_traits
 from distill.qa_windows import DEFAULT_SETTINGS
 
@@ -126,7 +127,7 @@ def export_student(student_dir: Path, out_dir: Path, card: ModelCardInfo, onnx_g
     except models.ModelCheckError as err:
         raise ExportError(f"cannot export {student_dir}: {err}") from err
     tokenizer = models.load_tokenizer(ref)
-    positions = models.usable_positions(model.config)
+    positions = usable_positions(model.config)
 
     if not traits.windows:
         if traits.classes:

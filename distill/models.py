@@ -10,6 +10,7 @@ from typing import Literal
 import torch
 from transformers import AutoConfig, AutoTokenizer, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
+from core.positions import usable_positions
 from core.tasks import Task
 from distill.tasks import TASKS, task_kind
 
@@ -110,20 +111,6 @@ def check_task_head(config: PretrainedConfig, task: Task, num_labels: int | None
             f"'{task}'; give a model fine-tuned for the task, or fine-tune it first (teachers[].finetune)")
     if kind.traits.classes and num_labels is not None and config.num_labels != num_labels:
         raise ModelCheckError(f"{name}: classifies into {config.num_labels} labels, the data has {num_labels}")
-
-
-# Models whose position ids count from the padding id + 1 (fairseq's convention): the first pad_token_id + 1 rows of
-# their position table are never used for tokens, so RoBERTa's 514 positions hold 512 tokens.
-_POSITIONS_AFTER_PADDING = {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "roberta-prelayernorm",
-                            "data2vec-text", "longformer", "ibert"}
-
-
-def usable_positions(config: PretrainedConfig) -> int | None:
-    """How many tokens one window of the model can hold; None when its config does not say."""
-    positions = getattr(config, "max_position_embeddings", None)
-    if positions is not None and config.model_type in _POSITIONS_AFTER_PADDING:
-        positions -= (config.pad_token_id or 0) + 1
-    return positions
 
 
 def check_max_seq_len(config: PretrainedConfig, max_seq_len: int, name: str) -> None:

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from core.devices import autocast, device_precision
+from core.positions import usable_positions
 from core.tasks import Task
 from distill import models
 from distill.models import ModelRef
@@ -172,7 +173,7 @@ def measure_model(model_dir_or_ref: str | Path | ModelRef, seq_len: int, repeats
         raise SpeedError(f"{ref.name_or_path}: asked to measure on {device} but CUDA is not available")
     config = models.load_config(ref)
     task = task or models.task_of(config, ref.name_or_path)
-    positions = models.usable_positions(config)
+    positions = usable_positions(config)
     seq_len = min(seq_len, positions) if positions else seq_len
 
     model = load_scoring_model(ref, task).to(device)

@@ -18,7 +18,8 @@ from transformers import AutoTokenizer
 
 from augment.readers import peek_source
 from augment.spec import DataSource
-from distill.models import ModelCheckError, check_max_seq_len, usable_positions
+from core.positions import usable_positions
+from distill.models import ModelCheckError, check_max_seq_len
 from jobs.cli import main
 from tests.jobutil import QUICKSTART, REPO, jobs_cli
 # fixtures: tiny local stand-ins for every recipe's models and data
