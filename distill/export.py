@@ -249,7 +249,19 @@ def _speed_section(card: ModelCardInfo) -> str:
     return text
 
 
+def pipeline_call(task: Task, model: str) -> str:
+    """How a folder exported for `task` loads with transformers' pipeline, Distillery installed or not: `model` is
+    the folder as code names it (e.g. '"path/to/this/folder"')."""
+    traits = task_traits(task)
+    if traits.windows:  # the folder's own pipeline (transformers 5 has no built-in question answering)
+        return f'pipeline("question-answering", model={model}, trust_remote_code=True)'
+    # a regression head's one output is the score itself, not a logit for a sigmoid
+    scores = "" if traits.classes else ', function_to_apply="none"'
+    return f'pipeline("text-classification", model={model}{scores})'
+
+
 def _usage(card: ModelCardInfo) -> str:
+    folder = '"path/to/this/folder"'
     if task_traits(card.task).windows:
         return (
             "With Distillery installed, no remote code:\n\n"
@@ -264,19 +276,19 @@ def _usage(card: ModelCardInfo) -> str:
             "Without Distillery (transformers 5 has no built-in question-answering pipeline; this folder brings "
             "its own, `distillery_qa.py`):\n\n"
             "```python\nfrom transformers import pipeline\n\n"
-            "qa = pipeline(\"question-answering\", model=\"path/to/this/folder\", trust_remote_code=True)\n```\n\n"
+            f"qa = {pipeline_call(card.task, folder)}\n```\n\n"
             "Like transformers' old pipeline, it always returns a span; pass `handle_impossible_answer=True` to get "
             "`\"\"` where the model judges the question unanswerable (`null_odds` above `null_threshold`, as in "
             "the evaluation). Haystack's extractive reader and onnxruntime (`python -m distill export-onnx "
             "path/to/this/folder`) serve it too.")
     if not task_traits(card.task).classes:
         return ("```python\nfrom transformers import pipeline\n\n"
-                "score = pipeline(\"text-classification\", model=\"path/to/this/folder\", function_to_apply=\"none\")\n"
+                f"score = {pipeline_call(card.task, folder)}\n"
                 "score({\"text\": \"A man plays a guitar.\", \"text_pair\": \"A man is playing music.\"})  "
-                "# [{'label': 'LABEL_0', 'score': ...}]: the score\n```\n\n"
+                "# {'label': 'LABEL_0', 'score': ...}: the score\n```\n\n"
                 "onnxruntime serves it too: `python -m distill export-onnx path/to/this/folder`.")
     return ("```python\nfrom transformers import pipeline\n\n"
-            "classify = pipeline(\"text-classification\", model=\"path/to/this/folder\")\n"
+            f"classify = {pipeline_call(card.task, folder)}\n"
             "classify(\"a charming and often affecting journey\", truncation=True)\n```\n\n"
             "onnxruntime serves it too: `python -m distill export-onnx path/to/this/folder`.")
 

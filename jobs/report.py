@@ -35,7 +35,7 @@ from matplotlib.figure import Figure
 
 from augment.spec import EvalSource, TrainSource
 from core.tasks import TRAITS, task_traits
-from distill.export import ModelCardInfo, export_student
+from distill.export import ModelCardInfo, export_student, pipeline_call
 from jobs.layout import eval_sets
 from jobs.spec import JobSpec, SpecError, parse_spec
 from jobs.store import RunState, StageState
@@ -630,10 +630,8 @@ def _export_section(run: _Run) -> str:
     export = run.path / "export"
     if (export / "README.md").is_file():
         task = run.spec.task if run.spec is not None else "qa"
-        how = ('pipeline("question-answering", model=DIR, trust_remote_code=True)' if task_traits(task).windows
-               else 'pipeline("text-classification", model=DIR)')
         return (f"## Export\n\nThe final student is ready to serve in `{export}` (weights, config, tokenizer, "
-                f"model card). Load it with `{how}`.")
+                f"model card). Load it with `{pipeline_call(task, 'DIR')}`.")
     if run.spec is not None and run.spec.student is None:
         return "## Export\n\nNo student to export: the job fine-tunes and evaluates its teachers."
     if run.spec is not None and not run.spec.evaluate.export:

@@ -13,7 +13,7 @@ from augment.spec import DataSource
 from core.resources import ResourcesSpec
 from core.shards import read_shards
 from distill.evaluate import evaluate_models
-from distill.export import ExportError, ModelCardInfo, export_student
+from distill.export import ExportError, ModelCardInfo, export_student, pipeline_call
 from distill.models import ModelRef
 from distill.spec import EvaluateSpec, FeaturesSpec
 from jobs.report import export_final_student
@@ -105,6 +105,30 @@ def test_classification_export_answers_with_label_names(tiny_model_factory, tmp_
     assert classify("word " * 2000, truncation=True)[0]["label"] in ("negative", "positive")
     card_text = (out / "README.md").read_text()
     assert "0 = negative, 1 = positive" in card_text and "0.85" in card_text
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_the_pipeline_call_card_and_report_print_serves_what_the_model_computes(task, tiny_model_factory, tmp_path):
+    """The card's and the report's call, run as printed: a class's probability, or a regression's raw score."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    student = tiny_model_factory(task=task, layers=1, hidden=32)
+    card = ModelCardInfo(task=task, teachers=[], student_source="tiny",
+                         label_names=["negative", "positive"] if task == "classification" else None)
+    out = export_student(student, tmp_path / "student", card)
+    assert pipeline_call(task, '"path/to/this/folder"') in (out / "README.md").read_text()
+    serve = eval(pipeline_call(task, repr(str(out))), {"pipeline": pipeline})
+    text = {"text": "A man plays a guitar.", "text_pair": "A man is playing music."}
+    served = serve(text) if task == "regression" else serve(text["text"])[0]   # a pair in, one result out
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    model = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    encoded = (tokenizer(text["text"], text["text_pair"], return_tensors="pt") if task == "regression"
+               else tokenizer(text["text"], return_tensors="pt"))
+    with torch.no_grad():
+        logits = model(**encoded).logits[0]
+    expected = logits[0] if task == "regression" else logits.softmax(-1).max()
+    assert served["score"] == pytest.approx(float(expected), abs=1e-5)
 
 
 def test_export_refuses_a_folder_without_tokenizer_or_with_wrong_labels(tiny_model_factory, tmp_path):
