@@ -126,7 +126,8 @@ def peak_flops(device, precision: str) -> float | None:
 def mean_tokens_per_feature(features_dir: Path) -> float:
     import pyarrow.parquet as pq
 
-    tables = [pq.read_table(path, columns=["input_ids"]) for path in sorted((features_dir / "shards").glob("*.parquet"))]
+    shards = sorted((features_dir / "shards").glob("*.parquet"))
+    tables = [pq.read_table(path, columns=["input_ids"]) for path in shards]
     return sum(len(t.column("input_ids").combine_chunks().values) for t in tables) / sum(t.num_rows for t in tables)
 
 

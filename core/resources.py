@@ -47,9 +47,10 @@ class ResourcesSpec(StrictModel):
                            "teachers it runs), in every worker: true or default is torch's default mode; "
                            "reduce-overhead also replays each step's kernels as CUDA graphs (one recording per batch "
                            "shape; a GPU's batches come in a few padded lengths); max-autotune and "
-                           "max-autotune-no-cudagraphs also tune kernels (longer compilation). The first steps pay for the compilation (minutes), the rest run faster on "
-                           "a GPU. Results match an uncompiled run to rounding, except that compiled dropout draws "
-                           "its own random masks")
+                           "max-autotune-no-cudagraphs also tune kernels (longer compilation). The first steps pay "
+                           "for the compilation (minutes); faster steps on a GPU are the aim, not yet measured there "
+                           "(benchmarks/gpu_bench.py --train). Results match an uncompiled run to rounding, except "
+                           "that compiled dropout draws its own random masks")
     worker_restarts: int = Field(
         3, ge=0, description="times a multi-worker training phase restarts its workers from the last complete "
                              "checkpoint when a worker process or node dies (logged); 0: the phase fails at once")
