@@ -16,8 +16,9 @@ untimed warm-up block; at the default label.batch_size, which the projection use
 read from their own metrics.jsonl (features/s per log window, the first window, with its warm-up, left out).
 Precision is `resources.precision: auto` (bf16 on compute capability 8.0+, fp16 below). `--train` names the ways the
 phases run, each measured in turn in this process: `plain`, or a `resources.compile` mode. A compiled run starts
-from an empty compile cache and reports dynamo's graphs and graph breaks and inductor's CUDA-graph skips (their
-reasons are logged as they happen). The JSON file is rewritten after every measurement, so a run cut short keeps
+from an empty in-memory compile cache and reports dynamo's graphs and graph breaks and inductor's CUDA-graph skips
+(their reasons are logged as they happen); inductor's on-disk cache stays, so a later mode that builds the same
+kernels shows a shorter warm-up than a fresh machine would. The JSON file is rewritten after every measurement, so a run cut short keeps
 what it measured.
 
 Model FLOP utilisation: model FLOPs per token (forward 2 x non-embedding parameters + 4 x layers x length x
