@@ -27,7 +27,7 @@ import re
 import shutil
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from core.positions import usable_positions
 from core.tasks import Task, task_traits
@@ -48,6 +48,40 @@ class ExportError(ValueError):
     """A student folder that cannot be exported, or card information that does not fit it."""
 
 
+class CardData(TypedDict, total=False):
+    """Where the training and evaluation data came from (a path or hub name each, a list for several sources) and
+    how many examples of each the job used."""
+
+    train: str | list[str]
+    eval: str | list[str]
+    train_examples: int
+    eval_examples: int
+
+
+class CardAugmentation(TypedDict, total=False):
+    """The augmentation's settings (`augment.spec.AugmentSpec`) and, once it ran, its counts (its stats.json)."""
+
+    enabled: bool
+    factor: int
+    replace_prob: float
+    mlm_model: str | None
+    examples_in: int
+    examples_out: int
+    substitution_rate: float
+
+
+class CardInference(TypedDict, total=False):
+    """Serving defaults: for QA `DEFAULT_SETTINGS`' keys (unset ones take its values), for classification and
+    regression `max_seq_len` only."""
+
+    max_seq_len: int
+    doc_stride: int
+    max_question_len: int
+    max_answer_len: int
+    n_best: int
+    null_threshold: float
+
+
 @dataclass(frozen=True)
 class ModelCardInfo:
     """What the model card says about how the student was made and how well it does.
@@ -56,16 +90,15 @@ class ModelCardInfo:
         task: the task (`core.tasks.Task`).
         teachers: hub names or folders of the teachers (empty: trained without a teacher).
         student_source: where the student started (a hub name, a folder, "architecture ..." or "teacher layers ...").
-        data: where the data came from and how much of it, e.g. {"train": path, "eval": path, "train_examples": n}.
-        augmentation: augmentation settings and stats, e.g. {"enabled": True, "factor": 20, "examples_out": n};
-            empty when augmentation was not used.
+        data: where the data came from and how much of it (`CardData`).
+        augmentation: augmentation settings and stats (`CardAugmentation`); empty or not enabled when augmentation
+            was not used.
         phases: settings per distillation phase, e.g. {"intermediate": {...}, "prediction": {...}}; a disabled
             phase is left out.
         metrics: metrics.json of the evaluation, {model name: {metric: value, ..., "speed": {...}}}, with the
             student under "student" and teachers under "teacher_<i>".
         label_names: classification: the class names in id order; written to config.id2label / label2id.
-        inference: serving defaults: QA max_seq_len, doc_stride, max_question_len, max_answer_len, n_best,
-            null_threshold (see DEFAULT_SETTINGS); classification max_seq_len.
+        inference: serving defaults (`CardInference`).
         name: the model's name, the card's title.
         job_id: the Distillery job that made it, if any.
         intended_use: replaces the default "intended use" paragraph.
@@ -77,12 +110,12 @@ class ModelCardInfo:
     task: Task
     teachers: list[str]
     student_source: str
-    data: dict[str, Any] = field(default_factory=dict)
-    augmentation: dict[str, Any] = field(default_factory=dict)
+    data: CardData = field(default_factory=CardData)
+    augmentation: CardAugmentation = field(default_factory=CardAugmentation)
     phases: dict[str, dict[str, Any]] = field(default_factory=dict)
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
     label_names: list[str] | None = None
-    inference: dict[str, Any] = field(default_factory=dict)
+    inference: CardInference = field(default_factory=CardInference)
     name: str = "distilled-student"
     job_id: str | None = None
     intended_use: str | None = None

@@ -35,7 +35,8 @@ from matplotlib.figure import Figure
 
 from augment.spec import EvalSource, TrainSource
 from core.tasks import TRAITS, task_traits
-from distill.export import ModelCardInfo, export_student, pipeline_call
+from distill.export import (CardAugmentation, CardData, CardInference, ModelCardInfo, export_student,
+                            pipeline_call)
 from jobs.layout import eval_sets
 from jobs.spec import JobSpec, SpecError, parse_spec
 from jobs.store import RunState, StageState
@@ -797,7 +798,7 @@ def card_info(run_dir: Path) -> ModelCardInfo:
     def paths(sources: list[Any]) -> str | list[str]:
         return sources[0].path if len(sources) == 1 else [source.path for source in sources]
 
-    data: dict[str, Any] = {"train": paths(spec.data.train), "eval": paths(spec.data.eval)}
+    data = CardData(train=paths(spec.data.train), eval=paths(spec.data.eval))
     label_names = spec.data.label_names
     prepare = run.output("prepare")
     if prepare is not None:
@@ -808,15 +809,15 @@ def card_info(run_dir: Path) -> ModelCardInfo:
             if None not in used:
                 data[f"{split}_examples"] = sum(used)
         label_names = (run.json(prepare / "train" / "meta.json") or {}).get("label_names") or label_names
-    augmentation: dict[str, Any] = {"enabled": False}
+    augmentation = CardAugmentation(enabled=False)
     if spec.augment.enabled:
-        augmentation = {"enabled": True, "factor": spec.augment.factor, "replace_prob": spec.augment.replace_prob,
-                        "mlm_model": spec.augment.mlm_model}
+        augmentation = CardAugmentation(enabled=True, factor=spec.augment.factor,
+                                        replace_prob=spec.augment.replace_prob, mlm_model=spec.augment.mlm_model)
         output = run.output("augment")
         stats = (run.json(output / "stats.json") if output else None) or {}
         augmentation |= {key: stats[key] for key in ("examples_in", "examples_out", "substitution_rate")
                          if key in stats}
-    inference: dict[str, Any] = {"max_seq_len": spec.features.max_seq_len}
+    inference = CardInference(max_seq_len=spec.features.max_seq_len)
     if task_traits(spec.task).windows:
         inference |= {"doc_stride": spec.features.doc_stride, "max_question_len": spec.features.max_query_len,
                       "max_answer_len": spec.evaluate.max_answer_len, "n_best": spec.evaluate.n_best,
