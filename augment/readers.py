@@ -36,7 +36,7 @@ import math
 import os
 import re
 import sys
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -1016,36 +1016,49 @@ def _delimited_items(path: Path, task: Task, columns: _Columns, delimiter: str) 
     _require_columns(str(path), found, columns.needed)
     csv.field_size_limit(max(csv.field_size_limit(), 2 * MAX_TEXT_CHARS))  # long texts are rejected, not fatal
 
-    record = {"start": None, "text": [], "error": None}  # the physical lines of the record being parsed
+    # The physical lines (line number, text, byte error) of the record being parsed, and lines to parse again: a
+    # record the csv module cannot parse (an unclosed quote, a carriage return inside a field) is rejected by its
+    # first line, and the lines it swallowed are read again as records of their own.
+    record: list[tuple[int, str, str | None]] = []
+    pending: deque[tuple[int, str, str | None]] = deque()
 
     def physical_lines() -> Iterator[str]:
-        for lineno, text, error in lines:
-            if record["start"] is None:
-                if not text.strip():
-                    continue  # blank lines between records carry nothing
-                record["start"] = lineno
-            record["text"].append(text)
-            record["error"] = record["error"] or error
-            yield text
+        while (line := pending.popleft() if pending else next(lines, None)) is not None:
+            if not record and not line[1].strip() and delimiter not in line[1]:
+                continue  # blank lines between records carry nothing; a line of empty fields is a record
+            record.append(line)
+            yield line[1]
 
-    reader = csv.reader(physical_lines(), delimiter=delimiter, quoting=quoting)
+    # strict: a quote that does not close where a field ends is an error, not text glued to the field
+    def parser() -> Iterator[list[str]]:
+        return csv.reader(physical_lines(), delimiter=delimiter, quoting=quoting, strict=True)
+
+    reader = parser()
     while True:
         try:
             fields = next(reader)
         except StopIteration:
             return
         except csv.Error as err:
-            raise DataReadError(f"{path}: line {record['start']}: cannot parse: {err}") from None
-        where, raw, error = f"line {record['start']}", "".join(record["text"]).rstrip("\r\n"), record["error"]
-        default_id = f"{path.stem}-{record['start']}"
-        record.update(start=None, text=[], error=None)
+            (start, first, _), *swallowed = record
+            record.clear()
+            pending.extendleft(reversed(swallowed))
+            problem = f"cannot parse ({err}): an unclosed quote, or a line break inside a field?"
+            yield _Item(f"line {start}", first.rstrip("\r\n"), partial(_fail, "malformed_line", problem))
+            reader = parser()
+            continue
+        start = record[0][0]
+        where, raw = f"line {start}", "".join(text for _, text, _ in record).rstrip("\r\n")
+        error = next((error for _, _, error in record if error), None)
+        record.clear()
         if error:
             yield _Item(where, raw, partial(_fail, "invalid_utf8", error))
         elif len(fields) != len(found):
             yield _Item(where, raw, partial(_fail, "malformed_line", f"{len(fields)} field(s), the header has "
                                                                       f"{len(found)}"))
         else:
-            yield _Item(where, raw, partial(_text_row, dict(zip(found, fields)), default_id, columns, task))
+            yield _Item(where, raw, partial(_text_row, dict(zip(found, fields)), f"{path.stem}-{start}", columns,
+                                            task))
 
 
 def _hf_items(source: DataSource, task: Task, columns: _Columns) -> tuple[Iterator[_Item], list[str] | None]:

@@ -214,6 +214,34 @@ def test_tsv_bad_lines_are_rejected_with_line_numbers(tmp_path):
     assert (result.read, result.written, result.rejected) == (6, 2, 4)
 
 
+def test_csv_unclosed_quote_stray_carriage_return_and_empty_fields_are_each_one_reject(tmp_path):
+    """A record the csv module cannot parse costs that record only: the lines an unclosed quote swallowed are read
+    again as records, a carriage return inside a field does not stop the read, and a line of empty fields is a
+    record (rejected), not a blank line."""
+    path = tmp_path / "reviews.csv"
+    after = "".join(f"{i % 2},review number {i}\n" for i in range(50))
+    path.write_bytes(b'label,sentence\n1,fine film\n0,"an unclosed quote starts here\n' + after.encode()
+                     + b'1,a stray \r inside\n,\n\n1,"closed, properly"\n')
+    result = read_examples(DataSource(path=str(path)), "classification", None, tmp_path / "out")
+
+    rows = read_shards(tmp_path / "out").to_pylist()
+    assert [r["text"] for r in rows] == ["fine film", *(f"review number {i}" for i in range(50)), "closed, properly"]
+    assert [r["id"] for r in rows][:3] == ["reviews-2", "reviews-4", "reviews-5"]
+    rejects = {r["location"]: r for r in _rejects(result)}
+    assert {where: r["reason"] for where, r in rejects.items()} == {
+        "line 3": "malformed_line", "line 54": "malformed_line", "line 55": "missing_field"}
+    assert "unclosed quote" in rejects["line 3"]["detail"]
+    assert rejects["line 3"]["record"] == '0,"an unclosed quote starts here'
+    assert (result.read, result.written, result.rejected) == (55, 52, 3)
+
+    tsv = tmp_path / "pairs.tsv"
+    tsv.write_bytes(b"sentence\tlabel\ngood\t1\n \t \nbad \r film\t0\n   \nfine\t0\n")
+    result = read_examples(DataSource(path=str(tsv)), "classification", None, tmp_path / "tsv")
+    assert [r["text"] for r in read_shards(tmp_path / "tsv").to_pylist()] == ["good", "fine"]
+    assert {r["location"]: r["reason"] for r in _rejects(result)} == {"line 3": "empty_text",
+                                                                      "line 4": "malformed_line"}
+
+
 def test_mostly_latin1_file_fails_clearly(tmp_path):
     path = tmp_path / "latin.tsv"
     path.write_bytes("sentence\tlabel\ncafé\t1\nnaïve\t0\nrésumé\t1\n".encode("latin-1"))
