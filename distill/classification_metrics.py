@@ -1,7 +1,9 @@
 """Classification metrics from class indices: accuracy, macro-F1 and a per-class report, in plain numpy.
 
 A class that is never predicted has precision 0, and a class that never occurs has recall 0 (no division
-warnings, like scikit-learn's ``zero_division=0``). Macro averages run over all ``num_classes`` classes.
+warnings, like scikit-learn's ``zero_division=0``). Macro averages run over the classes that occur in the
+labels or the predictions, as scikit-learn's (and HF evaluate's) macro average does: a class id that neither
+holds, such as the unused id 0 of labels numbered from 1, does not pull the average down.
 
 Example::
 
@@ -149,7 +151,8 @@ def classification_report(
     Args:
         labels: (N,) true class indices in [0, num_classes).
         predictions: (N,) predicted class indices in [0, num_classes).
-        num_classes: the number of classes C; classes absent from both arrays still get a (zero) entry.
+        num_classes: the number of classes C; classes absent from both arrays still get a (zero) entry in
+            per_class, but no share of the macro averages.
         label_names: C names for the report, in class-index order; default "0", "1", ...
 
     Raises:
@@ -167,11 +170,12 @@ def classification_report(
     # 2TP / (2TP + FP + FN) equals the harmonic mean of precision and recall, and is 0 rather than 0/0 at TP = 0.
     f1 = _safe_ratio(2 * true_positives, predicted + support)
     total = int(counts.sum())
+    seen = (support + predicted) > 0
     return ClassificationReport(
         accuracy=float(true_positives.sum() / total),
-        macro_precision=float(precision.mean()),
-        macro_recall=float(recall.mean()),
-        macro_f1=float(f1.mean()),
+        macro_precision=float(precision[seen].mean()),
+        macro_recall=float(recall[seen].mean()),
+        macro_f1=float(f1[seen].mean()),
         total=total,
         per_class=tuple(
             ClassScores(name=names[index], precision=float(precision[index]), recall=float(recall[index]),
@@ -182,7 +186,7 @@ def classification_report(
 
 
 def macro_f1(labels: ArrayLike, predictions: ArrayLike, num_classes: int) -> float:
-    """Unweighted mean over the ``num_classes`` classes of each class's F1 (0 for a class never seen).
+    """Unweighted mean of each class's F1 over the classes in ``labels`` or ``predictions``.
 
     Args:
         labels: (N,) true class indices in [0, num_classes).

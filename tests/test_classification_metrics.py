@@ -36,12 +36,21 @@ def test_report_by_hand():
         ClassScores("none", precision=0.0, recall=0.0, f1=0.0, support=0),
     )
     assert report.accuracy == 0.5 and report.total == 6
-    assert report.macro_precision == pytest.approx((1 / 3 + 2 / 3) / 4)
-    assert report.macro_recall == pytest.approx((0.5 + 2 / 3) / 4)
-    assert report.macro_f1 == pytest.approx((0.4 + 2 / 3) / 4)
+    # macro averages over the classes in the labels or predictions (as scikit-learn's): "mixed", never predicted,
+    # counts with 0; "none", in neither, is left out
+    assert report.macro_precision == pytest.approx((1 / 3 + 2 / 3) / 3)
+    assert report.macro_recall == pytest.approx((0.5 + 2 / 3) / 3)
+    assert report.macro_f1 == pytest.approx((0.4 + 2 / 3) / 3)
     assert macro_f1(LABELS, PREDICTIONS, num_classes=4) == report.macro_f1
-    # Over the three classes that exist the average is larger: absent classes count as 0.
-    assert macro_f1(LABELS, PREDICTIONS, num_classes=3) == pytest.approx((0.4 + 2 / 3) / 3)
+    assert macro_f1(LABELS, PREDICTIONS, num_classes=3) == report.macro_f1
+
+
+def test_an_unused_class_id_does_not_lower_the_macro_average():
+    """Star ratings 1..5 read as class ids leave id 0 unused: perfect predictions still score macro-F1 1."""
+    ratings = np.array([1, 2, 3, 4, 5, 5, 3])
+    report = classification_report(ratings, ratings, num_classes=6)
+    assert (report.accuracy, report.macro_f1, report.macro_precision, report.macro_recall) == (1.0, 1.0, 1.0, 1.0)
+    assert report.per_class[0].support == 0 and len(report.per_class) == 6
 
 
 def test_accuracy_and_perfect_predictions():
