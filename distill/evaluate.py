@@ -184,9 +184,11 @@ def evaluate_models(models: dict[str, ModelRef], task: Task, examples_dir: Path,
     if "student" in speed_reports:
         student = speed_reports["student"]
         for name, reports in speed_reports.items():
-            # the teachers; the student's own ONNX graphs ("student_onnx...") are rows of their own, not rivals
+            # the teachers; the student's own ONNX graphs ("student_onnx...") are rows of their own, not rivals.
+            # Compared on the devices both were timed on: an ONNX model is timed on CPU only
             if not name.startswith("student"):
-                comparisons[name] = {dev: speed.compare(student[dev], reports[dev]) for dev in student}
+                comparisons[name] = {dev: speed.compare(student[dev], reports[dev]) for dev in student
+                                     if dev in reports}
 
     metrics = {}
     for name, evaluation in evaluations.items():
