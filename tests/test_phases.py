@@ -512,6 +512,25 @@ def test_masked_lm_training_learns_and_feeds_the_augmentation(plain_features, ti
     assert candidates and all(len(words) == 5 for words in candidates.values())
 
 
+def test_masked_lm_batch_of_special_tokens_only_gives_a_zero_loss_that_reaches_every_parameter(tiny_model_factory):
+    """A worker's slice of empty texts ([CLS] [SEP] only) has nothing to mask: a zero loss, not an IndexError, still
+    connected to every parameter as DDP (find_unused_parameters off) needs."""
+    from transformers import AutoModelForMaskedLM
+
+    from distill.objectives.masked_lm import MaskedLMObjective
+
+    folder = tiny_model_factory("mlm", layers=1, hidden=32)
+    objective = MaskedLMObjective(AutoModelForMaskedLM.from_pretrained(folder).train(),
+                                  AutoTokenizer.from_pretrained(folder), 0.15, {"model": str(folder)})
+    batch = {"input_ids": torch.tensor([[101, 102, 0], [101, 102, 0]]),
+             "attention_mask": torch.tensor([[1, 1, 0], [1, 1, 0]]),
+             "token_type_ids": torch.zeros(2, 3, dtype=torch.long)}
+    loss = objective(batch)["mlm"]
+    loss.backward()
+    assert loss.item() == 0.0
+    assert all(p.grad is not None for p in objective.parameters() if p.requires_grad)
+
+
 def test_build_student_from_each_source(teachers):
     teacher = AutoModelForQuestionAnswering.from_pretrained(teachers[0].name_or_path)
     fresh = build_student(StudentSpec(architecture=NARROW), teachers[0], "qa", None)

@@ -65,8 +65,8 @@ class MaskedLMObjective(nn.Module):
         ids, real = batch["input_ids"], batch["attention_mask"].bool()  # (B, T)
         maskable = real & ~torch.isin(ids, self.special_ids)
         chosen = (torch.rand(ids.shape, device=ids.device) < self.mask_prob) & maskable
-        if not chosen.any():  # a batch of very short texts: mask its first maskable piece
-            chosen.view(-1)[maskable.view(-1).nonzero()[0]] = True
+        if not chosen.any():  # a batch of very short texts: mask its first maskable piece, if it has one
+            chosen.view(-1)[maskable.view(-1).nonzero()[:1]] = True
         roll = torch.rand(ids.shape, device=ids.device)
         random_ids = torch.randint(self.model.get_output_embeddings().weight.shape[0], ids.shape, device=ids.device)
         inputs = torch.where(chosen & (roll < 0.8), self.tokenizer.mask_token_id, ids)
@@ -74,6 +74,8 @@ class MaskedLMObjective(nn.Module):
         rows, cols = chosen.nonzero(as_tuple=True)
         with lm_head_only_at(self.model, rows, cols):
             logits = self.model(**model_inputs({**batch, "input_ids": inputs}, takes_token_types(self.model))).logits
+        if not len(rows):  # only special tokens (empty texts): nothing to learn, but every parameter in the graph
+            return {"mlm": logits.sum() * 0.0}
         return {"mlm": nn.functional.cross_entropy(logits[0].float(), ids[rows, cols])}
 
     def check_features(self, data: FlatFeatures) -> None:
