@@ -637,19 +637,19 @@ class Recipe:
     def save_checkpoint(self, elapsed: float) -> None:
         """Write checkpoints/step-NNNNNNNN/ atomically: into a temp folder, marker last, then one rename.
 
-        Holds the trained module (student and projections, safetensors), optimizer, scheduler, grad scaler, each
-        worker's RNG state and the data position (epoch, optimizer step within it) with the unlogged metric
-        window, so a resumed run continues exactly where this one stood.
+        Holds the trained module (student and projections, safetensors), optimizer, scheduler, grad scaler, the
+        precision, the data position (epoch, optimizer step within it), and each worker's own state: its RNG
+        streams and the unlogged loss sums of its slices. A resumed run continues exactly where this one stood.
         """
         where = self.where
         final = self.checkpoints / f"step-{self.step:08d}"
         temp = self.checkpoints / f".tmp-step-{self.step:08d}"
         temp.mkdir(parents=True, exist_ok=True)
-        rng = {"torch": torch.get_rng_state()}
+        own = {"torch": torch.get_rng_state(), "window": self._window.cpu()}
         if where.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(where.device)
-        torch.save(rng, temp / f"rng-rank{where.rank}.pt")
-        where.barrier()  # every worker's RNG state is in before rank 0 seals the folder
+            own["cuda"] = torch.cuda.get_rng_state(where.device)
+        torch.save(own, temp / f"worker-rank{where.rank}.pt")
+        where.barrier()  # every worker's state is in before rank 0 seals the folder
         if where.rank == 0:
             safetensors.torch.save_model(self.objective, str(temp / "trainable.safetensors"))
             torch.save(self.optimizer.state_dict(), temp / "optimizer.pt")
@@ -657,9 +657,9 @@ class Recipe:
             torch.save(self.scaler.state_dict(), temp / "scaler.pt")
             state = {
                 "step": self.step, "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
-                "world": where.world, "elapsed": elapsed, "last_loss": self.last_loss,
-                "window": self._window.tolist(), "window_steps": self._window_steps,
-                "window_features": self._window_features, "identity": self._identity(),
+                "world": where.world, "precision": self.precision, "elapsed": elapsed, "last_loss": self.last_loss,
+                "window_steps": self._window_steps, "window_features": self._window_features,
+                "identity": self._identity(),
             }
             (temp / "state.json").write_text(json.dumps(state, default=str), encoding="utf-8")
             for written in temp.iterdir():  # contents on disk before the marker can be
@@ -704,14 +704,19 @@ class Recipe:
         self.optimizer.load_state_dict(torch.load(latest / "optimizer.pt", weights_only=True,
                                                   map_location=self.where.device))
         self.scheduler.load_state_dict(torch.load(latest / "scheduler.pt", weights_only=True))
-        self.scaler.load_state_dict(torch.load(latest / "scaler.pt", weights_only=True))
-        rng = torch.load(latest / f"rng-rank{self.where.rank}.pt", weights_only=True)
-        torch.set_rng_state(rng["torch"])
-        if "cuda" in rng:
-            torch.cuda.set_rng_state(rng["cuda"], self.where.device)
+        if state["precision"] == self.precision:
+            self.scaler.load_state_dict(torch.load(latest / "scaler.pt", weights_only=True))
+        elif self.where.rank == 0:  # precision auto on another kind of GPU (say, a restart on another node)
+            log.warning("%s: the checkpoint at step %d was trained in %s, this device computes in %s; continuing in "
+                        "%s%s", self.plan.phase, state["step"], state["precision"], self.precision,
+                        self.precision, " with a fresh loss scale" if self.precision == "fp16" else "")
+        own = torch.load(latest / f"worker-rank{self.where.rank}.pt", weights_only=True)
+        torch.set_rng_state(own["torch"])
+        if "cuda" in own:
+            torch.cuda.set_rng_state(own["cuda"], self.where.device)
+        self._window = own["window"].to(self.where.device)
         self.step, self.epoch, self.step_in_epoch = state["step"], state["epoch"], state["step_in_epoch"]
         self.elapsed_before, self.last_loss = state["elapsed"], state["last_loss"]
-        self._window = torch.tensor(state["window"], dtype=torch.float64, device=self.where.device)
         self._window_steps, self._window_features = state["window_steps"], state["window_features"]
         return self.step
 

@@ -6,6 +6,7 @@ Kill-and-resume of a whole job's processes is in test_phases.py and test_jobs.py
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -119,6 +120,27 @@ def test_incomplete_checkpoints_are_never_read_and_other_runs_are_refused(featur
                            "probs", ONE_WORKER, 0, tmp_path, progress=False)
 
 
+def test_a_checkpoint_of_another_precision_resumes_with_a_warning(features_dir, tiny_model_factory, tmp_path,
+                                                                   monkeypatch, caplog):
+    """precision auto resolves per device: a run restarted on another kind of GPU resumes a bf16 (or fp32)
+    checkpoint in fp16, whose loss scaler the checkpoint has no state for, and says so."""
+    student = StudentSpec(model=str(tiny_model_factory("qa", layers=1, hidden=32)))
+    config = PredictionSpec(distill_weight=0.0, batch_size=16, epochs=1, checkpoint_every=2)
+    run = tmp_path / "run"
+    distill_prediction(student, [], "qa", features_dir, config, "probs", ONE_WORKER, 0, run, progress=False)
+    shutil.rmtree(run / "checkpoints" / "step-00000004")
+    assert json.loads((run / "checkpoints" / "step-00000002" / "state.json").read_text())["precision"] == "fp32"
+
+    monkeypatch.setattr("distill.trainer.device_precision", lambda device, asked: "fp16")
+    with caplog.at_level("WARNING", logger="distillery.train"):
+        resumed = distill_prediction(student, [], "qa", features_dir, config, "probs", ONE_WORKER, 0, run,
+                                     progress=False)
+    assert resumed.resumed_from == 2 and resumed.steps == 4 and np.isfinite(resumed.loss)
+    assert ("the checkpoint at step 2 was trained in fp32, this device computes in fp16; continuing in fp16 with a "
+            "fresh loss scale") in caplog.text
+    assert json.loads((run / "train_config.json").read_text())["precision"] == "fp16 autocast + GradScaler"
+
+
 def test_checkpoints_by_wall_time_at_log_steps_and_at_the_end(features_dir, tiny_model_factory, tmp_path):
     student = StudentSpec(model=str(tiny_model_factory("qa", layers=2, hidden=32)))
     config = PredictionSpec(distill_weight=0.0, batch_size=8, epochs=1, log_every=3, checkpoint_minutes=None)
@@ -177,8 +199,9 @@ def test_a_killed_ray_train_worker_is_replaced_and_the_phase_ends_as_if_uninterr
     teacher = _without_dropout(tiny_model_factory("qa", layers=2, hidden=32), tmp_path / "teacher")
     student = StudentSpec(model=str(_without_dropout(tiny_model_factory("qa", layers=1, hidden=32, seed=3),
                                                      tmp_path / "student")))
-    # 64 features, 8 per step: 48 steps, a checkpoint every 5
-    config = PredictionSpec(batch_size=8, epochs=6, learning_rate=1e-3, log_every=5, checkpoint_every=5,
+    # 64 features, 8 per step: 48 steps, a checkpoint every 3 and at each epoch's end, a metrics line every 4: most
+    # checkpoints hold the loss sums of steps not logged yet, each worker its own slices'
+    config = PredictionSpec(batch_size=8, epochs=6, learning_rate=1e-3, log_every=4, checkpoint_every=3,
                             teacher_logits="online", distill_weight=0.5)
     resources = ResourcesSpec(workers=2, cpus_per_worker=0.5, gpus_per_worker=0, worker_restarts=1)
 
@@ -200,7 +223,8 @@ def test_a_killed_ray_train_worker_is_replaced_and_the_phase_ends_as_if_uninterr
         restarted = killed.result(timeout=600)
     uninterrupted = run(tmp_path / "uninterrupted")
     assert restarted.steps == uninterrupted.steps == 48
-    assert uninterrupted.resumed_from is None and restarted.resumed_from is not None and restarted.resumed_from >= 5
+    assert uninterrupted.resumed_from is None and restarted.resumed_from is not None and restarted.resumed_from >= 3
+    assert _losses(tmp_path / "killed") == pytest.approx(_losses(tmp_path / "uninterrupted"), rel=1e-6)
     a = load_file(tmp_path / "uninterrupted" / "student" / "model.safetensors")
     b = load_file(tmp_path / "killed" / "student" / "model.safetensors")
     for key in a:
