@@ -287,6 +287,17 @@ def _label_config(spec: JobSpec) -> dict[str, Any]:
     return config
 
 
+def _prepare_config(spec: JobSpec) -> dict[str, Any]:
+    config = {"task": spec.task, "data": spec.data,
+              "finetune_data": [t.finetune.train if t.finetune is not None else None for t in spec.teachers],
+              "corpus": spec.augment.corpus if spec.augment.enabled else None}
+    # a fractional weight keeps a random share of a source's examples, drawn from the seed; otherwise jobs of other
+    # seeds share the read data
+    if any(not float(source.weight).is_integer() for source in spec.data.train):
+        config["seed"] = spec.seed
+    return config
+
+
 def _phase_needs_online_teacher(spec: JobSpec) -> bool:
     return spec.distill.prediction.teacher_logits == "online" and spec.distill.prediction.distill_weight > 0
 
@@ -296,9 +307,7 @@ STAGES: tuple[Stage, ...] = (
                      "augmentation corpus); bad records go to rejects.jsonl",
           inputs=(),
           enabled=lambda s: True,
-          config=lambda s: {"task": s.task, "data": s.data,
-                            "finetune_data": [t.finetune.train if t.finetune is not None else None for t in s.teachers],
-                            "corpus": s.augment.corpus if s.augment.enabled else None}, run=_prepare),
+          config=lambda s: _prepare_config(s), run=_prepare),
     Stage("finetune_teachers", "fine-tune base teachers on the original training data (or their own)",
           inputs=("prepare",),
           enabled=lambda s: any(t.finetune is not None for t in s.teachers),

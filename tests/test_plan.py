@@ -152,3 +152,17 @@ def test_a_weighted_training_source_counts_its_rows_after_weighting(tmp_path):
     entry.mark_complete({"train": {"written": 100, "rows": 250}, "eval": {"written": 10}})
     planned = next(s for s in plan_job(spec, store).stages if s.name == "prepare")
     assert (planned.cache, planned.examples) == ("cached", 250)
+
+
+@pytest.mark.parametrize(("weight", "keyed"), [(1.0, False), (2.0, False), (0.5, True), (1.5, True)])
+def test_prepare_is_keyed_on_the_seed_exactly_where_a_fractional_weight_samples_with_it(weight, keyed):
+    """Jobs of other seeds share the read data, except where a weight keeps a seeded random share of a source."""
+    from jobs.runner import stage_key
+    from jobs.spec import parse_spec
+    from jobs.stages import STAGES
+
+    prepare = next(stage for stage in STAGES if stage.name == "prepare")
+    train = [{"path": str(REPO / "configs/quickstart/sample-train.json"), "name": "sample", "weight": weight}]
+    keys = {stage_key(prepare, parse_spec({"seed": seed, "data": {"train": train}}, REPO, "spec"), {})
+            for seed in (1, 2)}
+    assert len(keys) == (2 if keyed else 1)
