@@ -264,16 +264,35 @@ def cmd_cancel(args: argparse.Namespace) -> int:
         return EXIT_OK
     pid = state.pid
     if pid_alive(pid):
-        os.killpg(pid, signal.SIGTERM)
+        # a detached job leads its own process group (Ray's processes with it); one run in the foreground by a
+        # script or `jobs.api` shares its caller's
+        kill = os.killpg if _leads_its_group(pid) else os.kill
+        kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + args.timeout
         while pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.2)
         if pid_alive(pid):
-            os.killpg(pid, signal.SIGKILL)
-    # the job marks itself cancelled on SIGTERM; this covers a job that had to be killed or never started
-    run.update_state(lambda s: s.set(status="cancelled", ended_at=now()) if s.status in ACTIVE else None)
+            kill(pid, signal.SIGKILL)
+
+    # the job marks itself and its stage cancelled on SIGTERM; this covers a job that had to be killed or never
+    # started
+    def mark_cancelled(s: RunState) -> None:
+        if s.status in ACTIVE:
+            s.set(status="cancelled", ended_at=now(), error=s.error or "cancelled")
+            for stage in s.stages.values():
+                if stage.status == "running":
+                    stage.set(status="cancelled", ended_at=now(), error="cancelled")
+
+    run.update_state(mark_cancelled)
     print(f"cancelled {args.job_id}")
     return EXIT_OK
+
+
+def _leads_its_group(pid: int) -> bool:
+    try:
+        return os.getpgid(pid) == pid
+    except ProcessLookupError:
+        return False
 
 
 def _megabytes(size: int) -> str:

@@ -24,7 +24,7 @@ from typing import Any, Iterator, Literal, TextIO
 from pydantic import BaseModel
 
 from core.progress import LOG_FORMATTER, PROGRESS_LOGGER, use_console
-from core.ray_runtime import resolve_on_cluster
+from core.ray_runtime import ensure_ray, resolve_on_cluster
 from core.resources import asked_per_worker
 from jobs.spec import JobSpec, load_spec
 from jobs.stages import STAGE_VERSION, STAGES, Stage, StageContext
@@ -109,10 +109,6 @@ def _library_output_to_log() -> Iterator[TextIO]:
         console.close()
 
 
-def _raise_cancelled(signum: int, frame: Any) -> None:
-    raise JobCancelled(f"received signal {signum}")
-
-
 def run_job(run: Run, store: RunStore, progress: bool | None = None) -> str:
     """Run (or resume) every stage of `run`; return the final job status."""
     progress = sys.stderr.isatty() if progress is None else progress
@@ -124,16 +120,26 @@ def run_job(run: Run, store: RunStore, progress: bool | None = None) -> str:
 
 def _run_stages(run: Run, store: RunStore, progress: bool, console: TextIO) -> str:
     handlers = _attach_log_handlers(run, progress, console)
-    previous_handler = signal.signal(signal.SIGTERM, _raise_cancelled)
+    signals: list[int] = []
+
+    def cancel(signum: int, frame: Any) -> None:
+        signals.append(signum)
+        raise JobCancelled(f"received signal {signum}")
+
+    previous_handler = signal.signal(signal.SIGTERM, cancel)
     current: str | None = None
     try:
         spec = load_spec(run.spec_path)
         run.set_state(status="running", pid=os.getpid(), started_at=now(), error=None)
         log.info("job %s: running in %s", run.job_id, run.path)
-        gpus_asked = any(asked_per_worker(spec.resources, "gpus").values())
-        if gpus_asked and any(s.uses_ray and s.enabled(spec) for s in STAGES):
-            # GPUs asked for: checked against the cluster before any stage runs
-            resolve_on_cluster(spec.resources, masked_lm=augments_with_masked_lm(spec))
+        if any(s.uses_ray and s.enabled(spec) for s in STAGES):
+            ensure_ray()
+            # Ray's start installs its own SIGTERM handler, which ends the process at once: ours again, so that a
+            # cancel (jobs cancel, Ray Jobs' stop) is recorded in the job's state
+            signal.signal(signal.SIGTERM, cancel)
+            if any(asked_per_worker(spec.resources, "gpus").values()):
+                # GPUs asked for: checked against the cluster before any stage runs
+                resolve_on_cluster(spec.resources, masked_lm=augments_with_masked_lm(spec))
         keys: dict[str, str] = {}
         outputs: dict[str, Path] = {}
         for stage in STAGES:
@@ -149,6 +155,9 @@ def _run_stages(run: Run, store: RunStore, progress: bool, console: TextIO) -> s
         _fail(run, current, "cancelled", f"cancelled: {exc}")
         return "cancelled"
     except Exception as exc:
+        if signals:  # the signal came while Ray's C code ran, which hands our exception back wrapped in another
+            _fail(run, current, "cancelled", f"cancelled: received signal {signals[0]}")
+            return "cancelled"
         log.error("job %s: stage %s failed:\n%s", run.job_id, current, traceback.format_exc())
         _fail(run, current, "failed", f"{type(exc).__name__}: {exc}")
         return "failed"

@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.jobutil import (QUICKSTART, folder_bytes, job_state, jobs_cli, stored_state, tiny_qa_spec, wait_for,
+from tests.jobutil import (QUICKSTART, REPO, folder_bytes, job_state, jobs_cli, stored_state, tiny_qa_spec, wait_for,
                            write_spec)
 
 # what a stage has written once it is part-way through: a first shard, a first checkpoint
@@ -119,15 +121,26 @@ def test_job_killed_in_each_stage_resumes_to_identical_outputs(baseline, tmp_pat
         torch.testing.assert_close(resumed[key], uninterrupted[key], rtol=0, atol=1e-6, msg=key)
 
 
-def test_cancel_stops_a_detached_job(tmp_path):
+@pytest.mark.parametrize("detached", [True, False])
+def test_cancel_stops_a_job(detached, tmp_path):
+    """A detached job leads its own process group; one a script runs in the foreground shares the script's."""
     root = tmp_path / "runs"
     spec = write_spec(tmp_path, tiny_qa_spec(**{"distill.prediction.epochs": 50}))
-    job_id = _last_line(jobs_cli("submit", str(spec), "--detach", "--root", str(root)).stdout)
+    if detached:
+        job_id = _last_line(jobs_cli("submit", str(spec), "--detach", "--root", str(root)).stdout)
+    else:
+        foreground = subprocess.Popen([sys.executable, "-m", "jobs", "submit", str(spec), "--root", str(root)],
+                                      cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: root.is_dir() and any(root.iterdir()), timeout=60, what="the job's folder")
+        job_id = next(p.name for p in root.iterdir() if not p.name.startswith("."))
     wait_for(lambda: job_state(root, job_id)["stages"]["prepare"]["status"] == "completed", timeout=120,
              what="the job to get going")
     jobs_cli("cancel", job_id, "--root", str(root))
     state = job_state(root, job_id)
-    assert state["status"] == "cancelled"
+    # recorded by the job itself (its SIGTERM handler outlives Ray's start), the stage it was in with it
+    assert state["status"] == "cancelled" and state["error"] == "cancelled: received signal 15"
+    assert "running" not in {stage["status"] for stage in state["stages"].values()}
+    assert "cancelled" in {stage["status"] for stage in state["stages"].values()}
 
     def process_gone() -> bool:
         try:
@@ -136,6 +149,8 @@ def test_cancel_stops_a_detached_job(tmp_path):
             return True
         return False
 
+    if not detached:
+        assert foreground.wait(timeout=30) is not None
     # the job exited; until init reaps it, the orphan is a zombie that still answers kill(0)
     wait_for(process_gone, timeout=30, what="the cancelled job's process to be reaped")
     assert jobs_cli("list", "--root", str(root)).stdout.count("cancelled") == 1
