@@ -9,6 +9,7 @@ import argparse
 import difflib
 import json
 import os
+import shlex
 import shutil
 import signal
 import sys
@@ -34,8 +35,11 @@ def _store(args: argparse.Namespace, spec: JobSpec | None = None) -> RunStore:
 
 
 def _load(args: argparse.Namespace, check_paths: bool = True) -> JobSpec:
-    """The spec named on the command line, with its --set overrides applied."""
-    return load_spec(args.spec, check_paths=check_paths, overrides=args.set)
+    """The spec named on the command line, with its --set overrides and submit's --name applied (validated as the
+    spec's own fields are)."""
+    name = getattr(args, "name", None)
+    overrides = [*args.set, f"name={json.dumps(name)}"] if name else args.set  # a JSON string is a YAML string
+    return load_spec(args.spec, check_paths=check_paths, overrides=overrides)
 
 
 def _report_spec_error(error: SpecError) -> int:
@@ -104,8 +108,6 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if args.dry_run:
         return _print_plan(args)
     spec = _load(args, check_paths=args.address is None)
-    if args.name:
-        spec = spec.model_copy(update={"name": args.name})
     address = args.address or spec.resources.address
     # before anything is created; a cluster job's models and paths are the cluster's, so it is not checked here
     if not address:
@@ -122,12 +124,13 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
         cluster.submit(address, run, store.root, job_id)
         print(f"submitted {job_id} to the Ray cluster at {address}; follow it with: python -m jobs logs "
-              f"{job_id} --follow --root {store.root}")
+              f"{job_id} --follow --root {shlex.quote(str(store.root))}")
         print(job_id)
         return EXIT_OK
     if args.detach:
         pid = spawn(run, store)
-        print(f"started {job_id} (pid {pid}); follow it with: python -m jobs logs {job_id} --follow")
+        print(f"started {job_id} (pid {pid}); follow it with: python -m jobs logs {job_id} --follow --root "
+              f"{shlex.quote(str(store.root))}")
         print(job_id)
         return EXIT_OK
     print(f"running {job_id} in {run.path}", file=sys.stderr)

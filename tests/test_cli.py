@@ -103,6 +103,15 @@ def test_explain_an_unknown_field_suggests_the_nearest(capsys):
     assert "run `python -m jobs explain` for all of them" in capsys.readouterr().err
 
 
+def test_submit_name_is_validated_as_the_specs_own_before_anything_is_created(tmp_path, capsys):
+    root = tmp_path / "runs"
+    assert main(["submit", "configs/quickstart.yaml", "--name", "my run", "--root", str(root)]) == 2
+    assert "name: string should match pattern" in capsys.readouterr().err
+    assert not root.exists()
+    assert main(["submit", "configs/quickstart.yaml", "--name", "renamed", "--root", str(root), "--dry-run"]) == 0
+    assert "renamed" in capsys.readouterr().out
+
+
 def _cache_entry(store: RunStore, stage: str, key: str, size: int) -> Path:
     entry = store.cache_entry(stage, key)
     entry.path.mkdir(parents=True)

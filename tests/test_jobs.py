@@ -127,7 +127,9 @@ def test_cancel_stops_a_job(detached, tmp_path):
     root = tmp_path / "runs"
     spec = write_spec(tmp_path, tiny_qa_spec(**{"distill.prediction.epochs": 50}))
     if detached:
-        job_id = _last_line(jobs_cli("submit", str(spec), "--detach", "--root", str(root)).stdout)
+        submitted = jobs_cli("submit", str(spec), "--detach", "--root", str(root)).stdout
+        job_id = _last_line(submitted)
+        assert f"follow it with: python -m jobs logs {job_id} --follow --root {root}\n" in submitted
     else:
         foreground = subprocess.Popen([sys.executable, "-m", "jobs", "submit", str(spec), "--root", str(root)],
                                       cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
