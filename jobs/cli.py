@@ -138,7 +138,13 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    spec = _load(args)
+    try:
+        spec = _load(args)
+    except SpecError as error:  # a detached job or a resume whose spec no longer loads (say, its data moved)
+        if args.job_id and args.root and (Path(args.root) / args.job_id / "state.json").exists():
+            RunStore(Path(args.root)).get(args.job_id).set_state(
+                status="failed", ended_at=now(), error=f"the spec does not load: {'; '.join(error.problems)}")
+        raise
     store = _store(args, spec)
     if args.job_id and (store.root / args.job_id / "state.json").exists():
         run = store.get(args.job_id)

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from jobs.api import pid_alive
 from jobs.cli import main
 from jobs.store import RunStore
+from tests.jobutil import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "transformers", "ray", "pyarrow")
@@ -142,6 +144,24 @@ def test_gc_frees_unreferenced_entries_and_keeps_referenced_and_locked_ones(tmp_
     assert computing.exists()
     assert main(["gc", "--root", str(tmp_path)]) == 0
     assert not computing.exists() and used.exists()
+
+
+def test_a_detached_job_that_ends_before_it_starts_is_not_left_pending(tmp_path):
+    """Its spec no longer loads (its data moved): the job records why and fails; a process that died without a word
+    leaves a pending job that reads as interrupted, so it can be resumed."""
+    from jobs.api import effective_state, spawn
+
+    store = RunStore(tmp_path)
+    moved = store.create("moved-20260101-120000-aaaaaa", "data:\n  train: /nowhere/train.json\n", ["prepare"])
+    pid = spawn(moved, store)
+    wait_for(lambda: not pid_alive(pid), timeout=60, what="the detached job to end")
+    state = effective_state(moved)
+    assert state.status == "failed" and "/nowhere/train.json" in state.error
+
+    died = store.create("died-20260101-120000-bbbbbb", "", ["prepare"])
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    died.set_state(pid=int(ended.stdout))
+    assert effective_state(died).status == "interrupted"
 
 
 def test_rm_deletes_a_finished_job_and_refuses_a_running_one(tmp_path, capsys):
