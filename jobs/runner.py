@@ -23,6 +23,7 @@ from typing import Any, Iterator, Literal, TextIO
 
 from pydantic import BaseModel
 
+from core.devices import choose_precision
 from core.progress import LOG_FORMATTER, PROGRESS_LOGGER, use_console
 from core.ray_runtime import ensure_ray, resolve_on_cluster
 from core.resources import asked_per_worker
@@ -133,10 +134,15 @@ def _run_stages(run: Run, store: RunStore, progress: bool, console: TextIO) -> s
         run.set_state(status="running", pid=os.getpid(), started_at=now(), error=None)
         log.info("job %s: running in %s", run.job_id, run.path)
         if any(s.uses_ray and s.enabled(spec) for s in STAGES):
+            import ray
+
             ensure_ray()
             # Ray's start installs its own SIGTERM handler, which ends the process at once: ours again, so that a
             # cancel (jobs cancel, Ray Jobs' stop) is recorded in the job's state
             signal.signal(signal.SIGTERM, cancel)
+            if not ray.cluster_resources().get("GPU"):
+                # every stage computes on CPU: half precision asked for is refused now, not after hours of work
+                choose_precision("cpu", None, spec.resources.precision)
             if any(asked_per_worker(spec.resources, "gpus").values()):
                 # GPUs asked for: checked against the cluster before any stage runs
                 resolve_on_cluster(spec.resources, masked_lm=augments_with_masked_lm(spec))

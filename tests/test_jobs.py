@@ -158,6 +158,16 @@ def test_cancel_stops_a_job(detached, tmp_path):
     assert jobs_cli("list", "--root", str(root)).stdout.count("cancelled") == 1
 
 
+def test_half_precision_where_no_gpu_is_fails_before_any_stage(tmp_path):
+    root = tmp_path / "runs"
+    spec = write_spec(tmp_path, tiny_qa_spec(**{"resources.precision": "fp16"}))
+    assert jobs_cli("submit", str(spec), "--root", str(root), check=False).returncode == 1
+    job_id = next(p.name for p in root.iterdir() if not p.name.startswith("."))
+    state = job_state(root, job_id)
+    assert state["status"] == "failed" and "resources.precision fp16 on CPU" in state["error"]
+    assert {stage["status"] for stage in state["stages"].values()} == {"pending"}
+
+
 def test_two_jobs_at_once_share_cached_stages_safely_and_each_stage_runs_with_its_own_workers(tmp_path):
     """Two identical jobs at once: one computes each stage, the other reuses it. Their resources: shared ones (2
     workers of half a CPU) for augmentation and labelling, training's own (1 worker); each stage records the workers
