@@ -132,6 +132,9 @@ def effective_state(run: Run) -> RunState:
             state.status = cluster.status(state.address, state.submission_id)
         except OSError as error:  # ConnectionError, timeouts: one cluster that is down must not hide the others
             state.set(status="unknown", cluster_error=f"cannot reach the Ray cluster at {state.address}: {error}")
+        except RuntimeError as error:  # Ray Jobs' answer for a job it does not know (a restarted head)
+            state.set(status="unknown", cluster_error=f"the Ray cluster at {state.address} does not know Ray job "
+                                                      f"{state.submission_id}: {error}")
     elif state.status in ACTIVE and state.pid is not None and not pid_alive(state.pid):
         state.status = "interrupted"  # killed, or (still pending) a detached process that ended before starting
     return state

@@ -122,7 +122,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if address:
         from jobs import cluster
 
-        cluster.submit(address, run, store.root, job_id)
+        try:
+            cluster.submit(address, run, store.root, job_id)
+        except BaseException:  # no job was started: no run folder stays behind
+            shutil.rmtree(run.path)
+            raise
         print(f"submitted {job_id} to the Ray cluster at {address}; follow it with: python -m jobs logs "
               f"{job_id} --follow --root {shlex.quote(str(store.root))}")
         print(job_id)
@@ -157,9 +161,10 @@ def cmd_resume(args: argparse.Namespace) -> int:
     store = _store(args)
     run = store.get(args.job_id)
     state = effective_state(run)
-    if state.status in ACTIVE and state.backend != "ray":
-        print(f"error: job {args.job_id} is still {state.status} (pid {state.pid}); cancel it first",
-              file=sys.stderr)
+    if state.status in ACTIVE or state.status == "unknown":
+        where = f"pid {state.pid}" if state.backend != "ray" else f"Ray job {state.submission_id} at {state.address}"
+        print(f"error: job {args.job_id} is {'still ' if state.status in ACTIVE else ''}{state.status} ({where}); "
+              "cancel it first", file=sys.stderr)
         return EXIT_FAILED
     if state.status == "succeeded":
         print(f"job {args.job_id} already succeeded; nothing to resume")

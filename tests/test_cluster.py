@@ -108,6 +108,31 @@ def test_a_job_asking_for_gpus_on_a_cluster_without_any_fails_before_any_stage(r
     assert all(stage["status"] == "pending" for stage in final["stages"].values()), final["stages"]
 
 
+def test_a_job_the_cluster_does_not_know_lists_as_unknown_and_is_not_resubmitted(ray_head, tmp_path, capsys):
+    """A restarted head forgets its jobs: the run folder's job reads as unknown, with the cluster's answer, instead of
+    breaking `list` for every job; resuming it is refused, as it may still run somewhere."""
+    from jobs.cli import main
+    from jobs.store import RunStore
+
+    RunStore(tmp_path).create("lost-20260101-120000-aaaaaa", "", ["prepare"], backend="ray", address=ray_head,
+                              submission_id="lost-20260101-120000-aaaaaa")
+    assert main(["list", "--root", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split()[:2] == ["lost-20260101-120000-aaaaaa", "unknown"]
+    assert main(["status", "lost-20260101-120000-aaaaaa", "--root", str(tmp_path)]) == 0
+    assert "does not know Ray job lost-20260101-120000-aaaaaa" in capsys.readouterr().out
+    assert main(["resume", "lost-20260101-120000-aaaaaa", "--root", str(tmp_path)]) == 1
+    assert "is unknown (Ray job lost-20260101-120000-aaaaaa at" in capsys.readouterr().err
+
+
+def test_a_submission_the_cluster_refuses_leaves_no_job_behind(tmp_path):
+    root = tmp_path / "runs"
+    spec = write_spec(tmp_path, tiny_qa_spec())
+    # nothing listens on port 1: the connection is refused at once
+    assert jobs_cli("submit", str(spec), "--address", "http://127.0.0.1:1", "--root", str(root),
+                    check=False).returncode != 0
+    assert [p.name for p in root.iterdir() if not p.name.startswith(".")] == []
+
+
 @pytest.mark.parametrize("asked,cluster,decided", [
     (None, {"CPU": 8.0}, 0.0),
     (None, {"CPU": 8.0, "GPU": 4.0}, 1.0),          # the cluster's GPUs count, not this process's
