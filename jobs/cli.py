@@ -317,9 +317,9 @@ def cmd_rm(args: argparse.Namespace) -> int:
     store = _store(args)
     run = store.get(args.job_id)
     state = effective_state(run)
-    if state.status in ACTIVE or state.status == "unknown":
+    if (state.status in ACTIVE or state.status == "unknown") and not args.force:
         print(f"error: job {args.job_id} is {state.status}; cancel it first (python -m jobs cancel "
-              f"{args.job_id})", file=sys.stderr)
+              f"{args.job_id}), or delete it anyway with --force", file=sys.stderr)
         return EXIT_BAD_SPEC
     size = folder_bytes(run.path)
     shutil.rmtree(run.path)
@@ -521,6 +521,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(sub, "rm", cmd_rm, "delete a job's folder (not running); its cache entries go with `gc`",
                  "python -m jobs rm ID")
     p.add_argument("job_id")
+    p.add_argument("--force", action="store_true",
+                   help="delete it even while its status is active or unknown (say, a cluster job the cluster no "
+                        "longer knows); a job still running would lose its folder")
 
     p = _command(sub, "gc", cmd_gc, "delete the cache entries no job in the run store uses, saying what it frees",
                  "python -m jobs gc --older-than 7")

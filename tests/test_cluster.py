@@ -110,7 +110,7 @@ def test_a_job_asking_for_gpus_on_a_cluster_without_any_fails_before_any_stage(r
 
 def test_a_job_the_cluster_does_not_know_lists_as_unknown_and_is_not_resubmitted(ray_head, tmp_path, capsys):
     """A restarted head forgets its jobs: the run folder's job reads as unknown, with the cluster's answer, instead of
-    breaking `list` for every job; resuming it is refused, as it may still run somewhere."""
+    breaking `list` for every job; resuming it is refused, as it may still run somewhere; `rm --force` deletes it."""
     from jobs.cli import main
     from jobs.store import RunStore
 
@@ -122,6 +122,10 @@ def test_a_job_the_cluster_does_not_know_lists_as_unknown_and_is_not_resubmitted
     assert "does not know Ray job lost-20260101-120000-aaaaaa" in capsys.readouterr().out
     assert main(["resume", "lost-20260101-120000-aaaaaa", "--root", str(tmp_path)]) == 1
     assert "is unknown (Ray job lost-20260101-120000-aaaaaa at" in capsys.readouterr().err
+    assert main(["rm", "lost-20260101-120000-aaaaaa", "--root", str(tmp_path)]) == 2
+    assert "or delete it anyway with --force" in capsys.readouterr().err
+    assert main(["rm", "lost-20260101-120000-aaaaaa", "--root", str(tmp_path), "--force"]) == 0
+    assert not (tmp_path / "lost-20260101-120000-aaaaaa").exists()
 
 
 def test_a_submission_the_cluster_refuses_leaves_no_job_behind(tmp_path):
