@@ -270,7 +270,11 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     if state.backend == "ray":
         from jobs import cluster
 
-        cluster.stop(state.address, state.submission_id)
+        try:
+            cluster.stop(state.address, state.submission_id)
+        except (OSError, RuntimeError) as error:  # unreachable, or a job it does not know (a restarted head)
+            print(f"error: cannot stop Ray job {state.submission_id} at {state.address}: {error}", file=sys.stderr)
+            return EXIT_FAILED
         print(f"asked the cluster to stop {args.job_id}")
         return EXIT_OK
     if state.status not in ACTIVE:

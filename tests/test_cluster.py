@@ -122,6 +122,8 @@ def test_a_job_the_cluster_does_not_know_lists_as_unknown_and_is_not_resubmitted
     assert "does not know Ray job lost-20260101-120000-aaaaaa" in capsys.readouterr().out
     assert main(["resume", "lost-20260101-120000-aaaaaa", "--root", str(tmp_path)]) == 1
     assert "is unknown (Ray job lost-20260101-120000-aaaaaa at" in capsys.readouterr().err
+    assert main(["cancel", "lost-20260101-120000-aaaaaa", "--root", str(tmp_path)]) == 1
+    assert "cannot stop Ray job lost-20260101-120000-aaaaaa at" in capsys.readouterr().err
     assert main(["rm", "lost-20260101-120000-aaaaaa", "--root", str(tmp_path)]) == 2
     assert "or delete it anyway with --force" in capsys.readouterr().err
     assert main(["rm", "lost-20260101-120000-aaaaaa", "--root", str(tmp_path), "--force"]) == 0
