@@ -135,6 +135,9 @@ def effective_state(run: Run) -> RunState:
         except RuntimeError as error:  # Ray Jobs' answer for a job it does not know (a restarted head)
             state.set(status="unknown", cluster_error=f"the Ray cluster at {state.address} does not know Ray job "
                                                       f"{state.submission_id}: {error}")
+        except Exception as error:  # say, a token the cluster refuses: still one job's status, not every job's
+            state.set(status="unknown", cluster_error=f"cannot ask the Ray cluster at {state.address} about Ray job "
+                                                      f"{state.submission_id}: {type(error).__name__}: {error}")
     elif state.status in ACTIVE and state.pid is not None and not pid_alive(state.pid):
         state.status = "interrupted"  # killed, or (still pending) a detached process that ended before starting
     return state

@@ -108,26 +108,25 @@ def test_a_job_asking_for_gpus_on_a_cluster_without_any_fails_before_any_stage(r
     assert all(stage["status"] == "pending" for stage in final["stages"].values()), final["stages"]
 
 
-def test_a_job_the_cluster_does_not_know_lists_as_unknown_and_is_not_resubmitted(ray_head, tmp_path, capsys):
+def test_a_job_the_cluster_does_not_know_lists_as_unknown_and_is_not_resubmitted(ray_head, tmp_path):
     """A restarted head forgets its jobs: the run folder's job reads as unknown, with the cluster's answer, instead of
-    breaking `list` for every job; resuming it is refused, as it may still run somewhere; `rm --force` deletes it."""
-    from jobs.cli import main
+    breaking `list` for every job; resuming it is refused, as it may still run somewhere; `rm --force` deletes it.
+    The CLI runs in fresh processes, as a user's would: this one may hold a Ray session (and token) of its own."""
     from jobs.store import RunStore
 
-    RunStore(tmp_path).create("lost-20260101-120000-aaaaaa", "", ["prepare"], backend="ray", address=ray_head,
-                              submission_id="lost-20260101-120000-aaaaaa")
-    assert main(["list", "--root", str(tmp_path)]) == 0
-    assert capsys.readouterr().out.splitlines()[1].split()[:2] == ["lost-20260101-120000-aaaaaa", "unknown"]
-    assert main(["status", "lost-20260101-120000-aaaaaa", "--root", str(tmp_path)]) == 0
-    assert "does not know Ray job lost-20260101-120000-aaaaaa" in capsys.readouterr().out
-    assert main(["resume", "lost-20260101-120000-aaaaaa", "--root", str(tmp_path)]) == 1
-    assert "is unknown (Ray job lost-20260101-120000-aaaaaa at" in capsys.readouterr().err
-    assert main(["cancel", "lost-20260101-120000-aaaaaa", "--root", str(tmp_path)]) == 1
-    assert "cannot stop Ray job lost-20260101-120000-aaaaaa at" in capsys.readouterr().err
-    assert main(["rm", "lost-20260101-120000-aaaaaa", "--root", str(tmp_path)]) == 2
-    assert "or delete it anyway with --force" in capsys.readouterr().err
-    assert main(["rm", "lost-20260101-120000-aaaaaa", "--root", str(tmp_path), "--force"]) == 0
-    assert not (tmp_path / "lost-20260101-120000-aaaaaa").exists()
+    job_id = "lost-20260101-120000-aaaaaa"
+    RunStore(tmp_path).create(job_id, "", ["prepare"], backend="ray", address=ray_head, submission_id=job_id)
+    root = ["--root", str(tmp_path)]
+    assert jobs_cli("list", *root).stdout.splitlines()[1].split()[:2] == [job_id, "unknown"]
+    assert f"does not know Ray job {job_id}" in jobs_cli("status", job_id, *root).stdout
+    refused = jobs_cli("resume", job_id, *root, check=False)
+    assert refused.returncode == 1 and f"is unknown (Ray job {job_id} at" in refused.stderr
+    not_stopped = jobs_cli("cancel", job_id, *root, check=False)
+    assert not_stopped.returncode == 1 and f"cannot stop Ray job {job_id} at" in not_stopped.stderr
+    kept = jobs_cli("rm", job_id, *root, check=False)
+    assert kept.returncode == 2 and "or delete it anyway with --force" in kept.stderr
+    jobs_cli("rm", job_id, *root, "--force")
+    assert not (tmp_path / job_id).exists()
 
 
 def test_a_submission_the_cluster_refuses_leaves_no_job_behind(tmp_path):
