@@ -132,8 +132,8 @@ def effective_state(run: Run) -> RunState:
             state.status = cluster.status(state.address, state.submission_id)
         except OSError as error:  # ConnectionError, timeouts: one cluster that is down must not hide the others
             state.set(status="unknown", cluster_error=f"cannot reach the Ray cluster at {state.address}: {error}")
-        except RuntimeError as error:  # Ray Jobs' answer for a job it does not know (a restarted head)
-            state.set(status="unknown", cluster_error=f"the Ray cluster at {state.address} does not know Ray job "
+        except RuntimeError as error:  # Ray Jobs' error answers: 404 for a job it does not know (a restarted head)
+            state.set(status="unknown", cluster_error=f"the Ray cluster at {state.address} gave no status for Ray job "
                                                       f"{state.submission_id}: {error}")
         except Exception as error:  # say, a token the cluster refuses: still one job's status, not every job's
             state.set(status="unknown", cluster_error=f"cannot ask the Ray cluster at {state.address} about Ray job "

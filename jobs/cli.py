@@ -124,7 +124,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
         try:
             cluster.submit(address, run, store.root, job_id)
-        except BaseException:  # no job was started: no run folder stays behind
+        except Exception:  # the cluster took no job: no run folder stays behind
             shutil.rmtree(run.path)
             raise
         print(f"submitted {job_id} to the Ray cluster at {address}; follow it with: python -m jobs logs "

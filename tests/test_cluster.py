@@ -118,7 +118,8 @@ def test_a_job_the_cluster_does_not_know_lists_as_unknown_and_is_not_resubmitted
     RunStore(tmp_path).create(job_id, "", ["prepare"], backend="ray", address=ray_head, submission_id=job_id)
     root = ["--root", str(tmp_path)]
     assert jobs_cli("list", *root).stdout.splitlines()[1].split()[:2] == [job_id, "unknown"]
-    assert f"does not know Ray job {job_id}" in jobs_cli("status", job_id, *root).stdout
+    status = jobs_cli("status", job_id, *root).stdout
+    assert f"gave no status for Ray job {job_id}" in status and f"Job {job_id} does not exist" in status
     refused = jobs_cli("resume", job_id, *root, check=False)
     assert refused.returncode == 1 and f"is unknown (Ray job {job_id} at" in refused.stderr
     not_stopped = jobs_cli("cancel", job_id, *root, check=False)
