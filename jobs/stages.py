@@ -307,7 +307,7 @@ STAGES: tuple[Stage, ...] = (
                      "augmentation corpus); bad records go to rejects.jsonl",
           inputs=(),
           enabled=lambda s: True,
-          config=lambda s: _prepare_config(s), run=_prepare),
+          config=_prepare_config, run=_prepare),
     Stage("finetune_teachers", "fine-tune base teachers on the original training data (or their own)",
           inputs=("prepare",),
           enabled=lambda s: any(t.finetune is not None for t in s.teachers),
