@@ -132,11 +132,8 @@ def effective_state(run: Run) -> RunState:
             state.status = cluster.status(state.address, state.submission_id)
         except OSError as error:  # ConnectionError, timeouts: one cluster that is down must not hide the others
             state.set(status="unknown", cluster_error=f"cannot reach the Ray cluster at {state.address}: {error}")
-        except RuntimeError as error:  # Ray Jobs' error answers: 404 for a job it does not know (a restarted head)
+        except Exception as error:  # its error answers (404 for a job a restarted head forgot, a refused token)
             state.set(status="unknown", cluster_error=f"the Ray cluster at {state.address} gave no status for Ray job "
-                                                      f"{state.submission_id}: {error}")
-        except Exception as error:  # say, a token the cluster refuses: still one job's status, not every job's
-            state.set(status="unknown", cluster_error=f"cannot ask the Ray cluster at {state.address} about Ray job "
                                                       f"{state.submission_id}: {type(error).__name__}: {error}")
     elif state.status in ACTIVE and state.pid is not None and not pid_alive(state.pid):
         state.status = "interrupted"  # killed, or (still pending) a detached process that ended before starting
